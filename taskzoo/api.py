@@ -1,0 +1,51 @@
+"""The one-call public functions: load, run, finetune, evaluate."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from taskzoo.models import resolve_model
+from taskzoo.registry import TASKS, get_task
+
+
+def tasks() -> list[str]:
+    """The names of the registered tasks (aliases are accepted wherever a name is)."""
+    return sorted(TASKS)
+
+
+def load(task: str, model: str | os.PathLike | None = None, *, revision: str | None = None,
+         device: str | None = None, trust_remote_code: bool = False, **options):
+    """Load a task with a model: a local folder, a packaged-model name, or a hub id (cache first).
+
+    Without ``model`` the task's default checkpoint is used, pinned to its revision.
+    """
+    entry = get_task(task)
+    if model is None:
+        model, revision = entry.default_model, revision or entry.default_revision
+    path = resolve_model(model, revision)
+    return entry.load_class().from_pretrained(path, device=device, trust_remote_code=trust_remote_code,
+                                              **options)
+
+
+def run(task: str, inputs: Any, model: str | os.PathLike | None = None, **options):
+    """Load and predict in one call: ``taskzoo.run("text-classification", ["great!"], model=...)``."""
+    load_options = {k: options.pop(k) for k in ("revision", "device", "trust_remote_code") if k in options}
+    return load(task, model, **load_options).predict(inputs, **options)
+
+
+def finetune(task: str, model: str | os.PathLike | None = None, train: Any = None, eval: Any = None,
+             **config):
+    """Load ``model`` for ``task`` and fine-tune it; returns the TrainingResult (``.task`` is the model)."""
+    if train is None:
+        raise ValueError("finetune() needs train= data.")
+    zoo = load(task, model)
+    columns = config.pop("columns", None)
+    return zoo.finetune(train, eval=eval, columns=columns, **config)
+
+
+def evaluate(task: str, model: str | os.PathLike | None = None, data: Any = None, **options) -> dict[str, float]:
+    """Load ``model`` for ``task`` and evaluate it on ``data``."""
+    if data is None:
+        raise ValueError("evaluate() needs data=.")
+    return load(task, model).evaluate(data, **options)

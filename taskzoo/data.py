@@ -1,0 +1,226 @@
+"""Loading and checking user data: formats, column mapping, splits, labels, images and audio.
+
+Everything here refuses bad input with a message that names the column, file or value, before any
+training starts, rather than silently fixing it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+from taskzoo.errors import DataError
+
+TABLE_READERS = {
+    ".csv": Dataset.from_csv,
+    ".tsv": lambda path: Dataset.from_csv(path, sep="\t"),
+    ".json": Dataset.from_json,
+    ".jsonl": Dataset.from_json,
+    ".parquet": Dataset.from_parquet,
+}
+EVAL_SPLIT_NAMES = ("validation", "valid", "val", "eval", "dev", "test")
+
+
+def read_table(path: str | os.PathLike) -> Dataset:
+    """Read a CSV, TSV, JSON, JSONL or Parquet file into a Dataset."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"Data file {path} does not exist.")
+    reader = TABLE_READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(
+            f"Cannot read {path}: unknown format {path.suffix!r}. "
+            f"Use one of {', '.join(TABLE_READERS)} or a folder the task understands."
+        )
+    try:
+        return reader(str(path))
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise DataError(f"Could not read {path}: {error}") from error
+
+
+def to_dataset(data: Any, read_path=read_table) -> Dataset | DatasetDict:
+    """Turn a Dataset, DatasetDict, path, list of dicts or dict of lists into a datasets object.
+
+    ``read_path`` reads paths; tasks pass their own to accept folders (images, audio, COCO).
+    """
+    if isinstance(data, (Dataset, DatasetDict)):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return read_path(data)
+    if isinstance(data, Mapping):
+        return Dataset.from_dict(dict(data))
+    if isinstance(data, Sequence) and all(isinstance(row, Mapping) for row in data):
+        if not data:
+            raise DataError("The data is an empty list.")
+        return Dataset.from_list(list(data))
+    if type(data).__name__ == "DataFrame":
+        return Dataset.from_pandas(data, preserve_index=False)
+    raise DataError(
+        f"Cannot use data of type {type(data).__name__}: pass a datasets.Dataset, a DatasetDict, "
+        "a file path (CSV, JSON, JSONL, Parquet), a folder, or a list of dicts."
+    )
+
+
+def pick_split(data: Dataset | DatasetDict, role: str) -> Dataset | None:
+    """The split of a DatasetDict for ``role`` ("train" or "eval"); a plain Dataset is returned as is."""
+    if isinstance(data, Dataset):
+        return data
+    names = ("train",) if role == "train" else EVAL_SPLIT_NAMES
+    for name in names:
+        if name in data:
+            return data[name]
+    if role == "train":
+        raise DataError(f"The DatasetDict has no 'train' split; its splits are {list(data)}.")
+    return None
+
+
+def rename_columns(dataset: Dataset, columns: Mapping[str, str] | None) -> Dataset:
+    """Apply a ``{your_column: task_column}`` mapping, checking that each source column exists."""
+    if not columns:
+        return dataset
+    missing = [name for name in columns if name not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"columns= maps {missing} but the data has no such column. "
+            f"Columns present: {dataset.column_names}."
+        )
+    renames = {old: new for old, new in columns.items() if old != new}
+    clashes = [new for new in renames.values() if new in dataset.column_names and new not in renames]
+    if clashes:
+        dataset = dataset.remove_columns(clashes)
+    return dataset.rename_columns(renames)
+
+
+def check_columns(dataset: Dataset, required: Sequence[str], task: str, where: str = "data") -> None:
+    """Raise if the dataset is empty or lacks a required column, listing the columns it has."""
+    if len(dataset) == 0:
+        raise DataError(f"The {where} for {task} is empty.")
+    missing = [name for name in required if name not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"The {where} for {task} has no column {missing[0]!r} (required: {list(required)}). "
+            f"Columns present: {dataset.column_names}. "
+            f"Rename yours with columns={{'your_column': {missing[0]!r}}}."
+        )
+
+
+# ----------------------------------------------------------------------------------------------- labels
+
+
+def label_names_of(dataset: Dataset, column: str) -> list[str] | None:
+    """Label names when the column is a ClassLabel or holds strings; None for plain integers."""
+    feature = dataset.features[column]
+    if hasattr(feature, "names"):
+        return list(feature.names)
+    values = dataset.unique(column)
+    if all(isinstance(value, str) for value in values):
+        return sorted(values)
+    if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
+        raise DataError(f"Column {column!r} must hold strings or integers; found {values[:5]}.")
+    return None
+
+
+def encode_labels(dataset: Dataset, column: str, label2id: Mapping[str, int]) -> Dataset:
+    """Map string labels to ids (integers are checked against the label set instead)."""
+    feature = dataset.features[column]
+    if hasattr(feature, "names"):  # ClassLabel: compare by name, since ids may be ordered differently
+        names = feature.names
+        dataset = dataset.map(lambda row: {column: names[row[column]]}, desc="Reading labels")
+    values = dataset.unique(column)
+    num_labels = len(label2id)
+    unknown = [
+        value
+        for value in values
+        if (str(value) not in label2id if isinstance(value, str) else not 0 <= int(value) < num_labels)
+    ]
+    if unknown:
+        raise DataError(
+            f"Column {column!r} has labels the model does not know: {sorted(map(str, unknown))[:10]}. "
+            f"The model's labels are {list(label2id)}."
+        )
+    if all(isinstance(value, str) for value in values):
+        dataset = dataset.map(lambda row: {column: label2id[row[column]]}, desc="Encoding labels")
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def load_image(image: Any):
+    """A PIL RGB image from a PIL image, a path, a numpy array or a datasets image dict."""
+    from PIL import Image, UnidentifiedImageError
+
+    source = image
+    if isinstance(image, Mapping):  # datasets' undecoded Image feature: {"bytes", "path"}
+        source = image.get("path") or "<image bytes>"
+        image = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
+    if isinstance(image, (str, os.PathLike, io.BytesIO)):
+        try:
+            with Image.open(image) as opened:
+                opened.load()  # force decoding now, so truncated files fail here and name the file
+                image = opened.copy()
+        except FileNotFoundError as error:
+            raise DataError(f"Image file {source} does not exist.") from error
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise DataError(f"Image {source} is corrupted or not an image: {error}") from error
+    elif isinstance(image, np.ndarray):
+        array = image
+        if array.dtype != np.uint8:
+            array = np.clip(array * (255 if array.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+            array = array.transpose(1, 2, 0)  # channels-first to channels-last
+        image = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
+    if not isinstance(image, Image.Image):
+        raise DataError(f"Expected an image (PIL image, path or array); got {type(image).__name__}.")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+# ------------------------------------------------------------------------------------------------ audio
+
+
+def load_audio(audio: Any, sampling_rate: int):
+    """A mono float32 waveform at ``sampling_rate`` from a path, an array (with its rate) or a dict.
+
+    Decoded with soundfile (libsndfile ships in its wheel) and resampled with scipy, because datasets'
+    torchcodec decoder does not import beside the CPU build of torch.
+    """
+    import soundfile
+
+    source, rate = "<array>", sampling_rate
+    if isinstance(audio, Mapping):
+        if audio.get("array") is not None:
+            audio, rate = audio["array"], audio.get("sampling_rate")
+            if rate is None:
+                raise DataError("An audio dict with 'array' needs its 'sampling_rate'.")
+        else:
+            source = audio.get("path") or "<audio bytes>"
+            audio = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio.get("path")
+    elif isinstance(audio, tuple) and len(audio) == 2:  # (array, sampling_rate)
+        audio, rate = audio
+    if isinstance(audio, (str, os.PathLike, io.BytesIO)):
+        source = source if isinstance(audio, io.BytesIO) else str(audio)
+        if isinstance(audio, (str, os.PathLike)) and not Path(audio).exists():
+            raise DataError(f"Audio file {source} does not exist.")
+        try:
+            audio, rate = soundfile.read(audio, dtype="float32", always_2d=False)
+        except Exception as error:  # noqa: BLE001 - libsndfile's errors vary; name the file
+            raise DataError(f"Audio {source} could not be decoded (not audio, or corrupted): {error}") from error
+    waveform = np.asarray(audio, dtype=np.float32)
+    if waveform.ndim == 2:  # (samples, channels) from soundfile, or (channels, samples) from users
+        waveform = waveform.mean(axis=1 if waveform.shape[0] > waveform.shape[1] else 0)
+    if waveform.ndim != 1 or waveform.size == 0:
+        raise DataError(f"Audio {source} is empty or not a waveform (shape {waveform.shape}).")
+    if rate != sampling_rate:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        divisor = gcd(int(rate), int(sampling_rate))
+        waveform = resample_poly(waveform, sampling_rate // divisor, int(rate) // divisor).astype(np.float32)
+    return waveform

@@ -1,0 +1,76 @@
+"""The task registry: one readable table of task name -> recipe.
+
+Like transformers' ``SUPPORTED_TASKS``, each entry names the class that implements the task and a
+default checkpoint pinned to a revision. Classes are imported lazily, so ``import taskzoo`` stays fast
+and a task whose optional dependencies are missing does not break the others.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+
+from taskzoo.errors import UnknownTaskError
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    name: str
+    impl: str  # "module:Class", imported on first use
+    default_model: str  # a hub id, or a packaged-model name (see taskzoo/models.py)
+    default_revision: str | None  # pinned commit, as transformers' pipeline registry pins its defaults
+    extra: str  # the pip extra that installs what the task needs
+
+    def load_class(self):
+        module_name, class_name = self.impl.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise ImportError(
+                f"Task {self.name!r} needs an optional dependency that is not installed ({error.name}). "
+                f"Install it with: pip install 'taskzoo[{self.extra}]'"
+            ) from error
+        return getattr(module, class_name)
+
+
+TASKS: dict[str, TaskEntry] = {}
+ALIASES: dict[str, str] = {}
+
+
+def register_task(entry: TaskEntry, aliases: tuple[str, ...] = ()) -> None:
+    """Add a task (taskzoo's own, or a user's). A name or alias that is already taken raises."""
+    for name in (entry.name, *aliases):
+        if name in TASKS or name in ALIASES:
+            raise ValueError(f"A task named {name!r} is already registered.")
+    TASKS[entry.name] = entry
+    for alias in aliases:
+        ALIASES[alias] = entry.name
+
+
+# fmt: off
+for _entry, _aliases in [
+    (TaskEntry("text-classification", "taskzoo.tasks.text_classification:TextClassification",
+               "distilbert/distilbert-base-uncased-finetuned-sst-2-english", "714eb0f", "text"),
+     ("sentiment-analysis",)),
+    (TaskEntry("sentence-similarity", "taskzoo.tasks.sentence_similarity:SentenceSimilarity",
+               "sentence-transformers/all-MiniLM-L6-v2", None, "text"),  # packaged: see taskzoo/models.py
+     ()),
+]:
+    register_task(_entry, _aliases)
+# fmt: on
+
+
+def canonical_name(name: str) -> str:
+    """Resolve an alias to its task name, or raise with a "did you mean" suggestion."""
+    name = ALIASES.get(name, name)
+    if name in TASKS:
+        return name
+    known = sorted([*TASKS, *ALIASES])
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UnknownTaskError(f"Unknown task {name!r}.{hint} Known tasks: {', '.join(sorted(TASKS))}.")
+
+
+def get_task(name: str) -> TaskEntry:
+    return TASKS[canonical_name(name)]

@@ -1,0 +1,185 @@
+"""The contract every task fills, and the shared API built on it.
+
+A task file subclasses :class:`Task` and fills in:
+
+- ``from_pretrained(path, **options)``: load model and processor from a local folder;
+- ``save(path)``: write a normal HF folder that the plain library loaders open;
+- ``required_columns`` and ``prepare(dataset, training)``: check values and convert them (labels to ids);
+- ``prepare_for_training(dataset)``: optional, adapt the model to the data (a new classification head);
+- ``collate(examples)``: a list of rows -> a batch of tensors, used for training and evaluation;
+- ``training_step(model, batch)`` -> ``{"loss": tensor, "output": ...}``: the only thing the loop calls;
+- ``eval_step(model, batch)`` -> ``(predictions, references)``, two lists with one item per sample;
+- ``compute_metrics(predictions, references)`` -> ``{metric: float}``, the primary metric included;
+- ``is_single(x)`` and ``predict_batch(inputs, **options)``: preprocess -> forward -> postprocess;
+- ``tiny_model(path)`` and ``toy_dataset(n, seed)``: the testing kit (see taskzoo/testing.py).
+
+Everything else (predict's batching, evaluate, finetune) is shared and lives here, in evaluation.py
+and in training.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from tqdm.auto import tqdm
+
+from taskzoo import data as data_utils
+from taskzoo.errors import DataError
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class Task:
+    name: ClassVar[str]
+    primary_metric: ClassVar[str]
+    greater_is_better: ClassVar[bool] = True
+    required_columns: ClassVar[tuple[str, ...]] = ()
+    default_batch_size: ClassVar[int] = 8
+    default_learning_rate: ClassVar[float] = 5e-5
+
+    def __init__(self, model: torch.nn.Module, processor: Any = None, *, source: str | None = None,
+                 device: str | torch.device | None = None):
+        self.model = model  # the nn.Module that fine-tuning trains
+        self.processor = processor  # tokenizer / image processor / feature extractor, or None
+        self.source = source  # the folder it was loaded from
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model.to(self.device).eval()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(source={self.source!r}, device={self.device})"
+
+    # ------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **options) -> Task:
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike) -> Path:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------------------- data
+    def read_path(self, path: str | os.PathLike):
+        """Read data from a path. Tasks that accept folders (images, audio, COCO) override this."""
+        return data_utils.read_table(path)
+
+    def load_data(self, data: Any, role: str = "eval", columns: Mapping[str, str] | None = None):
+        """User data -> a checked, prepared Dataset for ``role`` ("train" or "eval"), or None."""
+        dataset = data_utils.pick_split(data_utils.to_dataset(data, self.read_path), role)
+        if dataset is None:
+            return None
+        dataset = data_utils.rename_columns(dataset, columns)
+        data_utils.check_columns(dataset, self.required_columns, self.name, where=f"{role} data")
+        return dataset
+
+    def prepare(self, dataset, training: bool):
+        """Check values and convert them for this model. Default: unchanged."""
+        return dataset
+
+    def prepare_for_training(self, dataset) -> None:
+        """Adapt the model to the training data before the loop starts. Default: nothing to do."""
+
+    # ------------------------------------------------------------------------- training contract
+    def collate(self, examples: list[dict]) -> dict:
+        raise NotImplementedError
+
+    def training_step(self, model: torch.nn.Module, batch: dict) -> dict:
+        raise NotImplementedError
+
+    def eval_step(self, model: torch.nn.Module, batch: dict) -> tuple[list, list]:
+        raise NotImplementedError
+
+    def compute_metrics(self, predictions: list, references: list) -> dict[str, float]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------ predict
+    def is_single(self, inputs: Any) -> bool:
+        """Whether ``inputs`` is one input (-> one output) rather than a list of inputs."""
+        return not isinstance(inputs, (list, tuple))
+
+    def predict_batch(self, inputs: list, **options) -> list:
+        raise NotImplementedError
+
+    def input_of(self, row: dict) -> Any:
+        """The predict() input that corresponds to a dataset row (used by the demo, docs and tests)."""
+        raise NotImplementedError
+
+    def input_length(self, item: Any) -> int:
+        """A cheap size estimate used to group similar inputs into batches (less padding)."""
+        return 0
+
+    def predict(self, inputs: Any, batch_size: int | None = None, progress: bool | None = None,
+                **options) -> Any:
+        """Predict one input or a list of inputs. One input gives one output, a list gives a list."""
+        single = self.is_single(inputs)
+        items = [inputs] if single else list(inputs)
+        if not items:
+            return []
+        batch_size = batch_size or self.default_batch_size
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        # Length-sorted batches pad less; outputs are put back in input order below.
+        order = sorted(range(len(items)), key=lambda i: self.input_length(items[i]), reverse=True)
+        outputs: list[Any] = [None] * len(items)
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        show = progress if progress is not None else len(batches) > 10
+        self.model.eval()
+        with torch.inference_mode():
+            for indices in tqdm(batches, desc=f"{self.name}: predict", disable=not show, unit="batch"):
+                results = self.predict_batch([items[i] for i in indices], **options)
+                for index, result in zip(indices, results):
+                    outputs[index] = result
+        return outputs[0] if single else outputs
+
+    # --------------------------------------------------------------------------- evaluate / tune
+    def evaluate(self, data: Any, batch_size: int | None = None, columns: Mapping[str, str] | None = None,
+                 mixed_precision: str = "no") -> dict[str, float]:
+        """Score the model on labelled data; returns ``{metric: value}`` with the primary metric."""
+        from taskzoo.evaluation import evaluate_task
+
+        dataset = self.load_data(data, "eval", columns)
+        if dataset is None:
+            raise DataError("The DatasetDict has no validation or test split to evaluate on.")
+        dataset = self.prepare(dataset, training=False)
+        return evaluate_task(self, dataset, batch_size=batch_size or self.default_batch_size,
+                             mixed_precision=mixed_precision)
+
+    def finetune(self, train: Any, eval: Any = None, columns: Mapping[str, str] | None = None, **config):
+        """Fine-tune on ``train`` (evaluating on ``eval``) with the shared Accelerate loop.
+
+        ``config`` takes the fields of :class:`taskzoo.training.TrainingConfig` (epochs, learning_rate,
+        output_dir, ...). Returns a :class:`taskzoo.training.TrainingResult`.
+        """
+        from taskzoo.training import TrainingConfig, train_task
+
+        config = TrainingConfig.from_kwargs(self, **config)
+        train_set = self.load_data(train, "train", columns)
+        if eval is None and not isinstance(train, (str, os.PathLike)):
+            eval_set = self.load_data(train, "eval", columns) if hasattr(train, "keys") else None
+        else:
+            eval_set = self.load_data(eval, "eval", columns) if eval is not None else None
+        self.prepare_for_training(train_set)
+        train_set = self.prepare(train_set, training=True)
+        eval_set = self.prepare(eval_set, training=False) if eval_set is not None else None
+        return train_task(self, train_set, eval_set, config)
+
+    # ------------------------------------------------------------------------------ testing kit
+    # Settings with which `taskzoo demo` (and the tests) fine-tune the tiny model on the toy data.
+    demo_config: ClassVar[dict] = dict(train_size=256, eval_size=64, epochs=3, learning_rate=3e-3, batch_size=16)
+
+    @staticmethod
+    def tiny_model(path: str | os.PathLike) -> Path:
+        """Build and save a tiny random model of this task's architecture family; returns its folder."""
+        raise NotImplementedError
+
+    @staticmethod
+    def toy_dataset(n: int = 64, seed: int = 0):
+        """A learnable synthetic dataset for this task, as a datasets.Dataset."""
+        raise NotImplementedError
+

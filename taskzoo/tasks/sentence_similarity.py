@@ -1,0 +1,184 @@
+"""sentence-similarity: sentence-transformers models, scored by the cosine of the two embeddings.
+
+Predict takes a pair ``(a, b)`` -> ``{"score"}``, or ``{"source_sentence", "sentences"}`` -> a list of
+scores. Scores equal sentence-transformers' own ``encode`` + cosine. Fine-tuning regresses the cosine
+onto gold scores (CosineSimilarityLoss), or ranks pairs with CoSENT (``loss="cosent"``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+
+from taskzoo import metrics
+from taskzoo.errors import DataError
+from taskzoo.task import Task
+
+LOSSES = ("cosine", "cosent")
+
+
+class SentenceSimilarity(Task):
+    name = "sentence-similarity"
+    primary_metric = "spearman"
+    required_columns = ("sentence1", "sentence2", "score")
+    default_batch_size = 32
+    default_learning_rate = 2e-5
+
+    def __init__(self, model, *, loss: str = "cosine", **kwargs):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}.")
+        super().__init__(model, None, **kwargs)
+        self.loss = loss
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, trust_remote_code=False, loss="cosine"):
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(path), device=str(device) if device else None,
+                                    trust_remote_code=trust_remote_code)
+        return cls(model, loss=loss, source=str(path), device=device or model.device)
+
+    def save(self, path):
+        self.model.save(str(path))
+        return Path(path)
+
+    # ----------------------------------------------------------------------------------------- data
+    def prepare(self, dataset, training: bool):
+        """Check the gold scores and bring them to [0, 1] (STS-B style 0-5 scores are divided by 5)."""
+        scores = dataset["score"]
+        bad = [(i, s) for i, s in enumerate(scores)
+               if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s)]
+        if bad:
+            row, value = bad[0]
+            raise DataError(f"Column 'score' must hold finite numbers; row {row} has {value!r} "
+                            f"({len(bad)} such rows).")
+        low, high = min(scores), max(scores)
+        if low < 0 or high > 5:
+            raise DataError(f"Column 'score' must lie in [0, 1] or [0, 5]; found values from {low} to {high}.")
+        if high > 1:
+            dataset = dataset.map(lambda row: {"score": row["score"] / 5.0}, desc="Scaling scores 0-5 to 0-1")
+        return dataset
+
+    def _features(self, sentences: list[str]) -> dict:
+        # sentence-transformers 6 renamed tokenize() to preprocess(); older releases only have tokenize().
+        preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize
+        return preprocess(sentences)
+
+    def collate(self, examples: list[dict]) -> dict:
+        return {"a": self._features([row["sentence1"] for row in examples]),
+                "b": self._features([row["sentence2"] for row in examples]),
+                "score": torch.tensor([float(row["score"]) for row in examples])}
+
+    # ------------------------------------------------------------------------------------- training
+    def training_step(self, model, batch):
+        cosine = F.cosine_similarity(model(batch["a"])["sentence_embedding"],
+                                     model(batch["b"])["sentence_embedding"]).float()
+        gold = batch["score"].float()
+        if self.loss == "cosent":
+            # CoSENT: log(1 + sum over pairs (i, j) with gold_i > gold_j of exp(20 * (cos_j - cos_i))).
+            differences = 20 * (cosine[None, :] - cosine[:, None])
+            differences = differences - (1 - (gold[:, None] > gold[None, :]).float()) * 1e12
+            loss = torch.logsumexp(torch.cat([torch.zeros(1, device=cosine.device), differences.flatten()]), 0)
+        else:
+            loss = F.mse_loss(cosine, gold)
+        return {"loss": loss, "output": cosine}
+
+    def eval_step(self, model, batch):
+        cosine = F.cosine_similarity(model(batch["a"])["sentence_embedding"],
+                                     model(batch["b"])["sentence_embedding"])
+        return cosine.float().tolist(), batch["score"].tolist()
+
+    def compute_metrics(self, predictions, references):
+        return metrics.correlations(predictions, references)
+
+    # -------------------------------------------------------------------------------------- predict
+    def is_single(self, inputs) -> bool:
+        return isinstance(inputs, Mapping) or (
+            isinstance(inputs, tuple) and len(inputs) == 2 and all(isinstance(x, str) for x in inputs))
+
+    def input_of(self, row):
+        return (row["sentence1"], row["sentence2"])
+
+    def input_length(self, item) -> int:
+        return sum(map(len, self._sentences(item)))
+
+    @staticmethod
+    def _sentences(item) -> list[str]:
+        if isinstance(item, Mapping):
+            if "source_sentence" not in item or "sentences" not in item:
+                raise ValueError("A dict input needs 'source_sentence' and 'sentences'; "
+                                 f"got keys {sorted(item)}.")
+            sentences = [item["source_sentence"], *item["sentences"]]
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            sentences = list(item)
+        else:
+            raise ValueError("sentence-similarity takes a pair (sentence_a, sentence_b) or "
+                             f"{{'source_sentence': ..., 'sentences': [...]}}; got {item!r:.80}")
+        if not all(isinstance(sentence, str) for sentence in sentences):
+            raise ValueError(f"Sentences must be strings; got {sentences!r:.80}")
+        return sentences
+
+    def predict_batch(self, inputs):
+        groups = [self._sentences(item) for item in inputs]
+        unique = list(dict.fromkeys(sentence for group in groups for sentence in group))
+        embeddings = self.model.encode(unique, batch_size=len(unique), convert_to_tensor=True,
+                                       show_progress_bar=False)
+        index = {sentence: i for i, sentence in enumerate(unique)}
+        results = []
+        for item, group in zip(inputs, groups):
+            vectors = embeddings[[index[sentence] for sentence in group]]
+            scores = F.cosine_similarity(vectors[:1], vectors[1:]).tolist()
+            results.append(scores if isinstance(item, Mapping) else {"score": scores[0]})
+        return results
+
+    # ---------------------------------------------------------------------------------- testing kit
+    TOPICS = {
+        "animals": ["cat", "dog", "horse", "bird", "fish", "cow"],
+        "food": ["bread", "cheese", "apple", "soup", "rice", "cake"],
+        "weather": ["rain", "snow", "wind", "sun", "storm", "cloud"],
+        "sport": ["football", "tennis", "golf", "swim", "race", "ball"],
+    }
+    FILLER = ["the", "a", "is", "we", "saw", "some", "today", "and", "very", "of"]
+
+    @staticmethod
+    def tiny_model(path: str | os.PathLike) -> Path:
+        """A tiny BERT encoder with mean pooling, saved as a sentence-transformers folder."""
+        from sentence_transformers import SentenceTransformer, models
+
+        from taskzoo.testing import save_tiny_bert
+
+        cls = SentenceSimilarity
+        words = [word for topic in cls.TOPICS.values() for word in topic] + cls.FILLER
+        with tempfile.TemporaryDirectory() as bert:
+            save_tiny_bert(bert, words)
+            encoder = models.Transformer(bert, max_seq_length=64)
+            pooling = models.Pooling(encoder.get_embedding_dimension(), pooling_mode="mean")
+            SentenceTransformer(modules=[encoder, pooling], device="cpu").save(str(path))
+        return Path(path)
+
+    @staticmethod
+    def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
+        """Pairs of sentences about topics; score 1.0 for the same topic, 0.0 for different ones."""
+        cls, rng = SentenceSimilarity, random.Random(seed)
+        topics = list(cls.TOPICS)
+
+        def sentence(topic: str) -> str:
+            words = rng.sample(cls.TOPICS[topic], 2) + rng.sample(cls.FILLER, rng.randint(2, 4))
+            rng.shuffle(words)
+            return " ".join(words)
+
+        rows = []
+        for i in range(n):
+            first = rng.choice(topics)
+            second = first if i % 2 == 0 else rng.choice([t for t in topics if t != first])
+            rows.append({"sentence1": sentence(first), "sentence2": sentence(second),
+                         "score": 1.0 if first == second else 0.0})
+        return Dataset.from_list(rows)

@@ -1,0 +1,179 @@
+"""text-classification (alias sentiment-analysis): AutoModelForSequenceClassification.
+
+Inputs are texts or text pairs (a ``(text, text_pair)`` tuple or a ``{"text", "text_pair"}`` dict).
+Fine-tuning from a backbone without a classification head (all-MiniLM-L6-v2, say) builds a head for
+the label set found in the training data, and the label names are kept in the saved config.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from datasets import ClassLabel, Dataset, Features, Value
+
+from taskzoo import data as data_utils
+from taskzoo import metrics
+from taskzoo.errors import DataError
+from taskzoo.task import Task
+
+
+class TextClassification(Task):
+    name = "text-classification"
+    primary_metric = "accuracy"
+    required_columns = ("text", "label")
+    default_batch_size = 32
+
+    def __init__(self, model, tokenizer, *, head_trained: bool = True, **kwargs):
+        super().__init__(model, tokenizer, **kwargs)
+        # False when the checkpoint had no classification head (its weights were freshly initialised).
+        self.head_trained = head_trained
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, trust_remote_code=False, **model_kwargs):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
+        return cls(model, tokenizer, head_trained=not info["missing_keys"], source=str(path), device=device)
+
+    def save(self, path):
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+        return Path(path)
+
+    @property
+    def labels(self) -> list[str]:
+        config = self.model.config
+        return [config.id2label[i] for i in range(config.num_labels)]
+
+    @property
+    def max_length(self) -> int:
+        limits = [512, self.processor.model_max_length,
+                  getattr(self.model.config, "max_position_embeddings", 512)]
+        return min(limit for limit in limits if limit)
+
+    # ----------------------------------------------------------------------------------------- data
+    def prepare_for_training(self, dataset) -> None:
+        names = data_utils.label_names_of(dataset, "label")
+        if names is None:  # integer labels: keep the model's names when they fit
+            count = max(dataset.unique("label")) + 1
+            if self.head_trained and count <= len(self.labels):
+                return
+            names = [f"LABEL_{i}" for i in range(count)]
+        if self.head_trained and names == self.labels:
+            return
+        self._replace_head(names)
+
+    def _replace_head(self, names: list[str]) -> None:
+        """A fresh classification head for ``names``; the body keeps its (possibly fine-tuned) weights."""
+        from transformers import AutoModelForSequenceClassification
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.model.save_pretrained(folder)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                folder, num_labels=len(names), id2label=dict(enumerate(names)),
+                label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True,
+            ).to(self.device)
+        self.head_trained = True
+
+    def prepare(self, dataset, training: bool):
+        label2id = {name: i for i, name in enumerate(self.labels)}
+        return data_utils.encode_labels(dataset, "label", label2id)
+
+    def _tokenize(self, texts: list, pairs: list | None):
+        for text in [*texts, *(pairs or [])]:
+            if not isinstance(text, str):
+                raise DataError(f"text-classification expects strings; got {type(text).__name__}: {text!r:.80}")
+        return self.processor(texts, pairs, truncation=True, padding=True, max_length=self.max_length,
+                              return_tensors="pt")
+
+    def collate(self, examples: list[dict]) -> dict:
+        pairs = [row["text_pair"] for row in examples] if "text_pair" in examples[0] else None
+        batch = self._tokenize([row["text"] for row in examples], pairs)
+        batch["labels"] = torch.tensor([row["label"] for row in examples])
+        return dict(batch)
+
+    # ------------------------------------------------------------------------------------- training
+    def training_step(self, model, batch):
+        output = model(**batch)
+        return {"loss": output.loss, "output": output.logits}
+
+    def eval_step(self, model, batch):
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        logits = model(**inputs).logits
+        return logits.argmax(-1).tolist(), batch["labels"].tolist()
+
+    def compute_metrics(self, predictions, references):
+        return {"accuracy": metrics.accuracy(predictions, references),
+                "macro_f1": metrics.macro_f1(predictions, references)}
+
+    # -------------------------------------------------------------------------------------- predict
+    def is_single(self, inputs) -> bool:
+        return isinstance(inputs, (str, Mapping)) or (
+            isinstance(inputs, tuple) and len(inputs) == 2 and all(isinstance(x, str) for x in inputs))
+
+    @staticmethod
+    def _split_pair(item):
+        if isinstance(item, Mapping):
+            return item.get("text"), item.get("text_pair")
+        if isinstance(item, tuple):
+            return item
+        return item, None
+
+    def input_of(self, row):
+        return (row["text"], row["text_pair"]) if row.get("text_pair") is not None else row["text"]
+
+    def input_length(self, item) -> int:
+        text, pair = self._split_pair(item)
+        return len(text or "") + len(pair or "")
+
+    def predict_batch(self, inputs, top_k: int | None = None):
+        texts, pairs = zip(*(self._split_pair(item) for item in inputs))
+        has_pairs = any(pair is not None for pair in pairs)
+        if has_pairs and not all(pair is not None for pair in pairs):
+            raise ValueError("Mix of single texts and text pairs in one call; predict them separately.")
+        batch = self._tokenize(list(texts), list(pairs) if has_pairs else None).to(self.device)
+        logits = self.model(**batch).logits.float()
+        multi_label = self.model.config.problem_type == "multi_label_classification" or logits.shape[-1] == 1
+        scores = logits.sigmoid() if multi_label else logits.softmax(-1)
+        labels = self.labels
+        results = []
+        for row in scores.tolist():
+            ranked = sorted(range(len(row)), key=row.__getitem__, reverse=True)[: top_k or 1]
+            predictions = [{"label": labels[i], "score": row[i]} for i in ranked]
+            results.append(predictions if top_k else predictions[0])
+        return results
+
+    # ---------------------------------------------------------------------------------- testing kit
+    POSITIVE = ["good", "great", "lovely", "excellent", "happy", "superb", "fine", "wonderful"]
+    NEGATIVE = ["bad", "awful", "terrible", "poor", "sad", "horrible", "dull", "boring"]
+    FILLER = ["the", "film", "was", "really", "quite", "a", "plot", "and", "story", "acting", "very", "it"]
+
+    @staticmethod
+    def tiny_model(path: str | os.PathLike) -> Path:
+        """A tiny BERT encoder without a classification head: fine-tuning adds one from the data."""
+        from taskzoo.testing import save_tiny_bert
+
+        cls = TextClassification
+        return save_tiny_bert(path, cls.POSITIVE + cls.NEGATIVE + cls.FILLER)
+
+    @staticmethod
+    def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
+        """Sentences of filler words with one or two sentiment words; label "positive"/"negative"."""
+        cls, rng = TextClassification, random.Random(seed)
+        texts, labels = [], []
+        for i in range(n):
+            label = ("negative", "positive")[i % 2]
+            cues = cls.POSITIVE if label == "positive" else cls.NEGATIVE
+            words = rng.choices(cls.FILLER, k=rng.randint(3, 8)) + rng.choices(cues, k=rng.randint(1, 2))
+            rng.shuffle(words)
+            texts.append(" ".join(words))
+            labels.append(label)
+        features = Features({"text": Value("string"), "label": ClassLabel(names=["negative", "positive"])})
+        return Dataset.from_dict({"text": texts, "label": labels}, features=features)

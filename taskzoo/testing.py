@@ -1,0 +1,55 @@
+"""The offline testing kit: a tiny random model and a learnable synthetic dataset for every task.
+
+Each task keeps its own kit next to its code (``Task.tiny_model`` / ``Task.toy_dataset``), so that a
+reader finds everything about a task in one file; this module dispatches to them and holds the pieces
+several kits share. Tests, docs examples, recipes' smoke runs and ``taskzoo demo`` use these.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from taskzoo.registry import get_task
+
+# Config sizes follow transformers' own model tests: small enough to train in seconds on 2 cores.
+TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                 max_position_embeddings=128, type_vocab_size=2)
+
+
+def tiny_model(task: str, path: str | os.PathLike) -> Path:
+    """Build a tiny random model for ``task`` and save it as a normal HF folder at ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return get_task(task).load_class().tiny_model(path)
+
+
+def toy_dataset(task: str, n: int = 64, seed: int = 0):
+    """A learnable synthetic ``datasets.Dataset`` of ``n`` rows for ``task``."""
+    return get_task(task).load_class().toy_dataset(n, seed)
+
+
+def save_word_tokenizer(path: str | os.PathLike, words: list[str]):
+    """A BERT WordPiece tokenizer whose vocabulary is ``words`` plus the special tokens, saved at ``path``."""
+    from transformers import BertTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(words)]
+    # transformers 5 builds the tokenizer from a vocab dict (a vocab_file argument is ignored).
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)}, do_lower_case=True,
+                                  model_max_length=128)
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+def save_tiny_bert(path: str | os.PathLike, words: list[str]) -> Path:
+    """A tiny random BERT encoder (no task head) with a word-level tokenizer, saved at ``path``."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = save_word_tokenizer(path, words)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tokenizer), **TINY_BERT))
+    model.save_pretrained(path)
+    return Path(path)
