@@ -1,5 +1,9 @@
 """taskzoo: one registry of fine-tunable task recipes with one predict / evaluate / finetune API."""
 
+# The package taskzoo/tasks/ shares its name with the function taskzoo.tasks(). Importing the package
+# first, then binding the function, keeps `taskzoo.tasks` the function: later imports of task modules
+# attach to the package in sys.modules and leave this attribute alone.
+import taskzoo.tasks  # noqa: F401  (isort: skip)
 from taskzoo.api import evaluate, finetune, load, run, tasks
 from taskzoo.errors import DataError, ModelNotFoundError, TaskzooError, TrainingError, UnknownTaskError
 

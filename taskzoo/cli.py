@@ -160,7 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from taskzoo.demo import quiet_libraries
+
+    parser = build_parser()
+    # argparse gives a positional list nothing once an option came between (`predict TASK --model M x`):
+    # collect those leftovers as predict inputs instead of refusing them.
+    args, leftovers = parser.parse_known_args(argv)
+    if leftovers and (args.command != "predict" or any(item.startswith("--") for item in leftovers)):
+        parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
+    if leftovers:
+        args.inputs += leftovers
+    quiet_libraries()
     try:
         args.run(args)
     except (TaskzooError, ValueError, TypeError) as error:

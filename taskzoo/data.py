@@ -54,17 +54,26 @@ def to_dataset(data: Any, read_path=read_table) -> Dataset | DatasetDict:
     if isinstance(data, (str, os.PathLike)):
         return read_path(data)
     if isinstance(data, Mapping):
-        return Dataset.from_dict(dict(data))
+        return _from_python(Dataset.from_dict, dict(data))
     if isinstance(data, Sequence) and all(isinstance(row, Mapping) for row in data):
         if not data:
             raise DataError("The data is an empty list.")
-        return Dataset.from_list(list(data))
+        return _from_python(Dataset.from_list, list(data))
     if type(data).__name__ == "DataFrame":
         return Dataset.from_pandas(data, preserve_index=False)
     raise DataError(
         f"Cannot use data of type {type(data).__name__}: pass a datasets.Dataset, a DatasetDict, "
         "a file path (CSV, JSON, JSONL, Parquet), a folder, or a list of dicts."
     )
+
+
+def _from_python(build, rows) -> Dataset:
+    import pyarrow
+
+    try:
+        return build(rows)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError) as error:
+        raise DataError(f"The rows do not form a table (a column mixes types?): {error}") from error
 
 
 def pick_split(data: Dataset | DatasetDict, role: str) -> Dataset | None:
@@ -127,26 +136,24 @@ def label_names_of(dataset: Dataset, column: str) -> list[str] | None:
 
 
 def encode_labels(dataset: Dataset, column: str, label2id: Mapping[str, int]) -> Dataset:
-    """Map string labels to ids (integers are checked against the label set instead)."""
+    """Map labels to the model's ids: names (strings or ClassLabel) by name, integers checked by range."""
     feature = dataset.features[column]
+    values = dataset[column]
     if hasattr(feature, "names"):  # ClassLabel: compare by name, since ids may be ordered differently
-        names = feature.names
-        dataset = dataset.map(lambda row: {column: names[row[column]]}, desc="Reading labels")
-    values = dataset.unique(column)
+        values = [feature.names[value] for value in values]
     num_labels = len(label2id)
-    unknown = [
-        value
+    unknown = {
+        str(value)
         for value in values
-        if (str(value) not in label2id if isinstance(value, str) else not 0 <= int(value) < num_labels)
-    ]
+        if (value not in label2id if isinstance(value, str) else not 0 <= int(value) < num_labels)
+    }
     if unknown:
         raise DataError(
-            f"Column {column!r} has labels the model does not know: {sorted(map(str, unknown))[:10]}. "
+            f"Column {column!r} has labels the model does not know: {sorted(unknown)[:10]}. "
             f"The model's labels are {list(label2id)}."
         )
-    if all(isinstance(value, str) for value in values):
-        dataset = dataset.map(lambda row: {column: label2id[row[column]]}, desc="Encoding labels")
-    return dataset
+    ids = [label2id[value] if isinstance(value, str) else int(value) for value in values]
+    return dataset.remove_columns(column).add_column(column, ids)
 
 
 # ----------------------------------------------------------------------------------------------- images

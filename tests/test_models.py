@@ -1,0 +1,46 @@
+import pytest
+
+import taskzoo
+from taskzoo.models import resolve_model
+
+
+def test_local_folder_resolves(tiny_model_path):
+    path = tiny_model_path("text-classification")
+    assert resolve_model(str(path)) == path
+
+
+def test_packaged_model_resolves_by_short_name_and_hub_id(minilm_path):
+    assert resolve_model("all-MiniLM-L6-v2") == minilm_path
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == minilm_path
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(taskzoo.ModelNotFoundError, match="does not exist"):
+        taskzoo.load("text-classification", model=str(tmp_path / "nowhere"))
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(taskzoo.ModelNotFoundError, match="not a model.*config.json"):
+        taskzoo.load("text-classification", model=tmp_path)
+
+
+def test_unknown_hub_id_says_what_was_tried_and_how_to_pass_a_path(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(taskzoo.ModelNotFoundError) as raised:
+        taskzoo.load("text-classification", model="no-such-org/no-such-model")
+    message = str(raised.value)
+    assert "no-such-org/no-such-model" in message
+    assert "Hugging Face cache" in message and constants.HF_HUB_CACHE in message
+    assert "pass a local folder" in message
+    assert "Traceback" not in message
+
+
+def test_default_model_error_names_the_pinned_default(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(taskzoo.ModelNotFoundError, match="distilbert-base-uncased-finetuned-sst-2-english.*714eb0f"):
+        taskzoo.load("text-classification")

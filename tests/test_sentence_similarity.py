@@ -1,0 +1,80 @@
+import math
+
+import pytest
+import torch
+
+import taskzoo
+from taskzoo.errors import DataError
+from taskzoo.testing import toy_dataset
+
+PAIRS = [("A man is playing a guitar.", "Someone plays an instrument."),
+         ("A man is playing a guitar.", "The stock market fell sharply today."),
+         ("Cats sleep a lot.", "Kittens nap for most of the day."),
+         ("short", "a much longer sentence with many more words in it than the other one")]
+
+
+def test_scores_equal_sentence_transformers_encode_and_cosine(minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(minilm_path), device="cpu")
+    zoo = taskzoo.load("sentence-similarity", model="all-MiniLM-L6-v2", device="cpu")
+    ours = zoo.predict(PAIRS, batch_size=3)
+    for (a, b), result in zip(PAIRS, ours):
+        embeddings = reference.encode([a, b], convert_to_tensor=True)
+        expected = torch.nn.functional.cosine_similarity(embeddings[:1], embeddings[1:]).item()
+        assert result["score"] == pytest.approx(expected, abs=1e-5)
+    assert ours[0]["score"] > ours[1]["score"] + 0.3  # a real model, real semantics
+
+
+def test_source_sentence_with_many_sentences(minilm_path):
+    zoo = taskzoo.load("sentence-similarity", model="all-MiniLM-L6-v2", device="cpu")
+    scores = zoo.predict({"source_sentence": "A man is playing a guitar.",
+                          "sentences": ["Someone plays an instrument.", "The stock market fell sharply today."]})
+    pairwise = zoo.predict(PAIRS[:2])
+    assert scores == pytest.approx([p["score"] for p in pairwise], abs=1e-5)
+
+
+def test_finetuning_raises_spearman(tiny_model_path, tmp_path):
+    zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu")
+    held_out = toy_dataset("sentence-similarity", 64, seed=1)
+    before = zoo.evaluate(held_out)
+    zoo.finetune(toy_dataset("sentence-similarity", 256, seed=0), eval=held_out, epochs=3,
+                 learning_rate=3e-3, batch_size=16, progress=False, output_dir=str(tmp_path / "run"))
+    after = zoo.evaluate(held_out)
+    assert set(after) == {"spearman", "pearson"}
+    assert before["spearman"] < 0.4 and after["spearman"] >= 0.75
+    again = taskzoo.load("sentence-similarity", model=tmp_path / "run" / "last", device="cpu")
+    assert again.predict(("rain snow", "storm wind"))["score"] == pytest.approx(
+        zoo.predict(("rain snow", "storm wind"))["score"], abs=1e-6)
+
+
+def test_cosent_loss_learns_too(tiny_model_path):
+    zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu",
+                       loss="cosent")
+    zoo.finetune(toy_dataset("sentence-similarity", 256, seed=0), epochs=2, learning_rate=3e-3,
+                 batch_size=16, progress=False, save_checkpoints=False)
+    assert zoo.evaluate(toy_dataset("sentence-similarity", 64, seed=1))["spearman"] >= 0.6
+
+
+def test_zero_to_five_scores_are_normalised(tiny_model_path):
+    zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu")
+    rows = [{"sentence1": "a cat", "sentence2": "a dog", "score": s} for s in (0.0, 2.5, 5.0)]
+    prepared = zoo.prepare(zoo.load_data(rows), training=True)
+    assert prepared["score"] == pytest.approx([0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("bad, message", [(math.nan, "finite numbers; row 1"), (7.0, r"\[0, 1\] or \[0, 5\]"),
+                                          (-1.0, r"from -1.0"), ("high", "mixes types.*high")])
+def test_bad_scores_are_refused(tiny_model_path, bad, message):
+    zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu")
+    rows = [{"sentence1": "a", "sentence2": "b", "score": 0.5}, {"sentence1": "a", "sentence2": "b", "score": bad}]
+    with pytest.raises(DataError, match=message):
+        zoo.evaluate(rows)
+
+
+def test_bad_inputs_are_refused(tiny_model_path):
+    zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu")
+    with pytest.raises(ValueError, match="source_sentence"):
+        zoo.predict({"query": "x"})
+    with pytest.raises(ValueError, match="a pair"):
+        zoo.predict(["just one sentence"])

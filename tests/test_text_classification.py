@@ -1,0 +1,89 @@
+import pytest
+from datasets import Dataset
+
+import taskzoo
+from taskzoo.errors import DataError
+
+
+def test_finetuning_lifts_accuracy_from_chance_to_at_least_0_9(trained_classifier):
+    zoo, before, result, held_out = trained_classifier
+    assert before["accuracy"] <= 0.65  # an untrained head is near chance on balanced data
+    after = zoo.evaluate(held_out)
+    assert after["accuracy"] >= 0.9
+    assert set(after) == {"accuracy", "macro_f1"}
+    assert result.best_metric >= 0.9 and result.metric == "accuracy"
+
+
+def test_label_names_come_from_the_data(trained_classifier):
+    zoo = trained_classifier[0]
+    assert zoo.labels == ["negative", "positive"]
+    prediction = zoo.predict("the film was really great and lovely")
+    assert prediction["label"] == "positive" and 0.5 < prediction["score"] <= 1
+
+
+def test_single_input_gives_one_output_and_a_list_gives_a_list(trained_classifier):
+    zoo = trained_classifier[0]
+    texts = ["awful boring plot", "a superb story", "good", "the acting was terrible and dull"]
+    batched = zoo.predict(texts, batch_size=3)
+    for text, from_batch in zip(texts, batched):  # length-sorted batching keeps input order
+        alone = zoo.predict(text)
+        assert alone["label"] == from_batch["label"]
+        assert alone["score"] == pytest.approx(from_batch["score"], abs=1e-5)
+    assert [p["label"] for p in batched] == ["negative", "positive", "positive", "negative"]
+    top = zoo.predict("good", top_k=2)
+    assert [p["label"] for p in top] == ["positive", "negative"]
+    assert sum(p["score"] for p in top) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_text_pairs(trained_classifier):
+    zoo = trained_classifier[0]
+    one = zoo.predict(("good film", "great plot"))
+    assert set(one) == {"label", "score"}
+    assert zoo.predict([("a", "b"), {"text": "bad", "text_pair": "awful"}], batch_size=2)[1]["label"] == "negative"
+
+
+def test_save_load_round_trip_gives_identical_predictions(trained_classifier, tmp_path):
+    zoo = trained_classifier[0]
+    zoo.save(tmp_path / "saved")
+    again = taskzoo.load("text-classification", model=tmp_path / "saved", device="cpu")
+    texts = ["good", "bad plot", "the story was wonderful but the acting was poor"]
+    assert again.predict(texts) == zoo.predict(texts)
+
+
+def test_plain_transformers_loader_opens_the_saved_classifier(trained_classifier, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    trained_classifier[0].save(tmp_path / "saved")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    classifier = pipeline("text-classification", model=model,
+                          tokenizer=AutoTokenizer.from_pretrained(tmp_path / "saved"), device="cpu")
+    assert classifier("great lovely film")[0]["label"] == "positive"
+
+
+def test_unknown_label_at_evaluation_is_named(trained_classifier):
+    zoo = trained_classifier[0]
+    with pytest.raises(DataError, match=r"labels the model does not know: \['neutral'\].*negative"):
+        zoo.evaluate([{"text": "fine", "label": "positive"}, {"text": "meh", "label": "neutral"}])
+
+
+def test_integer_labels_and_column_mapping(tiny_model_path, tmp_path):
+    rows = [{"review": f"good film {i}", "stars": 1} if i % 2 else {"review": f"bad film {i}", "stars": 0}
+            for i in range(16)]
+    path = tmp_path / "reviews.csv"
+    Dataset.from_list(rows).to_csv(path)
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    zoo.finetune(str(path), columns={"review": "text", "stars": "label"}, max_steps=2, progress=False,
+                 save_checkpoints=False)
+    assert zoo.labels == ["LABEL_0", "LABEL_1"]
+    assert set(zoo.evaluate(str(path), columns={"review": "text", "stars": "label"})) == {"accuracy", "macro_f1"}
+
+
+def test_minilm_backbone_without_a_head_gets_one_for_the_data_labels(minilm_path, tmp_path):
+    zoo = taskzoo.load("text-classification", model="all-MiniLM-L6-v2", device="cpu")
+    assert not zoo.head_trained
+    rows = [{"text": text, "label": label} for text, label in
+            [("I love it", "joy"), ("I hate it", "anger"), ("so scared", "fear")] * 2]
+    zoo.finetune(rows, max_steps=1, batch_size=6, progress=False, save_checkpoints=False)
+    assert zoo.labels == ["anger", "fear", "joy"]
+    assert {p["label"] for p in zoo.predict(["x", "y"], top_k=3)[0]} == {"anger", "fear", "joy"}
