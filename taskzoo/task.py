@@ -154,20 +154,45 @@ class Task:
         """Fine-tune on ``train`` (evaluating on ``eval``) with the shared Accelerate loop.
 
         ``config`` takes the fields of :class:`taskzoo.training.TrainingConfig` (epochs, learning_rate,
-        output_dir, ...). Returns a :class:`taskzoo.training.TrainingResult`.
+        output_dir, strategy, ...) and the task's own ``finetune_options``. Returns a
+        :class:`taskzoo.training.TrainingResult`. With a DatasetDict and no ``eval``, its validation
+        (or test) split is used for evaluation.
         """
+        from datasets import DatasetDict
+
         from taskzoo.training import TrainingConfig, train_task
 
+        own = {key: config.pop(key) for key in list(config) if key in self.finetune_options}
+        self.training_options = {**self.finetune_options, **own}
         config = TrainingConfig.from_kwargs(self, **config)
-        train_set = self.load_data(train, "train", columns)
-        if eval is None and not isinstance(train, (str, os.PathLike)):
-            eval_set = self.load_data(train, "eval", columns) if hasattr(train, "keys") else None
+        loaded = data_utils.to_dataset(train, self.read_path)
+        train_set = self.load_data(loaded, "train", columns)
+        if eval is None:
+            eval_set = self.load_data(loaded, "eval", columns) if isinstance(loaded, DatasetDict) else None
         else:
-            eval_set = self.load_data(eval, "eval", columns) if eval is not None else None
+            eval_set = self.load_data(eval, "eval", columns)
         self.prepare_for_training(train_set)
+        self.apply_strategy(config.strategy)
         train_set = self.prepare(train_set, training=True)
         eval_set = self.prepare(eval_set, training=False) if eval_set is not None else None
         return train_task(self, train_set, eval_set, config)
+
+    # Task-specific finetune() options and their defaults (EMA for diffusion, say); read them from
+    # self.training_options inside training_step and the hooks below.
+    finetune_options: ClassVar[dict[str, Any]] = {}
+    strategies: ClassVar[tuple[str, ...]] = ("full",)
+
+    def apply_strategy(self, strategy: str) -> None:
+        """Choose what trains: "full" trains every parameter. Tasks that offer more override this."""
+        if strategy not in self.strategies:
+            raise ValueError(f"{self.name} supports strategy {' or '.join(map(repr, self.strategies))}; "
+                             f"got {strategy!r}.")
+
+    def on_optimizer_step(self, model: torch.nn.Module) -> None:
+        """Called after every optimizer step (EMA updates, say). Default: nothing."""
+
+    def on_evaluate(self, model: torch.nn.Module, output_dir: Path, step: int) -> None:
+        """Called on the main process after each evaluation during fine-tuning (render samples, say)."""
 
     # ------------------------------------------------------------------------------ testing kit
     # Settings with which `taskzoo demo` (and the tests) fine-tune the tiny model on the toy data.

@@ -43,13 +43,20 @@ def save_word_tokenizer(path: str | os.PathLike, words: list[str]):
     return tokenizer
 
 
-def save_tiny_bert(path: str | os.PathLike, words: list[str]) -> Path:
-    """A tiny random BERT encoder (no task head) with a word-level tokenizer, saved at ``path``."""
+def save_tiny_bert(path: str | os.PathLike, words: list[str], labels: list[str] | None = None) -> Path:
+    """A tiny random BERT with a word-level tokenizer, saved at ``path``: a bare encoder, or with
+    ``labels`` a sequence classifier (random head) for those label names."""
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
 
     tokenizer = save_word_tokenizer(path, words)
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(tokenizer), **TINY_BERT))
+    config = BertConfig(vocab_size=len(tokenizer), **TINY_BERT)
+    if labels:
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+        model = BertForSequenceClassification(config)
+    else:
+        model = BertModel(config)
     model.save_pretrained(path)
     return Path(path)

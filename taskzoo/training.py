@@ -52,13 +52,15 @@ class TrainingConfig:
     num_workers: int = 0  # DataLoader workers
     progress: bool = True  # tqdm bar on the main process
     metric_for_best: str | None = None  # default: the task's primary metric
+    strategy: str = "full"  # what trains; each task lists its strategies
 
     @classmethod
     def from_kwargs(cls, task, **kwargs) -> TrainingConfig:
         names = [f.name for f in fields(cls)]
         for key in kwargs:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
+                known = names + list(task.finetune_options)
+                close = difflib.get_close_matches(key, known, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise TypeError(f"finetune() got an unknown option {key!r}.{hint}")
         config = cls(**kwargs)
@@ -160,6 +162,8 @@ def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingRes
         if eval_loader is not None:
             metrics = run_evaluation(task, model, eval_loader, accelerator)
             result.final_metrics = metrics
+            if accelerator.is_main_process:
+                task.on_evaluate(accelerator.unwrap_model(model), output_dir, step)
             log.write({"step": step, "epoch": round(epoch, 3), **{f"eval_{k}": v for k, v in metrics.items()}})
             value = metrics.get(config.metric_for_best)
             if value is None:
@@ -195,6 +199,7 @@ def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingRes
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
+            task.on_optimizer_step(model)
             step += 1
             progress.update(1)
             if step % config.log_every == 0 or step == total_steps:

@@ -75,7 +75,7 @@ def test_integer_labels_and_column_mapping(tiny_model_path, tmp_path):
     zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
     zoo.finetune(str(path), columns={"review": "text", "stars": "label"}, max_steps=2, progress=False,
                  save_checkpoints=False)
-    assert zoo.labels == ["LABEL_0", "LABEL_1"]
+    assert zoo.labels == ["negative", "positive"]  # integer labels in range keep the model's names
     assert set(zoo.evaluate(str(path), columns={"review": "text", "stars": "label"})) == {"accuracy", "macro_f1"}
 
 
@@ -87,3 +87,10 @@ def test_minilm_backbone_without_a_head_gets_one_for_the_data_labels(minilm_path
     zoo.finetune(rows, max_steps=1, batch_size=6, progress=False, save_checkpoints=False)
     assert zoo.labels == ["anger", "fear", "joy"]
     assert {p["label"] for p in zoo.predict(["x", "y"], top_k=3)[0]} == {"anger", "fear", "joy"}
+
+
+def test_integer_labels_beyond_the_head_get_a_new_head(tiny_model_path):
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    rows = [{"text": f"film {i}", "label": i % 3} for i in range(6)]
+    zoo.finetune(rows, max_steps=1, progress=False, save_checkpoints=False)
+    assert zoo.labels == ["LABEL_0", "LABEL_1", "LABEL_2"]

@@ -157,11 +157,12 @@ class TextClassification(Task):
 
     @staticmethod
     def tiny_model(path: str | os.PathLike) -> Path:
-        """A tiny BERT encoder without a classification head: fine-tuning adds one from the data."""
+        """A tiny BERT classifier for the toy labels, its head random (all-MiniLM-L6-v2 covers the
+        backbone-without-head case in the tests)."""
         from taskzoo.testing import save_tiny_bert
 
         cls = TextClassification
-        return save_tiny_bert(path, cls.POSITIVE + cls.NEGATIVE + cls.FILLER)
+        return save_tiny_bert(path, cls.POSITIVE + cls.NEGATIVE + cls.FILLER, labels=["negative", "positive"])
 
     @staticmethod
     def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
