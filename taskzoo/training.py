@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from taskzoo import checkpoints
 from taskzoo.errors import TrainingError
 from taskzoo.evaluation import run_evaluation
 
@@ -53,6 +53,14 @@ class TrainingConfig:
     progress: bool = True  # tqdm bar on the main process
     metric_for_best: str | None = None  # default: the task's primary metric
     strategy: str = "full"  # what trains; each task lists its strategies
+    checkpoint_every: int | None = None  # optimizer steps between full training-state checkpoints
+    keep_checkpoints: int = 2  # how many of those to keep (oldest deleted)
+    resume_from: str | None = None  # "latest" or a checkpoints/step-N folder
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    early_stopping_min_delta: float = 0.0  # smallest change that counts as an improvement
+    restore_best: bool | None = None  # end with the best weights; default: on with early stopping
+    overwrite: bool = False  # allow an output_dir that holds other files
+    plot: bool = True  # training_curves.png in output_dir
 
     @classmethod
     def from_kwargs(cls, task, **kwargs) -> TrainingConfig:
@@ -66,6 +74,8 @@ class TrainingConfig:
         config = cls(**kwargs)
         config.learning_rate = config.learning_rate or task.default_learning_rate
         config.metric_for_best = config.metric_for_best or task.primary_metric
+        if config.restore_best is None:
+            config.restore_best = config.early_stopping_patience is not None
         config.check()
         return config
 
@@ -81,6 +91,10 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}.")
         if self.max_steps is None and not self.epochs > 0:
             raise ValueError(f"epochs must be positive; got {self.epochs!r}.")
+        for name in ("checkpoint_every", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
         if self.eval_every != "epoch" and not (isinstance(self.eval_every, int) and self.eval_every > 0):
             raise ValueError(f"eval_every must be 'epoch' or a positive number of steps; got {self.eval_every!r}.")
 
@@ -114,16 +128,19 @@ def new_accelerator(**kwargs):
 
 
 def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingResult:
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from transformers import get_scheduler
 
     output_dir = Path(config.output_dir or tempfile.mkdtemp(prefix=f"taskzoo-{task.name}-"))
+    checkpoints.check_output_dir(output_dir, config.overwrite, resuming=config.resume_from is not None)
     accelerator = new_accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=config.log_with,
         project_dir=str(output_dir),
         step_scheduler_with_optimizer=False,  # stepped below, once per optimizer step
+        # The shuffle order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
     )
     set_seed(config.seed)
     if accelerator.is_main_process:
@@ -131,9 +148,10 @@ def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingRes
 
     model = task.model
     model.train()
+    # A generator of its own keeps the loader from drawing on the global RNG each epoch, which would
+    # shift dropout masks between a straight run and a resumed one.
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=task.collate,
-                              num_workers=config.num_workers,
-                              generator=torch.Generator().manual_seed(config.seed))
+                              num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed))
     eval_loader = None
     if eval_set is not None:
         eval_loader = DataLoader(eval_set, batch_size=config.eval_batch_size or config.batch_size,
@@ -147,49 +165,77 @@ def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingRes
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
     warmup = config.warmup_steps or int(config.warmup_ratio * total_steps)
     scheduler_name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
-    scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    scheduler = accelerator.prepare(
+        get_scheduler(scheduler_name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps))
 
+    # Where the run stands; saved with every checkpoint and restored on resume.
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_step": None,
+             "bad_evaluations": 0, "history": []}
+    if config.resume_from is not None:
+        state = checkpoints.load_training_state(accelerator, checkpoints.find_checkpoint(output_dir, config.resume_from))
+    elif accelerator.is_main_process:  # a fresh run: forget an earlier run's log and checkpoints
+        (output_dir / "log.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     if config.log_with:
         accelerator.init_trackers("taskzoo", config={k: v for k, v in asdict(config).items()
                                                      if isinstance(v, (int, float, str, bool))})
-    log = _Log(output_dir / "log.jsonl", accelerator)
+    log = _Log(output_dir / "log.jsonl", accelerator, state["history"])
     result = TrainingResult(output_dir=output_dir, metric=config.metric_for_best, task=task)
     trainable = [p for p in model.parameters() if p.requires_grad]
     log.info(f"Fine-tuning {task.name}: {len(train_set)} samples, {total_steps} optimizer steps, "
-             f"{sum(p.numel() for p in trainable):,} trainable parameters, output in {output_dir}")
+             f"{sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in model.parameters()):,} "
+             f"parameters trainable ({config.strategy}), output in {output_dir}"
+             + (f", resumed at step {state['step']}" if state["step"] else ""))
+    best_weights = None  # an in-memory copy for restore_best
 
-    def evaluate_and_checkpoint(step: int, epoch: float) -> None:
-        if eval_loader is not None:
-            metrics = run_evaluation(task, model, eval_loader, accelerator)
-            result.final_metrics = metrics
-            if accelerator.is_main_process:
-                task.on_evaluate(accelerator.unwrap_model(model), output_dir, step)
-            log.write({"step": step, "epoch": round(epoch, 3), **{f"eval_{k}": v for k, v in metrics.items()}})
-            value = metrics.get(config.metric_for_best)
-            if value is None:
-                raise TrainingError(f"metric_for_best={config.metric_for_best!r} is not among the "
-                                    f"metrics {list(metrics)}.")
-            if result.best_metric is None or _better(value, result.best_metric, task.greater_is_better):
-                result.best_metric, result.best_step = value, step
-                if config.save_checkpoints:
-                    _save_checkpoint(task, accelerator, output_dir / "best")
+    evaluated_at = None
 
-    progress = tqdm(total=total_steps, desc=f"{task.name}: fine-tune", unit="step",
+    def evaluate(step: int) -> bool:
+        """Evaluate, keep the best model; returns True when early stopping says stop."""
+        nonlocal best_weights, evaluated_at
+        evaluated_at = step
+        metrics = run_evaluation(task, model, eval_loader, accelerator)
+        result.final_metrics = metrics
+        log.write({"step": step, "epoch": round(step / steps_per_epoch, 3),
+                   **{f"eval_{k}": v for k, v in metrics.items()}})
+        if accelerator.is_main_process:
+            task.on_evaluate(accelerator.unwrap_model(model), output_dir, step)
+        if config.metric_for_best not in metrics:
+            raise TrainingError(f"metric_for_best={config.metric_for_best!r} is not among the "
+                                f"metrics {list(metrics)}.")
+        value, best = metrics[config.metric_for_best], state["best_metric"]
+        sign = 1 if task.greater_is_better else -1
+        if best is None or sign * (value - best) > config.early_stopping_min_delta:
+            state.update(best_metric=value, best_step=step, bad_evaluations=0)
+            if config.save_checkpoints:
+                checkpoints.save_model(task, accelerator, output_dir / "best")
+            if config.restore_best:
+                best_weights = {k: v.detach().to("cpu", copy=True)
+                                for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        else:
+            state["bad_evaluations"] += 1
+        patience = config.early_stopping_patience
+        return patience is not None and state["bad_evaluations"] >= patience
+
+    progress = tqdm(total=total_steps, initial=state["step"], desc=f"{task.name}: fine-tune", unit="step",
                     disable=not (config.progress and accelerator.is_local_main_process))
-    step, losses, started = 0, [], time.perf_counter()
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    for epoch in range(epochs):
-        if step >= total_steps:
-            break
-        for batch in train_loader:
+    losses, started, stop = [], time.perf_counter(), False
+    start_step = state["step"]
+    while state["step"] < total_steps and not stop:
+        train_loader.set_epoch(state["epoch"])
+        # On resume, skip the batches of this epoch that were already trained on.
+        loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"]) \
+            if state["batches_in_epoch"] else train_loader
+        for batch in loader:
+            state["batches_in_epoch"] += 1
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss = task.training_step(model, batch)["loss"]
                 if not torch.isfinite(loss.detach()).all():
                     raise TrainingError(
-                        f"The loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}). "
+                        f"The loss became {loss.item()} at step {state['step'] + 1} (epoch {state['epoch'] + 1}). "
                         "Try a lower learning_rate, or mixed_precision='no'. "
-                        f"The last good checkpoint in {output_dir} is untouched.")
+                        f"The checkpoints in {output_dir} are untouched.")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm:
                     accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -200,7 +246,8 @@ def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingRes
                 continue
             scheduler.step()
             task.on_optimizer_step(model)
-            step += 1
+            state["step"] += 1
+            step = state["step"]
             progress.update(1)
             if step % config.log_every == 0 or step == total_steps:
                 mean_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
@@ -208,23 +255,40 @@ def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingRes
                 progress.set_postfix(loss=f"{mean_loss:.4f}")
                 log.write({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": mean_loss,
                            "learning_rate": scheduler.get_last_lr()[0]})
-            if config.eval_every != "epoch" and step % config.eval_every == 0:
-                evaluate_and_checkpoint(step, step / steps_per_epoch)
-            if step >= total_steps:
+            if eval_loader is not None and config.eval_every != "epoch" and step % config.eval_every == 0:
+                stop = evaluate(step)
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                checkpoints.save_training_state(accelerator, output_dir, step, state, config.keep_checkpoints)
+            if step >= total_steps or stop:
                 break
-        if config.eval_every == "epoch":
-            evaluate_and_checkpoint(step, step / steps_per_epoch)
+        else:  # the epoch ran to its end
+            state["epoch"] += 1
+            state["batches_in_epoch"] = 0
+            if eval_loader is not None and config.eval_every == "epoch":
+                stop = evaluate(state["step"])
+    if eval_loader is not None and not stop and evaluated_at != state["step"]:
+        evaluate(state["step"])  # the run ended between evaluations: score the final model too
     progress.close()
+    if stop:
+        log.info(f"Early stopping at step {state['step']}: no improvement of {config.metric_for_best} in "
+                 f"{config.early_stopping_patience} evaluations (best {state['best_metric']:.4f} at step "
+                 f"{state['best_step']}).")
 
     result.seconds = time.perf_counter() - started
-    result.steps = step
-    samples = step * config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    result.steps = state["step"]
+    samples = (state["step"] - start_step) * config.batch_size * config.gradient_accumulation_steps \
+        * accelerator.num_processes
     result.samples_per_second = samples / max(result.seconds, 1e-9)
+    result.best_metric, result.best_step = state["best_metric"], state["best_step"]
     task.model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    if best_weights is not None:
+        task.model.load_state_dict(best_weights)
     task.model.eval()
     if config.save_checkpoints:
-        _save_checkpoint(task, accelerator, output_dir / "last")
+        checkpoints.save_model(task, accelerator, output_dir / "last")
     result.history = log.records
+    if config.plot and accelerator.is_main_process:
+        plot_history(log.records, config.metric_for_best, output_dir / "training_curves.png")
     accelerator.end_training()
     return result
 
@@ -239,34 +303,13 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _better(value: float, best: float, greater_is_better: bool) -> bool:
-    return value > best if greater_is_better else value < best
-
-
-def _save_checkpoint(task, accelerator, target: Path) -> None:
-    """Save into a temporary sibling, then swap it in, so a crash mid-save never breaks ``target``."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            task.save(staging)  # task.model is the bare module that prepare() wrapped
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        retired = target.with_name(f".{target.name}-old")
-        if target.exists():
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(target, retired)
-        os.replace(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
 class _Log:
     """Log records to log.jsonl (main process only), to accelerate's trackers, and to a list."""
 
-    def __init__(self, path: Path, accelerator):
-        self.path, self.accelerator, self.records = path, accelerator, []
+    def __init__(self, path: Path, accelerator, records: list[dict]):
+        self.path, self.accelerator, self.records = path, accelerator, records
+        if accelerator.is_main_process and records:  # resumed: the log ends where the checkpoint was taken
+            path.write_text("".join(json.dumps(record) + "\n" for record in records))
 
     def write(self, record: dict) -> None:
         self.records.append(record)
@@ -279,3 +322,27 @@ class _Log:
     def info(self, message: str) -> None:
         if self.accelerator.is_local_main_process:
             tqdm.write(message)
+
+
+def plot_history(records: list[dict], metric: str, path: Path) -> Path | None:
+    """A PNG of the training loss and the evaluation metric per step (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    scores = [(r["step"], r[f"eval_{metric}"]) for r in records if f"eval_{metric}" in r]
+    figure, axes = plt.subplots(1, 2 if scores else 1, figsize=(10 if scores else 5, 3.5), squeeze=False)
+    for axis, points, label in zip(axes[0], [losses, scores], ["training loss", f"eval {metric}"]):
+        if points:
+            axis.plot(*zip(*points), marker="." if len(points) < 50 else None)
+        axis.set_xlabel("optimizer step")
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,128 @@
+"""Fine-tuning that users can trust: exact resume after a kill, several processes, early stopping."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import taskzoo
+from taskzoo.errors import TrainingError
+from taskzoo.testing import toy_dataset
+
+SCRIPT = Path(__file__).parent / "scripts" / "finetune_tiny.py"
+
+
+def weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_resume_after_sigkill_gives_the_same_weights(tiny_model_path, tmp_path):
+    model = tiny_model_path("text-classification")
+    straight = subprocess.run([sys.executable, SCRIPT, model, tmp_path / "straight"], capture_output=True,
+                              text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, SCRIPT, model, killed, "--step-seconds", "0.3"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step-12").exists():  # past two checkpoints, before the end
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "last").exists()  # it really died mid-run
+
+    resumed = subprocess.run([sys.executable, SCRIPT, model, killed, "--resume"], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = weights(tmp_path / "straight" / "last"), weights(killed / "last")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    steps = [r["step"] for r in map(json.loads, (killed / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(2, 25, 2))  # the log continues where the checkpoint was, without repeats
+    assert len(list((killed / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints
+
+
+def test_two_processes_end_identical_and_count_each_eval_sample_once(tiny_model_path, tmp_path):
+    model = tiny_model_path("text-classification")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+         SCRIPT, model, tmp_path / "ddp", "--eval-size", "37", "--max-steps", "8"],
+        capture_output=True, text=True, timeout=400, env=env)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)
+    assert ranks[0]["final_metrics"] == ranks[1]["final_metrics"]
+    # Evaluation over 37 samples split over 2 processes equals a single-process evaluation.
+    zoo = taskzoo.load("text-classification", model=tmp_path / "ddp" / "last", device="cpu")
+    assert zoo.evaluate(toy_dataset("text-classification", 37, seed=1)) == pytest.approx(ranks[0]["final_metrics"])
+    # Only the main process wrote the log: one record per step, no duplicates.
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "ddp" / "log.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == [2, 4, 6, 8]
+
+
+def test_early_stopping_restores_the_best_model(tiny_model_path, tmp_path):
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    held_out = toy_dataset("text-classification", 32, seed=1)
+    # A learning rate this high diverges after a few evaluations: early stopping must catch it.
+    result = zoo.finetune(toy_dataset("text-classification", 256, seed=0), eval=held_out, epochs=20,
+                          learning_rate=3e-3, batch_size=16, eval_every=4, early_stopping_patience=2,
+                          early_stopping_min_delta=0.001, progress=False, output_dir=str(tmp_path))
+    evaluations = [r for r in result.history if "eval_accuracy" in r]
+    assert result.steps < 20 * 16  # stopped early
+    assert len(evaluations) >= 3
+    after_best = [r for r in evaluations if r["step"] > result.best_step]
+    assert len(after_best) == 2  # exactly `patience` evaluations without improvement
+    assert zoo.evaluate(held_out)["accuracy"] == pytest.approx(result.best_metric)  # best weights restored
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from taskzoo.testing import TINY_BERT, save_word_tokenizer
+
+    # No dropout: nothing in the model depends on how samples are grouped into batches.
+    tokenizer = save_word_tokenizer(tmp_path / "m", ["good", "bad", "film", "the", "plot"])
+    config = BertConfig(vocab_size=len(tokenizer), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
+                        **TINY_BERT)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "m")
+    train = toy_dataset("text-classification", 8, seed=0)
+    results = []
+    for batch_size, accumulation in [(8, 1), (4, 2)]:
+        zoo = taskzoo.load("text-classification", model=tmp_path / "m", device="cpu")
+        zoo.finetune(train, max_steps=1, batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                     learning_rate=1e-2, progress=False, save_checkpoints=False, output_dir=str(tmp_path / "o"))
+        results.append(zoo.model.state_dict())
+    for name, value in results[0].items():
+        torch.testing.assert_close(results[1][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_output_dir_with_other_files_is_refused_unless_overwrite(tiny_model_path, tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    train = toy_dataset("text-classification", 16)
+    with pytest.raises(TrainingError, match=r"thesis.tex.*overwrite=True"):
+        zoo.finetune(train, max_steps=1, output_dir=str(tmp_path), progress=False)
+    zoo.finetune(train, max_steps=1, output_dir=str(tmp_path), overwrite=True, progress=False)
+    assert (tmp_path / "thesis.tex").read_text() == "precious" and (tmp_path / "last").is_dir()
+
+
+def test_training_curves_png(tiny_model_path, tmp_path):
+    pytest.importorskip("matplotlib")
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    zoo.finetune(toy_dataset("text-classification", 32), eval=toy_dataset("text-classification", 16, seed=1),
+                 max_steps=4, eval_every=2, log_every=1, progress=False, output_dir=str(tmp_path))
+    png = (tmp_path / "training_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
