@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from taskzoo import data as data_utils
+from taskzoo import strategies
 from taskzoo.errors import DataError
 
 
@@ -177,16 +178,32 @@ class Task:
         eval_set = self.prepare(eval_set, training=False) if eval_set is not None else None
         return train_task(self, train_set, eval_set, config)
 
-    # Task-specific finetune() options and their defaults (EMA for diffusion, say); read them from
-    # self.training_options inside training_step and the hooks below.
-    finetune_options: ClassVar[dict[str, Any]] = {}
-    strategies: ClassVar[tuple[str, ...]] = ("full",)
+    # Task-specific finetune() options and their defaults (EMA for diffusion, say), read from
+    # self.training_options inside training_step and the hooks below. Subclasses extend this dict.
+    finetune_options: ClassVar[dict[str, Any]] = {
+        "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0,  # strategy="lora"
+        "save_merged": True,  # after LoRA, save() writes a merged plain model (False: the adapters alone)
+    }
+    training_options: dict[str, Any] = finetune_options
+    strategies: ClassVar[tuple[str, ...]] = ("full", "freeze", "lora")
+
+    def head_modules(self) -> list[str]:
+        """Top-level modules of the task head (what strategy="freeze" trains)."""
+        return strategies.head_modules(self.model)
 
     def apply_strategy(self, strategy: str) -> None:
-        """Choose what trains: "full" trains every parameter. Tasks that offer more override this."""
+        """Choose what trains: everything, the head alone, or LoRA adapters plus the head."""
         if strategy not in self.strategies:
             raise ValueError(f"{self.name} supports strategy {' or '.join(map(repr, self.strategies))}; "
                              f"got {strategy!r}.")
+        options = self.training_options
+        self.model = strategies.apply(self.model, strategy, self.head_modules(), rank=options["lora_rank"],
+                                      alpha=options["lora_alpha"], dropout=options["lora_dropout"])
+        self.model.to(self.device)
+
+    def model_to_save(self) -> torch.nn.Module:
+        """The model that save() writes: LoRA adapters merged in unless save_merged=False."""
+        return strategies.exportable(self.model, merged=self.training_options.get("save_merged", True))
 
     def on_optimizer_step(self, model: torch.nn.Module) -> None:
         """Called after every optimizer step (EMA updates, say). Default: nothing."""

@@ -7,6 +7,7 @@ onto gold scores (CosineSimilarityLoss), or ranks pairs with CoSENT (``loss="cos
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
-from taskzoo import metrics
+from taskzoo import metrics, strategies
 from taskzoo.errors import DataError
 from taskzoo.task import Task
 
@@ -47,7 +48,7 @@ class SentenceSimilarity(Task):
         return cls(model, loss=loss, source=str(path), device=device or model.device)
 
     def save(self, path):
-        self.model.save(str(path))
+        self.model_to_save().save(str(path))
         return Path(path)
 
     # ----------------------------------------------------------------------------------------- data
@@ -67,14 +68,29 @@ class SentenceSimilarity(Task):
             dataset = dataset.map(lambda row: {"score": row["score"] / 5.0}, desc="Scaling scores 0-5 to 0-1")
         return dataset
 
-    def _features(self, sentences: list[str]) -> dict:
-        # sentence-transformers 6 renamed tokenize() to preprocess(); older releases only have tokenize().
-        preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize
-        return preprocess(sentences)
+    # --------------------------------------------------------------------------------- strategies
+    # No head to freeze: the embedding is the output. LoRA adapts the transformer inside module 0.
+    strategies = ("full", "lora")
+
+    def apply_strategy(self, strategy: str) -> None:
+        if strategy not in self.strategies:
+            raise ValueError(f"sentence-similarity supports strategy 'full' or 'lora' (it has no head to "
+                             f"train alone); got {strategy!r}.")
+        options, encoder = self.training_options, self.model[0]
+        encoder.model = strategies.apply(encoder.model, strategy, head=[], rank=options["lora_rank"],
+                                         alpha=options["lora_alpha"], dropout=options["lora_dropout"])
+
+    def model_to_save(self):
+        encoder = self.model[0]
+        if not (strategies.is_peft(encoder.model) and self.training_options.get("save_merged", True)):
+            return self.model
+        merged = copy.deepcopy(self.model)
+        merged[0].model = merged[0].model.merge_and_unload()
+        return merged
 
     def collate(self, examples: list[dict]) -> dict:
-        return {"a": self._features([row["sentence1"] for row in examples]),
-                "b": self._features([row["sentence2"] for row in examples]),
+        return {"a": self.model.preprocess([row["sentence1"] for row in examples]),
+                "b": self.model.preprocess([row["sentence2"] for row in examples]),
                 "score": torch.tensor([float(row["score"]) for row in examples])}
 
     # ------------------------------------------------------------------------------------- training

@@ -17,7 +17,7 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Value
 
 from taskzoo import data as data_utils
-from taskzoo import metrics
+from taskzoo import metrics, strategies
 from taskzoo.errors import DataError
 from taskzoo.task import Task
 
@@ -43,7 +43,7 @@ class TextClassification(Task):
         return cls(model, tokenizer, head_trained=not info["missing_keys"], source=str(path), device=device)
 
     def save(self, path):
-        self.model.save_pretrained(path)
+        self.model_to_save().save_pretrained(path)
         self.processor.save_pretrained(path)
         return Path(path)
 
@@ -75,7 +75,7 @@ class TextClassification(Task):
         from transformers import AutoModelForSequenceClassification
 
         with tempfile.TemporaryDirectory() as folder:
-            self.model.save_pretrained(folder)
+            strategies.exportable(self.model, merged=True).save_pretrained(folder)
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 folder, num_labels=len(names), id2label=dict(enumerate(names)),
                 label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True,

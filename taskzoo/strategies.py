@@ -1,0 +1,78 @@
+"""Fine-tuning strategies, the same menu on every transformers task:
+
+- ``full``: every parameter trains;
+- ``freeze``: the pretrained body is frozen, only the task head trains;
+- ``lora``: low-rank adapters (peft) on the body's linear layers, the head trains in full.
+
+The head is what a task adds on top of the pretrained body: for a transformers model, the top-level
+modules other than ``base_model_prefix`` (``classifier``, ``decode_head``, ``lm_head``, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import torch
+
+
+def head_modules(model: torch.nn.Module) -> list[str]:
+    """Names of the model's top-level modules outside its pretrained body."""
+    prefix = getattr(model, "base_model_prefix", None)
+    children = dict(model.named_children())
+    if not prefix or prefix not in children:
+        raise ValueError(f"Cannot tell the head of {type(model).__name__} from its body; "
+                         "this task supports strategy='full' only.")
+    # Parameter-free children (a dropout) are not part of the head that trains.
+    return [name for name, child in children.items()
+            if name != prefix and any(True for _ in child.parameters())]
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def apply(model: torch.nn.Module, strategy: str, head: list[str], rank: int = 8, alpha: int = 16,
+          dropout: float = 0.0) -> torch.nn.Module:
+    """Return ``model`` set up for ``strategy``. A model that already has adapters is merged first."""
+    if is_peft(model):
+        model = model.merge_and_unload()
+    if strategy == "full":
+        model.requires_grad_(True)
+    elif strategy == "freeze":
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = name.split(".")[0] in head
+    elif strategy == "lora":
+        model = _add_lora(model, head, rank, alpha, dropout)
+    else:
+        raise ValueError(f"Unknown strategy {strategy!r}.")
+    return model
+
+
+def _add_lora(model, head, rank, alpha, dropout):
+    try:
+        from peft import LoraConfig, get_peft_model
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
+    except ImportError as error:
+        raise ImportError("strategy='lora' needs peft: pip install 'taskzoo[training]'") from error
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    # peft knows the attention projections of common architectures; elsewhere adapt every linear layer
+    # of the body (the head is excluded: it trains in full through modules_to_save).
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=TARGETS.get(model_type) or "all-linear",
+                        exclude_modules=rf"({'|'.join(map(re.escape, head))})(\..*)?" if head else None,
+                        modules_to_save=head)
+    return get_peft_model(model, config)
+
+
+def exportable(model: torch.nn.Module, merged: bool = True) -> torch.nn.Module:
+    """The model to save: with adapters, a merged copy (a plain model) unless ``merged=False``."""
+    if is_peft(model) and merged:
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    parameters = list(model.parameters())
+    return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)

@@ -1,0 +1,89 @@
+"""strategy="full" / "freeze" / "lora" on the text tasks (the same menu every transformers task offers)."""
+
+import pytest
+import torch
+from datasets import ClassLabel, Dataset
+
+import taskzoo
+from taskzoo.strategies import count_parameters, is_peft
+from taskzoo.testing import toy_dataset
+
+
+@pytest.fixture(scope="module")
+def pretrained_body(trained_classifier, tmp_path_factory):
+    """A classifier whose body has learned the toy words: what a pretrained checkpoint is for the toy data."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    trained_classifier[0].save(folder)
+    return folder
+
+
+def relabelled(n, seed):
+    """The toy data with other label names, so that fine-tuning must build and train a new head."""
+    data = toy_dataset("text-classification", n, seed)
+    return Dataset.from_dict({"text": data["text"], "label": data["label"]}).cast_column(
+        "label", ClassLabel(names=["bad", "good"]))
+
+
+def test_freeze_trains_the_head_only(pretrained_body):
+    zoo = taskzoo.load("text-classification", model=pretrained_body, device="cpu")
+    body_before = {k: v.clone() for k, v in zoo.model.bert.state_dict().items()}
+    zoo.finetune(relabelled(256, 0), epochs=3, learning_rate=5e-2, batch_size=16, strategy="freeze",
+                 progress=False, save_checkpoints=False)
+    assert zoo.labels == ["bad", "good"]
+    trainable, total = count_parameters(zoo.model)
+    assert trainable == sum(p.numel() for p in zoo.model.classifier.parameters()) < total / 100
+    for name, value in zoo.model.bert.state_dict().items():
+        assert torch.equal(value, body_before[name]), name
+    assert zoo.evaluate(relabelled(64, 1))["accuracy"] >= 0.9
+
+
+def test_lora_trains_adapters_and_head_and_saves_merged_or_alone(pretrained_body, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    zoo = taskzoo.load("text-classification", model=pretrained_body, device="cpu")
+    zoo.finetune(relabelled(256, 0), epochs=3, learning_rate=2e-2, batch_size=16, strategy="lora",
+                 progress=False, save_checkpoints=False)
+    assert is_peft(zoo.model)
+    trainable, total = count_parameters(zoo.model)
+    assert trainable < total / 5
+    assert zoo.evaluate(relabelled(64, 1))["accuracy"] >= 0.9
+    texts = ["a lovely film", "an awful plot", "good"]
+    expected = zoo.predict(texts)
+
+    zoo.save(tmp_path / "merged")  # default: adapters merged into a plain model
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert plain.config.id2label == {0: "bad", 1: "good"}
+    merged = taskzoo.load("text-classification", model=tmp_path / "merged", device="cpu").predict(texts)
+    for a, b in zip(merged, expected):
+        assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+    zoo.training_options["save_merged"] = False
+    zoo.save(tmp_path / "adapters")
+    assert (tmp_path / "adapters" / "adapter_config.json").exists()
+    assert (tmp_path / "adapters" / "adapter_model.safetensors").stat().st_size < \
+        (tmp_path / "merged" / "model.safetensors").stat().st_size
+
+
+def test_sentence_similarity_lora_and_freeze(tiny_model_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu")
+    with pytest.raises(ValueError, match="no head to train alone"):
+        zoo.finetune(toy_dataset("sentence-similarity", 16), strategy="freeze")
+    zoo.finetune(toy_dataset("sentence-similarity", 32), max_steps=2, strategy="lora", progress=False,
+                 save_checkpoints=False)
+    trainable, total = count_parameters(zoo.model)
+    assert 0 < trainable < total / 5
+    zoo.save(tmp_path / "merged")
+    reloaded = SentenceTransformer(str(tmp_path / "merged"), device="cpu")
+    pair = ("rain snow", "storm wind")
+    embeddings = reloaded.encode(list(pair), convert_to_tensor=True)
+    assert zoo.predict(pair)["score"] == pytest.approx(
+        torch.nn.functional.cosine_similarity(embeddings[:1], embeddings[1:]).item(), abs=1e-5)
+
+
+def test_unknown_strategy(tiny_model_path):
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    with pytest.raises(ValueError, match="supports strategy 'full' or 'freeze' or 'lora'"):
+        zoo.finetune(toy_dataset("text-classification", 16), strategy="prefix-tuning")
