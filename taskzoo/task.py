@@ -172,18 +172,30 @@ class Task:
             eval_set = self.load_data(loaded, "eval", columns) if isinstance(loaded, DatasetDict) else None
         else:
             eval_set = self.load_data(eval, "eval", columns)
+        torch.manual_seed(config.seed)  # a new head (or adapters) starts the same for the same seed
         self.prepare_for_training(train_set)
         self.apply_strategy(config.strategy)
         train_set = self.prepare(train_set, training=True)
         eval_set = self.prepare(eval_set, training=False) if eval_set is not None else None
-        return train_task(self, train_set, eval_set, config)
+        trainer = self
+        if config.strategy == "freeze" and self.cached_head and self.training_options.get("cache_features"):
+            from taskzoo.feature_cache import CachedHeadTraining, build_cache
+
+            train_set = build_cache(self, train_set, config.eval_batch_size or config.batch_size)
+            trainer = CachedHeadTraining(self)
+        result = train_task(trainer, train_set, eval_set, config)
+        result.task = self
+        return result
 
     # Task-specific finetune() options and their defaults (EMA for diffusion, say), read from
     # self.training_options inside training_step and the hooks below. Subclasses extend this dict.
     finetune_options: ClassVar[dict[str, Any]] = {
         "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0,  # strategy="lora"
         "save_merged": True,  # after LoRA, save() writes a merged plain model (False: the adapters alone)
+        "cache_features": True,  # strategy="freeze": run the frozen body once, train the head from a cache
     }
+    # The single module whose input is cached for cache_features (a classification head), or None.
+    cached_head: ClassVar[str | None] = None
     training_options: dict[str, Any] = finetune_options
     strategies: ClassVar[tuple[str, ...]] = ("full", "freeze", "lora")
 

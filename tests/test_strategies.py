@@ -87,3 +87,19 @@ def test_unknown_strategy(tiny_model_path):
     zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
     with pytest.raises(ValueError, match="supports strategy 'full' or 'freeze' or 'lora'"):
         zoo.finetune(toy_dataset("text-classification", 16), strategy="prefix-tuning")
+
+
+def test_cached_features_train_the_same_head_as_running_the_body(pretrained_body):
+    results = []
+    for cache in (True, False):
+        zoo = taskzoo.load("text-classification", model=pretrained_body, device="cpu")
+        torch.manual_seed(0)
+        zoo.prepare_for_training(relabelled(64, 0))  # the new head, built here so that dropout can be...
+        for module in zoo.model.modules():  # ...turned off: then the body's output is the same in both runs
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        zoo.finetune(relabelled(64, 0), epochs=2, learning_rate=5e-2, batch_size=16, strategy="freeze",
+                     cache_features=cache, progress=False, save_checkpoints=False)
+        results.append((zoo.model.classifier.weight.detach().clone(), zoo.evaluate(relabelled(64, 1))))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
+    assert results[0][1]["accuracy"] >= 0.9 and results[0][1] == pytest.approx(results[1][1])

@@ -28,6 +28,12 @@ class TextClassification(Task):
     required_columns = ("text", "label")
     default_batch_size = 32
 
+    @property
+    def cached_head(self) -> str | None:
+        """With a frozen body, the classifier's input can be cached: BERT-style heads are one module."""
+        head = strategies.head_modules(self.model)
+        return head[0] if len(head) == 1 else None
+
     def __init__(self, model, tokenizer, *, head_trained: bool = True, **kwargs):
         super().__init__(model, tokenizer, **kwargs)
         # False when the checkpoint had no classification head (its weights were freshly initialised).

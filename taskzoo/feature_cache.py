@@ -1,0 +1,60 @@
+"""Cached frozen features: with strategy="freeze" the body's output never changes, so the body runs once
+over the training data and the head trains from the cache, epoch after epoch, at the cost of the head.
+
+The cache holds what the task's head module receives (captured with a forward pre-hook), so it works for
+any architecture whose head is a single module called once per forward pass. Evaluation still runs the
+whole model, whose head is the very module being trained.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+
+def build_cache(task, dataset, batch_size: int) -> list[dict]:
+    """Run the frozen model once over ``dataset``; one {"features", "labels"} row per sample (on CPU)."""
+    head = task.model.get_submodule(task.cached_head)
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().to("cpu")))
+    rows = []
+    task.model.eval()
+    try:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate)
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc=f"{task.name}: caching frozen features", leave=False,
+                              disable=len(loader) < 10):
+                labels = batch.pop("labels")
+                captured.clear()
+                task.model(**{key: value.to(task.device) for key, value in batch.items()})
+                features = captured[-1]
+                rows += [{"features": f, "labels": int(label)} for f, label in zip(features, labels)]
+    finally:
+        hook.remove()
+    return rows
+
+
+class CachedHeadTraining:
+    """Stands in for a task inside the training loop: trains ``task``'s head on cached features."""
+
+    def __init__(self, task):
+        self.task = task
+        self.model = task.model.get_submodule(task.cached_head)
+
+    def __getattr__(self, name):  # everything not overridden below is the task's own
+        return getattr(self.task, name)
+
+    def collate(self, examples: list[dict]) -> dict:
+        if "features" not in examples[0]:  # evaluation rows are ordinary data rows
+            return self.task.collate(examples)
+        return {"features": torch.stack([row["features"] for row in examples]),
+                "labels": torch.tensor([row["labels"] for row in examples])}
+
+    def training_step(self, model, batch):
+        logits = model(batch["features"])
+        return {"loss": F.cross_entropy(logits.float(), batch["labels"]), "output": logits}
+
+    def eval_step(self, model, batch):
+        return self.task.eval_step(self.task.model, batch)
