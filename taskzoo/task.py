@@ -116,8 +116,16 @@ class Task:
         return 0
 
     def predict(self, inputs: Any, batch_size: int | None = None, progress: bool | None = None,
-                **options) -> Any:
-        """Predict one input or a list of inputs. One input gives one output, a list gives a list."""
+                mixed_precision: str = "no", **options) -> Any:
+        """Predict one input or a list of inputs. One input gives one output, a list gives a list.
+
+        ``mixed_precision="bf16"`` (opt-in) runs the forward passes under bf16 autocast: several times
+        faster on CPUs and GPUs with bf16 matrix units, with scores that differ in the third decimal.
+        """
+        if mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16'; got {mixed_precision!r}.")
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16 if mixed_precision == "bf16"
+                                  else torch.float16, enabled=mixed_precision != "no")
         single = self.is_single(inputs)
         items = [inputs] if single else list(inputs)
         if not items:
@@ -131,7 +139,7 @@ class Task:
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         show = progress if progress is not None else len(batches) > 10
         self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             for indices in tqdm(batches, desc=f"{self.name}: predict", disable=not show, unit="batch"):
                 results = self.predict_batch([items[i] for i in indices], **options)
                 for index, result in zip(indices, results):
