@@ -74,14 +74,49 @@ def cmd_predict(args) -> None:
         inputs += _read_inputs(args.input_file)
     if not inputs:
         raise SystemExit("error: give inputs as arguments or with --input-file")
+    if args.resume and not args.output:
+        raise SystemExit("error: --resume needs --output (the JSON lines file to continue)")
     zoo = taskzoo.load(args.task, args.model, device=args.device)
-    outputs = zoo.predict(inputs, batch_size=args.batch_size, **_pairs(args.set, "--set"))
-    lines = [json.dumps({"input": i, "output": o}, default=_json_default) for i, o in zip(inputs, outputs)]
-    text = "\n".join(lines) + "\n"
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
-        sys.stdout.write(text)
+    options = _pairs(args.set, "--set")
+    if not args.output:
+        outputs = zoo.predict(inputs, batch_size=args.batch_size, **options)
+        for index, (item, output) in enumerate(zip(inputs, outputs)):
+            sys.stdout.write(_line(index, item, output))
+        return
+    done = _finished_lines(Path(args.output)) if args.resume else 0
+    if done:
+        print(f"resuming: {done} of {len(inputs)} inputs already in {args.output}", file=sys.stderr)
+    # Results are appended block by block and flushed, so an interrupted run loses one block at most.
+    block = max(256, 8 * (args.batch_size or 32))
+    with open(args.output, "a" if done else "w") as handle:
+        for start in range(done, len(inputs), block):
+            items = inputs[start:start + block]
+            outputs = zoo.predict(items, batch_size=args.batch_size, progress=False, **options)
+            handle.write("".join(_line(start + i, item, out) for i, (item, out) in enumerate(zip(items, outputs))))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _line(index: int, item, output) -> str:
+    return json.dumps({"index": index, "input": item, "output": output}, default=_json_default) + "\n"
+
+
+def _finished_lines(path: Path) -> int:
+    """How many results an earlier run wrote; a torn last line (killed mid-write) is dropped."""
+    if not path.exists():
+        return 0
+    lines = path.read_text().split("\n")
+    complete = []
+    for number, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if record.get("index") != number:
+            raise SystemExit(f"error: {path} line {number + 1} is not result {number}; cannot resume from it")
+        complete.append(line)
+    path.write_text("".join(line + "\n" for line in complete))
+    return len(complete)
 
 
 def cmd_finetune(args) -> None:
@@ -124,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="local folder, packaged model or hub id (default: the task's)")
     predict.add_argument("--input-file", help="JSON lines or plain text lines, one input each")
     predict.add_argument("--output", help="write JSON lines here instead of standard output")
+    predict.add_argument("--resume", action="store_true", help="continue an interrupted --output file")
     predict.add_argument("--batch-size", type=int)
     predict.add_argument("--device")
     predict.add_argument("--set", action="append", metavar="KEY=VALUE", help="a predict option, e.g. top_k=2")

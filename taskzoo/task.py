@@ -20,6 +20,7 @@ and in training.py.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -131,20 +132,63 @@ class Task:
         if not items:
             return []
         batch_size = self.default_batch_size if batch_size is None else batch_size
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        if not single:
+            self.check_inputs(items)
         # Length-sorted batches pad less; outputs are put back in input order below.
         order = sorted(range(len(items)), key=lambda i: self.input_length(items[i]), reverse=True)
         outputs: list[Any] = [None] * len(items)
-        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-        show = progress if progress is not None else len(batches) > 10
+        pending = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        bar = tqdm(total=len(items), desc=f"{self.name}: predict", unit="input",
+                   disable=not (progress if progress is not None else len(pending) > 10))
         self.model.eval()
         with torch.inference_mode(), autocast:
-            for indices in tqdm(batches, desc=f"{self.name}: predict", disable=not show, unit="batch"):
-                results = self.predict_batch([items[i] for i in indices], **options)
+            while pending:
+                indices = pending.pop(0)
+                try:
+                    results = self.predict_batch([items[i] for i in indices], **options)
+                except torch.OutOfMemoryError:
+                    if len(indices) == 1:
+                        raise
+                    # Out of device memory: halve this batch and carry on, rather than lose the run.
+                    half = len(indices) // 2
+                    pending[:0] = [indices[:half], indices[half:]]
+                    warnings.warn(f"{self.name}: out of memory with a batch of {len(indices)}; "
+                                  f"retrying as two batches of {half} and {len(indices) - half}.")
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
                 for index, result in zip(indices, results):
                     outputs[index] = result
+                bar.update(len(indices))
+        bar.close()
+        self.warn_truncated("predict")
         return outputs[0] if single else outputs
+
+    def count_truncated(self, count: int) -> None:
+        """Tasks call this when they cut inputs to the model's maximum length."""
+        self._truncated = getattr(self, "_truncated", 0) + count
+
+    def warn_truncated(self, during: str) -> None:
+        """One warning per call, counting the truncated inputs, instead of one per input."""
+        count = self.__dict__.pop("_truncated", 0)
+        if count:
+            warnings.warn(f"{self.name}: {count} input(s) were longer than the model's maximum length and "
+                          f"were truncated during {during}.", stacklevel=3)
+
+    def input_kind(self, item: Any) -> str:
+        """What kind of input ``item`` is; a list that mixes kinds is refused. Default: one kind."""
+        return "input"
+
+    def check_inputs(self, items: list) -> None:
+        kinds = {}
+        for position, item in enumerate(items):
+            kinds.setdefault(self.input_kind(item), position)
+        if len(kinds) > 1:
+            described = ", ".join(f"{kind} (first at position {position})" for kind, position in kinds.items())
+            raise ValueError(f"{self.name}: one call mixes kinds of input: {described}. "
+                             "Predict each kind in its own call.")
 
     # --------------------------------------------------------------------------- evaluate / tune
     def evaluate(self, data: Any, batch_size: int | None = None, columns: Mapping[str, str] | None = None,
@@ -156,8 +200,10 @@ class Task:
         if dataset is None:
             raise DataError("The DatasetDict has no validation or test split to evaluate on.")
         dataset = self.prepare(dataset, training=False)
-        return evaluate_task(self, dataset, batch_size=batch_size or self.default_batch_size,
-                             mixed_precision=mixed_precision)
+        metrics = evaluate_task(self, dataset, batch_size=batch_size or self.default_batch_size,
+                                mixed_precision=mixed_precision)
+        self.warn_truncated("evaluate")
+        return metrics
 
     def finetune(self, train: Any, eval: Any = None, columns: Mapping[str, str] | None = None, **config):
         """Fine-tune on ``train`` (evaluating on ``eval``) with the shared Accelerate loop.
@@ -192,6 +238,7 @@ class Task:
             train_set = build_cache(self, train_set, config.eval_batch_size or config.batch_size)
             trainer = CachedHeadTraining(self)
         result = train_task(trainer, train_set, eval_set, config)
+        self.warn_truncated("finetune")
         result.task = self
         return result
 

@@ -79,3 +79,21 @@ def test_demo_runs_offline_and_prints_the_table(tmp_path):
     for name in ("text-classification", "sentence-similarity"):
         row = next(line.split() for line in table.splitlines() if line.startswith(name))
         assert float(row[3]) > float(row[2])  # the metric improved after fine-tuning
+
+
+def test_predict_resume_skips_finished_inputs(tiny_model_path, tmp_path):
+    model = tiny_model_path("text-classification")
+    (tmp_path / "in.txt").write_text("".join(f"good film number {i}\n" for i in range(300)))
+    full = taskzoo_cli("predict", "text-classification", "--model", model, "--input-file", tmp_path / "in.txt",
+                       "--output", tmp_path / "full.jsonl")
+    assert full.returncode == 0, full.stderr
+    lines = (tmp_path / "full.jsonl").read_text().splitlines()
+    # An interrupted run: 260 results written, the last one torn in half by the kill.
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("\n".join(lines[:259]) + "\n" + lines[259][:20])
+    resumed = taskzoo_cli("predict", "text-classification", "--model", model, "--input-file",
+                          tmp_path / "in.txt", "--output", partial, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "259 of 300 inputs already" in resumed.stderr
+    assert partial.read_text().splitlines() == lines
+    assert taskzoo_cli("predict", "text-classification", "--model", model, "x", "--resume").returncode != 0

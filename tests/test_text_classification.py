@@ -1,4 +1,5 @@
 import pytest
+import torch
 from datasets import Dataset
 
 import taskzoo
@@ -94,3 +95,37 @@ def test_integer_labels_beyond_the_head_get_a_new_head(tiny_model_path):
     rows = [{"text": f"film {i}", "label": i % 3} for i in range(6)]
     zoo.finetune(rows, max_steps=1, progress=False, save_checkpoints=False)
     assert zoo.labels == ["LABEL_0", "LABEL_1", "LABEL_2"]
+
+
+def test_long_texts_are_truncated_with_one_warning_that_counts_them(trained_classifier):
+    zoo = trained_classifier[0]
+    texts = ["good " * 300, "bad " * 300, "good film"]
+    with pytest.warns(UserWarning, match=r"2 input\(s\) were longer than the model's maximum") as caught:
+        results = zoo.predict(texts, batch_size=1)
+    assert len([w for w in caught if "truncated" in str(w.message)]) == 1
+    assert [r["label"] for r in results] == ["positive", "negative", "positive"]
+
+
+def test_mixed_kinds_of_input_are_refused(trained_classifier):
+    with pytest.raises(ValueError, match=r"mixes kinds of input: text \(first at position 0\), text pair"):
+        trained_classifier[0].predict(["good", ("a", "b")])
+
+
+def test_out_of_memory_halves_the_batch_and_retries(trained_classifier, monkeypatch):
+    zoo = trained_classifier[0]
+    texts = [f"good film {i}" if i % 2 else f"awful plot {i}" for i in range(10)]
+    expected = zoo.predict(texts, batch_size=8)
+    real = type(zoo).predict_batch
+    sizes = []
+
+    def small_memory(self, inputs, **options):  # a device that fits at most 3 inputs at a time
+        sizes.append(len(inputs))
+        if len(inputs) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(self, inputs, **options)
+
+    monkeypatch.setattr(type(zoo), "predict_batch", small_memory)
+    with pytest.warns(UserWarning, match="out of memory with a batch of 8"):
+        results = zoo.predict(texts, batch_size=8)
+    assert [r["label"] for r in results] == [r["label"] for r in expected]
+    assert max(s for s in sizes if s <= 3) <= 3 and 8 in sizes

@@ -96,8 +96,11 @@ class TextClassification(Task):
         for text in [*texts, *(pairs or [])]:
             if not isinstance(text, str):
                 raise DataError(f"text-classification expects strings; got {type(text).__name__}: {text!r:.80}")
-        return self.processor(texts, pairs, truncation=True, padding=True, max_length=self.max_length,
-                              return_tensors="pt")
+        batch = self.processor(texts, pairs, truncation=True, padding=True, max_length=self.max_length,
+                               return_tensors="pt")
+        if batch.encodings:  # fast tokenizers keep what truncation cut off
+            self.count_truncated(sum(1 for encoding in batch.encodings if encoding.overflowing))
+        return batch
 
     def collate(self, examples: list[dict]) -> dict:
         pairs = [row["text_pair"] for row in examples] if "text_pair" in examples[0] else None
@@ -124,6 +127,13 @@ class TextClassification(Task):
         return isinstance(inputs, (str, Mapping)) or (
             isinstance(inputs, tuple) and len(inputs) == 2 and all(isinstance(x, str) for x in inputs))
 
+    def input_kind(self, item) -> str:
+        if isinstance(item, str):
+            return "text"
+        if isinstance(item, Mapping) or (isinstance(item, tuple) and len(item) == 2):
+            return "text pair"
+        return type(item).__name__
+
     @staticmethod
     def _split_pair(item):
         if isinstance(item, Mapping):
@@ -141,9 +151,7 @@ class TextClassification(Task):
 
     def predict_batch(self, inputs, top_k: int | None = None):
         texts, pairs = zip(*(self._split_pair(item) for item in inputs))
-        has_pairs = any(pair is not None for pair in pairs)
-        if has_pairs and not all(pair is not None for pair in pairs):
-            raise ValueError("Mix of single texts and text pairs in one call; predict them separately.")
+        has_pairs = pairs[0] is not None  # check_inputs() made sure that all inputs are of one kind
         batch = self._tokenize(list(texts), list(pairs) if has_pairs else None).to(self.device)
         logits = self.model(**batch).logits.float()
         multi_label = self.model.config.problem_type == "multi_label_classification" or logits.shape[-1] == 1
