@@ -52,9 +52,23 @@ def _read_inputs(path: str) -> list:
 
 
 def _json_default(value):
-    if hasattr(value, "save"):  # PIL images: not JSON; described instead
+    if hasattr(value, "save"):  # PIL images: not JSON; described instead (see --save-visuals)
         return f"<{type(value).__name__} {getattr(value, 'size', '')}>"
     return str(value)
+
+
+def _save_images(value, folder: Path, stem: str):
+    """Replace the PIL images inside an output by the paths of PNG files written for them."""
+    if hasattr(value, "save") and hasattr(value, "size"):
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{stem}.png"
+        value.save(path)
+        return str(path)
+    if isinstance(value, dict):
+        return {key: _save_images(item, folder, f"{stem}-{key}") for key, item in value.items()}
+    if isinstance(value, list):
+        return [_save_images(item, folder, f"{stem}-{i}") for i, item in enumerate(value)]
+    return value
 
 
 def cmd_tasks(args) -> None:
@@ -81,7 +95,7 @@ def cmd_predict(args) -> None:
     if not args.output:
         outputs = zoo.predict(inputs, batch_size=args.batch_size, **options)
         for index, (item, output) in enumerate(zip(inputs, outputs)):
-            sys.stdout.write(_line(index, item, output))
+            sys.stdout.write(_line(index, item, output, args.save_visuals))
         return
     done = _finished_lines(Path(args.output)) if args.resume else 0
     if done:
@@ -92,12 +106,15 @@ def cmd_predict(args) -> None:
         for start in range(done, len(inputs), block):
             items = inputs[start:start + block]
             outputs = zoo.predict(items, batch_size=args.batch_size, progress=False, **options)
-            handle.write("".join(_line(start + i, item, out) for i, (item, out) in enumerate(zip(items, outputs))))
+            handle.write("".join(_line(start + i, item, out, args.save_visuals)
+                                 for i, (item, out) in enumerate(zip(items, outputs))))
             handle.flush()
             os.fsync(handle.fileno())
 
 
-def _line(index: int, item, output) -> str:
+def _line(index: int, item, output, visuals: str | None = None) -> str:
+    if visuals:
+        output = _save_images(output, Path(visuals), f"{index:06d}")
     return json.dumps({"index": index, "input": item, "output": output}, default=_json_default) + "\n"
 
 
@@ -122,10 +139,11 @@ def _finished_lines(path: Path) -> int:
 def cmd_finetune(args) -> None:
     import taskzoo
 
-    config = dict(output_dir=args.output_dir, epochs=args.epochs, max_steps=args.max_steps,
-                  batch_size=args.batch_size, learning_rate=args.learning_rate,
-                  mixed_precision=args.mixed_precision, seed=args.seed, **_pairs(args.set, "--set"))
-    config = {key: value for key, value in config.items() if value is not None}
+    flags = dict(output_dir=args.output_dir, epochs=args.epochs, max_steps=args.max_steps,
+                 batch_size=args.batch_size, learning_rate=args.learning_rate,
+                 mixed_precision=args.mixed_precision, seed=args.seed)
+    # Dedicated flags win over the same option given with --set.
+    config = {**_pairs(args.set, "--set"), **{key: value for key, value in flags.items() if value is not None}}
     zoo = taskzoo.load(args.task, args.model)
     result = zoo.finetune(args.train, eval=args.eval, columns=_pairs(args.columns, "--columns"), **config)
     print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, "metric": result.metric,
@@ -160,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input-file", help="JSON lines or plain text lines, one input each")
     predict.add_argument("--output", help="write JSON lines here instead of standard output")
     predict.add_argument("--resume", action="store_true", help="continue an interrupted --output file")
+    predict.add_argument("--save-visuals", metavar="DIR", help="write output images (generated images, "
+                         "masks, drawings of boxes) as PNG files here; the JSON holds their paths")
     predict.add_argument("--batch-size", type=int)
     predict.add_argument("--device")
     predict.add_argument("--set", action="append", metavar="KEY=VALUE", help="a predict option, e.g. top_k=2")

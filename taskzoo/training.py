@@ -289,7 +289,10 @@ def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingRes
     result.history = log.records
     if config.plot and accelerator.is_main_process:
         plot_history(log.records, config.metric_for_best, output_dir / "training_curves.png")
-    accelerator.end_training()
+    # Not accelerator.end_training(): it also destroys the process group, and a user may evaluate or
+    # fine-tune again in the same launched processes.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return result
 
 

@@ -9,12 +9,18 @@ import pytest
 # Tests never reach the hub: everything they load is built here or ships in a package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Tiny models gain nothing from several threads, and on a busy 2-core machine a second thread makes them
+# many times slower (OpenMP oversubscription). Subprocesses the tests start inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _quiet():
+    import torch
+
     from taskzoo.demo import quiet_libraries
 
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     quiet_libraries()
 
 
