@@ -1,0 +1,21 @@
+"""What every recipe shares: reading --dataset (a hub name or a local file/folder) into a DatasetDict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def load_splits(dataset: str, eval_split: str = "validation"):
+    """A hub dataset name (needs network or the datasets cache) or a local path (file, folder, or a folder
+    with train.* and validation.* files). Returns (train, eval) in any format taskzoo reads."""
+    path = Path(dataset)
+    if path.is_dir() and any(path.glob("train.*")):
+        train = next(path.glob("train.*"))
+        held_out = next(iter(sorted(path.glob(f"{eval_split}.*")) or sorted(path.glob("test.*"))), None)
+        return str(train), str(held_out) if held_out else None
+    if path.exists():
+        return str(path), None
+    from datasets import load_dataset
+
+    splits = load_dataset(dataset)
+    return splits["train"], splits[eval_split] if eval_split in splits else splits.get("test")
