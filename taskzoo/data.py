@@ -119,6 +119,36 @@ def check_columns(dataset: Dataset, required: Sequence[str], task: str, where: s
         )
 
 
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+
+
+def read_metadata_folder(path: str | os.PathLike, column: str, example: str = "") -> Dataset | DatasetDict:
+    """A folder of media files described by metadata.jsonl or metadata.csv (a ``file_name`` column plus
+    the task's columns), as written for datasets' imagefolder/audiofolder; a folder of such split folders
+    (train/, validation/) gives a DatasetDict; any other path is read as a table. The files become paths
+    in ``column``; missing files are refused, naming one."""
+    path = Path(path)
+    if not path.is_dir() and path.name not in METADATA_FILES:
+        return read_table(path)
+    folder = path if path.is_dir() else path.parent
+    metadata = next((folder / name for name in METADATA_FILES if (folder / name).exists()), None)
+    if metadata is None:
+        splits = {sub.name: sub for sub in sorted(folder.iterdir())
+                  if any((sub / name).exists() for name in METADATA_FILES)}
+        if not splits:
+            raise DataError(f"Folder {folder} has no {' or '.join(METADATA_FILES)} (one row per file"
+                            + (f", such as {example}" if example else "") + ").")
+        return DatasetDict({name: read_metadata_folder(sub, column, example) for name, sub in splits.items()})
+    rows = read_table(metadata)
+    if "file_name" not in rows.column_names:
+        raise DataError(f"{metadata} has no 'file_name' column; its columns: {rows.column_names}.")
+    files = [str(folder / name) for name in rows["file_name"]]
+    missing = [file for file in files if not os.path.exists(file)]
+    if missing:
+        raise DataError(f"{metadata} names {len(missing)} missing file(s), e.g. {missing[0]}.")
+    return rows.remove_columns("file_name").add_column(column, files)
+
+
 # ----------------------------------------------------------------------------------------------- labels
 
 

@@ -60,3 +60,22 @@ def save_tiny_bert(path: str | os.PathLike, words: list[str], labels: list[str] 
         model = BertModel(config)
     model.save_pretrained(path)
     return Path(path)
+
+
+def clip_tokenizer(words: list[str]):
+    """A CLIP BPE tokenizer that keeps ``words`` whole: the letters, each word's left-to-right merges
+    ("r e" -> "re", "re d</w>" -> "red</w>"), then the special tokens."""
+    from transformers import CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = {token: i for i, token in enumerate([*letters, *(c + "</w>" for c in letters)])}
+    merges = []
+    for word in sorted(set(words)):
+        merged, *rest = [*word[:-1], word[-1] + "</w>"]
+        for symbol in rest:
+            if (merged, symbol) not in merges:
+                merges.append((merged, symbol))
+            merged += symbol
+            vocab.setdefault(merged, len(vocab))
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
