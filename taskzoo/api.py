@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from taskzoo.errors import ModelNotFoundError, TaskzooError
 from taskzoo.models import resolve_model
 from taskzoo.registry import TASKS, get_task
 
@@ -24,8 +25,16 @@ def load(task: str, model: str | os.PathLike | None = None, *, revision: str | N
     if model is None:
         model, revision = entry.default_model, revision or entry.default_revision
     path = resolve_model(model, revision)
-    return entry.load_class().from_pretrained(path, device=device, trust_remote_code=trust_remote_code,
-                                              **options)
+    task_class = entry.load_class()
+    try:
+        return task_class.from_pretrained(path, device=device, trust_remote_code=trust_remote_code, **options)
+    except TaskzooError:
+        raise
+    except (OSError, ValueError, KeyError) as error:
+        # The library loaders' messages for a folder of the wrong kind are long and indirect: say it plainly,
+        # keeping their first line (and the chained exception) for the details.
+        detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ModelNotFoundError(f"{path} does not hold a model that {entry.name} can load ({detail}).") from error
 
 
 def run(task: str, inputs: Any, model: str | os.PathLike | None = None, **options):

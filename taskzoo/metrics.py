@@ -35,3 +35,44 @@ def correlations(predictions: Sequence[float], references: Sequence[float]) -> d
         return {"spearman": 0.0, "pearson": 0.0}
     return {"spearman": float(spearmanr(predictions, references)[0]),
             "pearson": float(pearsonr(predictions, references)[0])}
+
+
+def bleu_chrf(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus-level sacreBLEU BLEU and chrF (0-100), one reference text per prediction."""
+    try:
+        import sacrebleu
+    except ImportError as error:
+        raise ImportError("BLEU and chrF need sacrebleu: pip install 'taskzoo[translation]'") from error
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
+    streams = [list(references)]
+    return {"bleu": float(sacrebleu.corpus_bleu(list(predictions), streams).score),
+            "chrf": float(sacrebleu.corpus_chrf(list(predictions), streams).score)}
+
+
+def normalize_transcript(text: str) -> str:
+    """Lowercase, punctuation (any Unicode punctuation, apostrophes included) removed, spaces collapsed.
+    Transcripts that differ only in case or punctuation then score as equal."""
+    import unicodedata
+
+    text = "".join(c for c in text.lower() if not unicodedata.category(c).startswith("P"))
+    return " ".join(text.split())
+
+
+def word_error_rate(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus WER (jiwer): word substitutions + deletions + insertions over the reference word count."""
+    import jiwer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
+    return float(jiwer.wer(list(references), list(predictions))) if references else 0.0
+
+
+def character_error_rate(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus CER (jiwer): the same edit count over characters (spaces included)."""
+    import jiwer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
+    return float(jiwer.cer(list(references), list(predictions))) if references else 0.0

@@ -56,6 +56,19 @@ for _entry, _aliases in [
     (TaskEntry("sentence-similarity", "taskzoo.tasks.sentence_similarity:SentenceSimilarity",
                "sentence-transformers/all-MiniLM-L6-v2", None, "text"),  # packaged: see taskzoo/models.py
      ()),
+    # The maintained copy of runwayml/stable-diffusion-v1-5, at the commit that public code pins for it.
+    (TaskEntry("text-to-image", "taskzoo.tasks.text_to_image:TextToImage",
+               "stable-diffusion-v1-5/stable-diffusion-v1-5", "451f4fe16113bff5a5d2269ed5ad43b0592e9a14",
+               "diffusion"),
+     ()),
+    # Revision: the commit that independent public code pins for this model.
+    (TaskEntry("translation", "taskzoo.tasks.translation:Translation",
+               "Helsinki-NLP/opus-mt-en-de", "6183067f769a302e3861815543b9f312c71b0ca4", "translation"),
+     ()),
+    # transformers' own pipeline default, at the revision its registry pins.
+    (TaskEntry("automatic-speech-recognition", "taskzoo.tasks.speech_recognition:SpeechRecognition",
+               "facebook/wav2vec2-base-960h", "22aad52", "audio"),
+     ("audio-transcription", "asr")),
 ]:
     register_task(_entry, _aliases)
 # fmt: on

@@ -126,3 +126,28 @@ def test_training_curves_png(tiny_model_path, tmp_path):
                  max_steps=4, eval_every=2, log_every=1, progress=False, output_dir=str(tmp_path))
     png = (tmp_path / "training_curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_a_failing_save_leaves_the_previous_checkpoint_and_the_data_untouched(tiny_model_path, tmp_path):
+    import errno
+
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    train = tmp_path / "train.csv"
+    toy_dataset("text-classification", 32).to_csv(train)
+    before_data = train.read_bytes()
+    zoo.finetune(str(train), max_steps=2, progress=False, output_dir=str(tmp_path / "run"))
+    saved = weights(tmp_path / "run" / "last")
+    real_save = type(zoo).save
+
+    def disk_full(self, path):  # writes part of the model, then the disk fills up
+        real_save(self, path)
+        (Path(path) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    zoo.save = disk_full.__get__(zoo)
+    with pytest.raises(OSError, match="No space left"):
+        zoo.finetune(str(train), max_steps=2, progress=False, output_dir=str(tmp_path / "run"))
+    for name, value in weights(tmp_path / "run" / "last").items():
+        assert torch.equal(value, saved[name])
+    assert train.read_bytes() == before_data
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no staging debris

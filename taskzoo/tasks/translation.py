@@ -1,0 +1,342 @@
+"""translation: sequence-to-sequence models (AutoModelForSeq2SeqLM) such as Marian, T5, mBART, M2M100 and NLLB.
+
+Predict translates texts -> ``{"translation_text"}`` with ``model.generate`` (transformers 5 removed the
+translation pipeline). Batches are padded on the right: Marian's encoder numbers positions by index, so left
+padding would change the output. Languages are load options: ``src_lang``/``tgt_lang`` are the model's codes
+(mBART "en_XX", NLLB "eng_Latn", M2M100 "en"; they also pick a T5 prefix or a Marian ``>>xx<<`` token) and
+``prefix`` is text put before every source. save() keeps them in ``taskzoo.json`` and the forced first target
+token in ``generation_config.json``, so a reloaded model translates the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from datasets import Dataset
+
+from taskzoo import data as data_utils
+from taskzoo import metrics
+from taskzoo.errors import DataError
+from taskzoo.task import Task
+
+SETTINGS_FILE = "taskzoo.json"
+DEFAULT_MAX_NEW_TOKENS = 256  # when the checkpoint sets no length: generate's own default (20) cuts sentences
+
+
+class Translation(Task):
+    name = "translation"
+    primary_metric = "bleu"
+    required_columns = ("source", "target")
+    default_batch_size = 16
+    default_learning_rate = 5e-5
+    strategies = ("full", "lora")  # no "freeze": see apply_strategy
+    finetune_options = {**Task.finetune_options,
+                        "source_lang": None, "target_lang": None,  # keys of WMT-style `translation` dicts
+                        "num_beams": None, "max_new_tokens": None}  # generation while evaluating
+    demo_config = dict(train_size=1024, eval_size=64, epochs=3, learning_rate=1e-2, batch_size=32)
+
+    def __init__(self, model, tokenizer, *, src_lang=None, tgt_lang=None, prefix=None, source_lang=None,
+                 target_lang=None, **kwargs):
+        super().__init__(model, tokenizer, **kwargs)
+        tokenizer.padding_side = "right"  # see the module docstring
+        self.training_options = dict(self.finetune_options)
+        if self.multilingual:  # defaults: the tokenizer's own languages (a saved model keeps them there too)
+            src_lang, tgt_lang = src_lang or tokenizer.src_lang, tgt_lang or tokenizer.tgt_lang
+        self.source_lang, self.target_lang = source_lang, target_lang
+        self.src_lang, self.tgt_lang, self.prefix_option = src_lang, tgt_lang, prefix
+        # A missing language is refused when the model is used, so that predict(tgt_lang=...) can supply it.
+        self.prefix, self.forced_bos_token_id, self.missing_language = self._languages(src_lang, tgt_lang, prefix)
+        if self.multilingual:  # the tokenizer adds the codes to sources and (for training) targets
+            tokenizer.src_lang, tokenizer.tgt_lang = src_lang, tgt_lang
+            # Saved with the model, so that plain transformers' generate() also starts in the target language.
+            self.model.generation_config.forced_bos_token_id = self.forced_bos_token_id
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, trust_remote_code=False, src_lang=None, tgt_lang=None, prefix=None,
+                        source_lang=None, target_lang=None, **model_kwargs):
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        settings_file = Path(path) / SETTINGS_FILE
+        saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+        given = dict(src_lang=src_lang, tgt_lang=tgt_lang, prefix=prefix, source_lang=source_lang,
+                     target_lang=target_lang)  # what the caller passes wins over what was saved
+        languages = {key: saved.get(key) if value is None else value for key, value in given.items()}
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=trust_remote_code, **model_kwargs)
+        return cls(model, tokenizer, **languages, source=str(path), device=device)
+
+    def save(self, path):
+        path = Path(path)
+        self.model_to_save().save_pretrained(path)
+        self.processor.save_pretrained(path)
+        settings = {"task": self.name, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang,
+                    "prefix": self.prefix_option, "source_lang": self.source_lang, "target_lang": self.target_lang}
+        (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        return path
+
+    def head_modules(self) -> list[str]:
+        # None: lm_head shares its weights with the embeddings, so LoRA adapts the body's linear layers alone
+        # rather than training a full, untied copy of a vocabulary-sized matrix.
+        return []
+
+    def apply_strategy(self, strategy: str) -> None:
+        if strategy == "freeze":
+            raise ValueError("translation supports strategy 'full' or 'lora': its head (lm_head) is tied to the "
+                             "input embeddings, so strategy='freeze' would leave nothing to train.")
+        super().apply_strategy(strategy)
+
+    # ------------------------------------------------------------------------------------ languages
+    @property
+    def multilingual(self) -> bool:
+        """mBART, M2M100, NLLB: language codes are tokens the tokenizer adds (the old pipeline's hook)."""
+        return hasattr(self.processor, "_build_translation_inputs")
+
+    def _language_id(self, code: str) -> int:
+        tokenizer = self.processor
+        # M2M100 maps "fr" to its token "__fr__"; the others use the code as the token.
+        lookup = getattr(tokenizer, "lang_code_to_id", None) if hasattr(tokenizer, "get_lang_id") else None
+        token_id = lookup.get(code) if lookup is not None else tokenizer.convert_tokens_to_ids(code)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            named = set(tokenizer.special_tokens_map.values())  # </s>, <pad>, ...: the other specials are codes
+            known = list(getattr(tokenizer, "lang_code_to_id", None) or
+                         [token for token in tokenizer.all_special_tokens if token not in named])
+            raise ValueError(f"{code!r} is not a language code of {type(tokenizer).__name__}; "
+                             f"codes look like {known[:8]}.")
+        return token_id
+
+    def _languages(self, src_lang, tgt_lang, prefix) -> tuple[str, int | None, str | None]:
+        """The text put before each source, the forced first target token, and what is missing, if anything.
+        An unknown language code raises at once."""
+        forced_bos, where = None, "(a load or predict option)"
+        if self.multilingual:
+            if tgt_lang is None:
+                return "", None, (f"{type(self.model).__name__} is multilingual: pass tgt_lang= {where}, e.g. "
+                                  "'de_DE' for mBART-50, 'deu_Latn' for NLLB, 'de' for M2M100.")
+            if src_lang is not None:
+                self._language_id(src_lang)
+            forced_bos = self._language_id(tgt_lang)
+            if forced_bos == self.model.config.decoder_start_token_id:
+                forced_bos = None  # mbart-large-en-ro style: the decoder already starts with the code
+        if prefix is not None:
+            return prefix, forced_bos, None
+        codes = getattr(self.processor, "supported_language_codes", None)  # multi-target Marian: >>fr<<
+        if codes:
+            known = [code[2:-2] for code in codes]
+            if tgt_lang is None:
+                return "", None, f"This Marian model translates into several languages: pass tgt_lang= {where}."
+            if tgt_lang not in known:
+                raise ValueError(f"{tgt_lang!r} is not a target language of this model; it knows {known[:12]}.")
+            return f">>{tgt_lang}<< ", forced_bos, None
+        # T5 learnt its tasks behind prefixes ("translate English to German: "), kept in its config.
+        tasks = getattr(self.model.config, "task_specific_params", None) or {}
+        if f"translation_{src_lang}_to_{tgt_lang}" in tasks:
+            return tasks[f"translation_{src_lang}_to_{tgt_lang}"].get("prefix") or "", forced_bos, None
+        pairs = [key[12:].replace("_to_", "->") for key in tasks if key.startswith("translation_")]
+        if pairs:
+            return "", forced_bos, (f"This model translates behind a task prefix: pass src_lang= and tgt_lang= "
+                                    f"{where} for one of {pairs}, or prefix= (prefix='' for none).")
+        return "", forced_bos, None
+
+    # ----------------------------------------------------------------------------------------- data
+    def _data_languages(self) -> tuple[str | None, str | None]:
+        options = self.training_options
+        return (options.get("source_lang") or self.source_lang or self.src_lang,
+                options.get("target_lang") or self.target_lang or self.tgt_lang)
+
+    def load_data(self, data, role="eval", columns=None):
+        """As Task.load_data, and WMT-style rows ``{"translation": {"de": ..., "en": ...}}`` become source/target."""
+        dataset = data_utils.pick_split(data_utils.to_dataset(data, self.read_path), role)
+        if dataset is None:
+            return None
+        dataset = data_utils.rename_columns(dataset, columns)
+        if "translation" in dataset.column_names and not {"source", "target"} & set(dataset.column_names):
+            dataset = self._from_translation_dicts(dataset)
+        data_utils.check_columns(dataset, self.required_columns, self.name, where=f"{role} data")
+        return dataset
+
+    def _from_translation_dicts(self, dataset):
+        feature = dataset.features["translation"]
+        languages = list(getattr(feature, "languages", None) or (feature if isinstance(feature, dict) else []))
+        if not languages:
+            raise DataError(f"Column 'translation' must hold dicts {{language: text}}; it holds {feature}.")
+        source, target = self._data_languages()
+        if source is None or target is None:
+            raise DataError(f"Column 'translation' holds the languages {languages}: say which is the source and which "
+                            "the target with source_lang= and target_lang= (load or finetune options).")
+        for role, language in (("source", source), ("target", target)):
+            if language not in languages:
+                raise DataError(f"Column 'translation' has no {language!r} texts ({role} language); it holds "
+                                f"{languages}. Pass source_lang= and target_lang= among those.")
+        flat = dataset.flatten()  # a struct column -> one column per language, without a copy
+        keep = {f"translation.{source}": "source", f"translation.{target}": "target"}
+        drop = [name for name in flat.column_names if name.startswith("translation.") and name not in keep]
+        return flat.remove_columns(drop).rename_columns(keep)
+
+    def prepare(self, dataset, training: bool):
+        if self.missing_language:
+            raise ValueError(self.missing_language)
+        for column in ("source", "target"):
+            if getattr(dataset.features[column], "dtype", None) not in ("string", "large_string"):
+                raise DataError(f"Column {column!r} must hold texts; it holds {dataset.features[column]}.")
+            if missing := dataset.data.column(column).null_count:  # checked in Arrow, without reading the rows
+                raise DataError(f"Column {column!r} has no text in row {dataset[column].index(None)} "
+                                f"({missing} such rows).")
+        return dataset
+
+    @property
+    def max_length(self) -> int:
+        limits = [1024, self.processor.model_max_length, getattr(self.model.config, "max_position_embeddings", None)]
+        return min(limit for limit in limits if limit)
+
+    def _tokenize(self, texts: list[str] | None, **kwargs):
+        batch = self.processor(texts, truncation=True, max_length=self.max_length, padding=True,
+                               return_tensors="pt", **kwargs)
+        if batch.encodings:  # fast tokenizers keep what truncation cut off
+            self.count_truncated(sum(1 for encoding in batch.encodings if encoding.overflowing))
+        return batch
+
+    def collate(self, examples: list[dict]) -> dict:
+        batch = dict(self._tokenize([self.prefix + row["source"] for row in examples]))
+        references = [row["target"] for row in examples]
+        targets = self._tokenize(None, text_target=references)
+        # Padding is masked out of the loss (-100) by the attention mask, which stays right even where pad == eos.
+        batch["labels"] = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
+        batch["references"] = references  # the raw texts, for BLEU against the references as written
+        return batch
+
+    # ------------------------------------------------------------------------------------- training
+    def training_step(self, model, batch):
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return {"loss": output.loss, "output": output.logits}
+
+    def _generate(self, model, encoded, num_beams=None, max_new_tokens=None, forced_bos_token_id=None,
+                  **generate_kwargs) -> list[str]:
+        model = getattr(model, "module", model)  # under DDP, generate() lives on the wrapped model
+        config = model.generation_config
+        options = dict(generate_kwargs)
+        options.update({} if num_beams is None else {"num_beams": num_beams})
+        if max_new_tokens is not None:  # it replaces the checkpoint's max_length (else generate warns: both set)
+            options.update(max_new_tokens=max_new_tokens, max_length=None)
+        elif config.max_new_tokens is None and config.max_length is None:
+            limit = getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_NEW_TOKENS
+            options["max_new_tokens"] = min(DEFAULT_MAX_NEW_TOKENS, limit)
+        options.update({} if forced_bos_token_id is None else {"forced_bos_token_id": forced_bos_token_id})
+        device = next(model.parameters()).device
+        output = model.generate(input_ids=encoded["input_ids"].to(device),
+                                attention_mask=encoded["attention_mask"].to(device), **options)
+        # The decoder's start token and a forced language code are a prompt, not text. Cut them off: M2M100's
+        # tokenizer (transformers 5) does not count its language codes as special, so decoding would keep them.
+        forced = options.get("forced_bos_token_id", config.forced_bos_token_id)
+        return self.processor.batch_decode(output[:, 1 + (forced is not None):], skip_special_tokens=True)
+
+    def eval_step(self, model, batch):
+        options = self.training_options
+        predictions = self._generate(model, batch, num_beams=options.get("num_beams"),
+                                     max_new_tokens=options.get("max_new_tokens"),
+                                     forced_bos_token_id=self.forced_bos_token_id)
+        return predictions, list(batch["references"])
+
+    def compute_metrics(self, predictions, references):
+        return metrics.bleu_chrf(predictions, references)
+
+    # -------------------------------------------------------------------------------------- predict
+    def is_single(self, inputs) -> bool:
+        return isinstance(inputs, str)
+
+    def input_of(self, row):
+        return row["source"] if "source" in row else row["translation"][self._data_languages()[0]]
+
+    def input_length(self, item) -> int:
+        return len(item) if isinstance(item, str) else 0
+
+    def predict_batch(self, inputs, num_beams: int | None = None, max_new_tokens: int | None = None,
+                      src_lang: str | None = None, tgt_lang: str | None = None, prefix: str | None = None,
+                      **generate_kwargs):
+        for item in inputs:
+            if not isinstance(item, str):
+                raise ValueError(f"translation takes texts; got {type(item).__name__}: {item!r:.80}")
+        text_prefix, forced_bos, missing = self.prefix, self.forced_bos_token_id, self.missing_language
+        if src_lang is not None or tgt_lang is not None or prefix is not None:  # languages for this call only
+            text_prefix, forced_bos, missing = self._languages(src_lang or self.src_lang, tgt_lang or self.tgt_lang,
+                                                               self.prefix_option if prefix is None else prefix)
+        if missing:
+            raise ValueError(missing)
+        tokenizer, saved_src_lang = self.processor, getattr(self.processor, "src_lang", None)
+        try:
+            if self.multilingual and src_lang is not None:
+                tokenizer.src_lang = src_lang
+            encoded = self._tokenize([text_prefix + text for text in inputs])
+        finally:
+            if self.multilingual and src_lang is not None:
+                tokenizer.src_lang = saved_src_lang
+        texts = self._generate(self.model, encoded, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                               forced_bos_token_id=forced_bos, **generate_kwargs)
+        return [{"translation_text": text} for text in texts]
+
+    # ---------------------------------------------------------------------------------- testing kit
+    # A made-up target language: every word maps to one word, and adjectives follow their noun (as in French).
+    TOY = {"determiner": {"the": "le", "a": "un"},
+           "adjective": {"red": "rouge", "big": "grand", "small": "petit", "blue": "bleu", "old": "vieux",
+                         "new": "neuf", "green": "vert", "happy": "heureux"},
+           "noun": {"cat": "chat", "dog": "chien", "house": "maison", "car": "auto", "bird": "oiseau",
+                    "tree": "arbre", "man": "homme", "child": "enfant"},
+           "verb": {"sees": "voit", "likes": "aime", "eats": "mange", "finds": "trouve"}}
+
+    @staticmethod
+    def tiny_model(path: str | os.PathLike) -> Path:
+        """A tiny random Marian (d_model 32, 2+2 layers) with a word-level tokenizer shared by both languages."""
+        import torch
+        from tokenizers import Tokenizer, models, pre_tokenizers, processors
+        from transformers import GenerationConfig, MarianConfig, MarianMTModel, PreTrainedTokenizerFast
+
+        lexicon = {word: translated for words in Translation.TOY.values() for word, translated in words.items()}
+        # Marian's conventions: </s> is id 0 and ends every sequence, no BOS, pad starts the decoder.
+        words = dict.fromkeys(["</s>", "<unk>", "<pad>", *lexicon, *lexicon.values()])
+        vocab = {word: i for i, word in enumerate(words)}
+        backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        backend.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A $B </s>",
+                                                               special_tokens=[("</s>", 0)])
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>",
+                                            pad_token="<pad>", padding_side="right", model_max_length=64)
+        torch.manual_seed(0)
+        # Scaled embeddings as in the opus-mt checkpoints, and a larger initial spread than the default 0.02:
+        # word embeddings then outweigh the sinusoidal positions from the start, and the toy data is learnt in
+        # tens of steps instead of after a plateau of hundreds.
+        config = MarianConfig(vocab_size=len(vocab), decoder_vocab_size=len(vocab), d_model=32, encoder_layers=2,
+                              decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                              encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, dropout=0.0,
+                              scale_embedding=True, init_std=0.1, pad_token_id=2, eos_token_id=0,
+                              decoder_start_token_id=2, forced_eos_token_id=0)
+        model = MarianMTModel(config)
+        # A length that fits the toy sentences: an untrained model then stops early instead of at 256 tokens.
+        model.generation_config = GenerationConfig(decoder_start_token_id=2, eos_token_id=0, pad_token_id=2,
+                                                   forced_eos_token_id=0, max_length=24, num_beams=1)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return Path(path)
+
+    @staticmethod
+    def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
+        """``source``/``target`` pairs such as "the red cat sees a dog" -> "le chat rouge voit un chien"."""
+        toy, rng = Translation.TOY, random.Random(seed)
+
+        def pick(kind: str) -> tuple[str, str]:
+            word = rng.choice(list(toy[kind]))
+            return word, toy[kind][word]
+
+        def noun_phrase() -> tuple[list[str], list[str]]:
+            (determiner, le), (noun, chat) = pick("determiner"), pick("noun")
+            if rng.random() < 0.3:
+                return [determiner, noun], [le, chat]
+            adjective, rouge = pick("adjective")
+            return [determiner, adjective, noun], [le, chat, rouge]  # the reordering rule
+
+        rows = []
+        for _ in range(n):
+            (subject, subject_t), (verb, verb_t), (obj, obj_t) = noun_phrase(), pick("verb"), noun_phrase()
+            rows.append({"source": " ".join([*subject, verb, *obj]), "target": " ".join([*subject_t, verb_t, *obj_t])})
+        return Dataset.from_list(rows)

@@ -1,0 +1,103 @@
+"""Every row of docs/errors.md: the bad input, and the message taskzoo answers with (tested by its text)."""
+
+import math
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+
+import taskzoo
+from taskzoo import data
+from taskzoo.errors import DataError, ModelNotFoundError, UnknownTaskError
+from taskzoo.testing import toy_dataset
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+
+
+def text_zoo(tiny_model_path):
+    return taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+
+
+def similarity_zoo(tiny_model_path):
+    return taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu")
+
+
+def corrupted_image(tmp_path):
+    path = tmp_path / "holiday.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    data.load_image(str(path))
+
+
+def long_text(tiny_model_path, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        text_zoo(tiny_model_path).predict(["good " * 500, "bad " * 500, "fine"])
+    raise UserWarning(" | ".join(str(w.message) for w in caught if "truncated" in str(w.message)))
+
+
+# The row's first cell in docs/errors.md -> (what to run, the exception class, a pattern of its message).
+CASES = {
+    "Unknown task": (lambda m, t: taskzoo.load("text-clasification"), UnknownTaskError,
+                     r"Unknown task 'text-clasification'. Did you mean 'text-classification'\?"),
+    "Model path that does not exist": (lambda m, t: taskzoo.load("text-classification", model=str(t / "nope")),
+                                       ModelNotFoundError, r"Model folder .*nope' does not exist"),
+    "Folder that is not a model": (lambda m, t: taskzoo.load("text-classification", model=t), ModelNotFoundError,
+                                   r"is a folder but not a model: it has none of config.json"),
+    "Hub id that is not cached, offline": (
+        lambda m, t: taskzoo.load("text-classification", model="someone/missing"), ModelNotFoundError,
+        r"Could not find model 'someone/missing'. Tried:.*Hugging Face cache.*pass a local folder"),
+    "Model of the wrong kind": (lambda m, t: taskzoo.load("text-to-image", model=m("text-classification")),
+                                ModelNotFoundError, r"neither a diffusers pipeline \(model_index.json\)"),
+    "Empty data": (lambda m, t: text_zoo(m).evaluate([]), DataError, r"The data is an empty list"),
+    "Missing column": (lambda m, t: text_zoo(m).evaluate([{"review": "good", "label": "positive"}]), DataError,
+                       r"no column 'text' .*Columns present: \['review', 'label'\].*columns=\{'your_column': 'text'\}"),
+    "Label not in the model's label set": (
+        lambda m, t: text_zoo(m).evaluate([{"text": "meh", "label": "neutral"}]), DataError,
+        r"labels the model does not know: \['neutral'\]. The model's labels are \['negative', 'positive'\]"),
+    "Column that mixes types": (
+        lambda m, t: text_zoo(m).evaluate([{"text": "a", "label": 1}, {"text": "b", "label": "x"}]), DataError,
+        r"do not form a table \(a column mixes types\?\)"),
+    "Corrupted or truncated image": (lambda m, t: corrupted_image(t), DataError,
+                                     r"Image .*holiday.jpg is corrupted or not an image"),
+    "NaN similarity score": (lambda m, t: similarity_zoo(m).evaluate(
+        [{"sentence1": "a", "sentence2": "b", "score": 0.5}, {"sentence1": "a", "sentence2": "b", "score": math.nan}]),
+        DataError, r"Column 'score' must hold finite numbers; row 1 has nan"),
+    "Out-of-range similarity score": (lambda m, t: similarity_zoo(m).evaluate(
+        [{"sentence1": "a", "sentence2": "b", "score": 9.0}]), DataError,
+        r"Column 'score' must lie in \[0, 1\] or \[0, 5\]; found values from 9.0 to 9.0"),
+    "Text longer than the model's maximum": (lambda m, t: long_text(m, t), UserWarning,
+                                             r"^text-classification: 2 input\(s\) were longer than the model's maximum"),
+    "Empty prompt list": (lambda m, t: taskzoo.load("text-to-image", model=m("text-to-image")).predict([]),
+                          ValueError, r"needs at least one prompt; got an empty list"),
+    "Batch size of 0": (lambda m, t: text_zoo(m).predict(["good"], batch_size=0), ValueError,
+                        r"batch_size must be a positive integer; got 0"),
+    "Mixed input types in one list": (lambda m, t: text_zoo(m).predict(["good", ("a", "b")]), ValueError,
+                                      r"mixes kinds of input: text \(first at position 0\), text pair \(first at position 1\)"),
+    "Unknown fine-tuning option": (lambda m, t: text_zoo(m).finetune(toy_dataset("text-classification", 8),
+                                                                     learnig_rate=1e-3),
+                                   TypeError, r"unknown option 'learnig_rate'. Did you mean 'learning_rate'\?"),
+    "Output folder holding other files": (lambda m, t: (t.joinpath("notes.txt").write_text("mine"), text_zoo(m).finetune(
+        toy_dataset("text-classification", 8), output_dir=str(t))), Exception, r"already holds files that taskzoo did not write \(notes.txt\)"),
+}
+
+
+def documented_rows() -> list[str]:
+    rows = re.findall(r"^\| ([^|]+?) \|", DOC.read_text(), re.M)
+    return [row for row in rows if row not in ("Bad input", "---")]
+
+
+@pytest.mark.parametrize("row", sorted(CASES))
+def test_documented_error(row, tiny_model_path, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    run, error, pattern = CASES[row]
+    with pytest.raises(error) as raised:
+        run(tiny_model_path, tmp_path)
+    assert re.search(pattern, str(raised.value), re.S), str(raised.value)
+
+
+def test_every_documented_row_is_tested():
+    rows = documented_rows()
+    assert sorted(rows) == sorted(CASES), set(rows) ^ set(CASES)

@@ -1,0 +1,185 @@
+import json
+
+import pytest
+import torch
+
+import taskzoo
+from taskzoo.errors import DataError
+from taskzoo.tasks.translation import Translation
+from taskzoo.testing import toy_dataset
+
+TEXTS = ["the red cat sees a dog", "a bird eats the green tree", "the man likes a car",
+         "a happy child finds the blue house", "the dog sees the cat"]
+EXPECTED = ["le chat rouge voit un chien", "un oiseau mange le arbre vert", "le homme aime un auto",
+            "un enfant heureux trouve le maison bleu", "le chien voit le chat"]
+
+
+@pytest.fixture(scope="module")
+def trained_translator(tiny_model_path):
+    """The tiny Marian fine-tuned once, with the demo's settings, on toy data."""
+    zoo = taskzoo.load("translation", model=tiny_model_path("translation"), device="cpu")
+    held_out = toy_dataset("translation", 64, seed=1)
+    before = zoo.evaluate(held_out)
+    settings = dict(Translation.demo_config)
+    train = toy_dataset("translation", settings.pop("train_size"), seed=0)
+    settings.pop("eval_size")
+    result = zoo.finetune(train, eval=held_out, progress=False, save_checkpoints=False, **settings)
+    return zoo, before, result, held_out
+
+
+def test_finetuning_lifts_bleu_from_near_zero_to_at_least_50(trained_translator):
+    zoo, before, result, held_out = trained_translator
+    assert before["bleu"] < 5
+    after = zoo.evaluate(held_out)
+    assert set(after) == {"bleu", "chrf"}
+    assert after["bleu"] >= 50 and after["chrf"] > before["chrf"]
+    assert result.metric == "bleu" and result.best_metric >= 50
+
+
+def test_batched_length_sorted_predict_equals_one_at_a_time_in_input_order(trained_translator):
+    zoo = trained_translator[0]
+    batched = zoo.predict(TEXTS, batch_size=2)
+    assert batched == [zoo.predict(text) for text in TEXTS]
+    assert [output["translation_text"] for output in batched] == EXPECTED  # learnt the reordering rule
+    assert zoo.predict(TEXTS[:2], num_beams=3, max_new_tokens=20) == batched[:2]
+    assert len(zoo.predict("the cat sees the dog", max_new_tokens=2)["translation_text"].split()) <= 2
+
+
+def test_save_load_round_trip_and_plain_transformers(trained_translator, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    zoo = trained_translator[0]
+    zoo.save(tmp_path / "saved")
+    again = taskzoo.load("translation", model=tmp_path / "saved", device="cpu")
+    assert again.predict(TEXTS) == zoo.predict(TEXTS)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "saved")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    output = model.generate(**tokenizer(TEXTS[:1], return_tensors="pt"))
+    assert tokenizer.batch_decode(output, skip_special_tokens=True) == EXPECTED[:1]
+
+
+def test_labels_ignore_padding_and_keep_the_references(tiny_model_path):
+    zoo = taskzoo.load("translation", model=tiny_model_path("translation"), device="cpu")
+    rows = [{"source": "the cat", "target": "le chat rouge"}, {"source": "a dog", "target": "un"}]
+    batch = zoo.collate(rows)
+    eos = zoo.processor.eos_token_id
+    assert batch["labels"].tolist()[1] == [zoo.processor.convert_tokens_to_ids("un"), eos, -100, -100]
+    assert batch["references"] == ["le chat rouge", "un"]
+    # The loss of the short row is the same alone as padded in a batch: padding adds nothing to it.
+    alone = zoo.training_step(zoo.model, zoo.collate(rows[1:]))["loss"]
+    per_token = torch.nn.functional.cross_entropy(
+        zoo.model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).logits[1],
+        batch["labels"][1], ignore_index=-100)
+    assert per_token.item() == pytest.approx(alone.item(), abs=1e-5)
+
+
+def test_wmt_style_translation_dicts(tiny_model_path):
+    path = tiny_model_path("translation")
+    rows = toy_dataset("translation", 8, seed=2)
+    wmt = [{"translation": {"en": row["source"], "xx": row["target"], "fr": "-"}} for row in rows]
+    zoo = taskzoo.load("translation", model=path, device="cpu", source_lang="en", target_lang="xx")
+    assert zoo.evaluate(wmt) == zoo.evaluate(rows)
+    assert zoo.input_of(wmt[0]) == rows[0]["source"]
+    plain = taskzoo.load("translation", model=path, device="cpu")
+    with pytest.raises(DataError, match=r"languages \['en', 'xx', 'fr'\].*source_lang"):
+        plain.evaluate(wmt)
+    with pytest.raises(DataError, match="no 'de' texts .target language"):
+        taskzoo.load("translation", model=path, device="cpu", src_lang="en", tgt_lang="de").evaluate(wmt)
+    # finetune options choose the languages too (the one-call API and the CLI have no load options)
+    plain.finetune(wmt, max_steps=1, source_lang="en", target_lang="xx", progress=False, save_checkpoints=False)
+
+
+def test_bad_rows_are_named(tiny_model_path):
+    zoo = taskzoo.load("translation", model=tiny_model_path("translation"), device="cpu")
+    with pytest.raises(DataError, match="Column 'target' has no text in row 1"):
+        zoo.evaluate([{"source": "a cat", "target": "un chat"}, {"source": "a dog", "target": None}])
+    with pytest.raises(DataError, match="Column 'source' must hold texts"):
+        zoo.evaluate([{"source": 1, "target": "un"}])
+    with pytest.raises(DataError, match="no column 'target'"):
+        zoo.evaluate([{"source": "a cat"}])
+    with pytest.raises(ValueError, match="translation takes texts"):
+        zoo.predict(["a cat", 3])
+
+
+def test_strategies_lora_trains_and_saves_a_plain_model_and_freeze_is_refused(tiny_model_path, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    zoo = taskzoo.load("translation", model=tiny_model_path("translation"), device="cpu")
+    with pytest.raises(ValueError, match="'full' or 'lora'"):
+        zoo.finetune(toy_dataset("translation", 8), strategy="freeze", max_steps=1, progress=False)
+    zoo.finetune(toy_dataset("translation", 16), eval=toy_dataset("translation", 8, seed=1), strategy="lora",
+                 max_steps=2, progress=False, save_checkpoints=False)
+    assert isinstance(zoo.predict("the cat")["translation_text"], str)
+    zoo.save(tmp_path / "merged")
+    assert type(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged")).__name__ == "MarianMTModel"
+
+
+@pytest.fixture(scope="module")
+def tiny_nllb(tmp_path_factory):
+    """A tiny NLLB-style model (M2M100 architecture, NllbTokenizer with its language codes), offline."""
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
+
+    path = tmp_path_factory.mktemp("nllb")
+    tokenizer = NllbTokenizer(src_lang="eng_Latn")
+    torch.manual_seed(0)
+    config = M2M100Config(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1,
+                          encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                          decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                          decoder_start_token_id=tokenizer.eos_token_id)
+    M2M100ForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_multilingual_language_codes_force_the_target_language(tiny_nllb, tmp_path):
+    with pytest.raises(ValueError, match="'fr' is not a language code.*ace_Arab"):
+        taskzoo.load("translation", model=tiny_nllb, device="cpu", tgt_lang="fr")
+    # Without a target language it loads (the CLI and taskzoo.run give languages to predict) but does not translate.
+    undecided = taskzoo.load("translation", model=tiny_nllb, device="cpu")
+    with pytest.raises(ValueError, match="multilingual: pass tgt_lang="):
+        undecided.predict("hallo")
+    with pytest.raises(ValueError, match="multilingual: pass tgt_lang="):
+        undecided.evaluate([{"source": "hallo", "target": "salut"}])
+    assert undecided.predict("hallo", tgt_lang="fra_Latn", max_new_tokens=1) is not None
+    zoo = taskzoo.load("translation", model=tiny_nllb, device="cpu", src_lang="deu_Latn", tgt_lang="fra_Latn")
+    tokenizer = zoo.processor
+    french, spanish = tokenizer.convert_tokens_to_ids("fra_Latn"), tokenizer.convert_tokens_to_ids("spa_Latn")
+    assert zoo.forced_bos_token_id == french
+    inputs = zoo.collate([{"source": "hallo", "target": "salut"}])
+    assert inputs["input_ids"][0, 0] == tokenizer.convert_tokens_to_ids("deu_Latn")
+    assert inputs["labels"][0, 0] == french
+
+    def first_token(**options):
+        encoded = zoo.processor(["hallo"], return_tensors="pt")
+        return zoo.model.generate(**encoded, max_new_tokens=2, **options)[0, 1].item()
+
+    assert first_token() == french  # from the generation config, as plain transformers would do
+    assert "fra_Latn" not in zoo.predict("hallo", max_new_tokens=3)["translation_text"]  # a prompt, not text
+    assert zoo.predict("hallo", tgt_lang="spa_Latn", max_new_tokens=2) is not None
+    assert first_token(forced_bos_token_id=spanish) == spanish
+    assert tokenizer.src_lang == "deu_Latn"  # a per-call src_lang does not stick
+    zoo.predict("hello", src_lang="eng_Latn", max_new_tokens=1)
+    assert tokenizer.src_lang == "deu_Latn"
+    zoo.save(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "taskzoo.json").read_text())["tgt_lang"] == "fra_Latn"
+    again = taskzoo.load("translation", model=tmp_path / "saved", device="cpu")
+    assert (again.src_lang, again.tgt_lang, again.forced_bos_token_id) == ("deu_Latn", "fra_Latn", french)
+
+
+def test_t5_style_prefix_comes_from_the_languages(tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    tokenizer = T5Tokenizer()
+    config = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    config.task_specific_params = {"translation_en_to_de": {"prefix": "translate English to German: "},
+                                   "translation_en_to_fr": {"prefix": "translate English to French: "}}
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"task prefix.*\['en->de', 'en->fr'\]"):
+        taskzoo.load("translation", model=tmp_path, device="cpu").predict("hello")
+    zoo = taskzoo.load("translation", model=tmp_path, device="cpu", src_lang="en", tgt_lang="fr")
+    assert zoo.prefix == "translate English to French: "
+    assert taskzoo.load("translation", model=tmp_path, device="cpu", prefix="").prefix == ""
+    assert zoo.predict("hello", tgt_lang="de", max_new_tokens=1) is not None
