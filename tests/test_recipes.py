@@ -21,10 +21,32 @@ def write_text_splits(task: str, folder: Path) -> Path:
     return folder
 
 
+def write_jsonl_splits(task: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    toy_dataset(task, 32, seed=0).to_json(folder / "train.jsonl")
+    toy_dataset(task, 16, seed=1).to_json(folder / "validation.jsonl")
+    return folder
+
+
+def write_image_caption_folders(task: str, folder: Path) -> Path:
+    """train/ and validation/ image folders, each with a metadata.jsonl, as datasets' imagefolder reads."""
+    for split, size, seed in (("train", 16, 0), ("validation", 8, 1)):
+        (folder / split).mkdir(parents=True)
+        rows = toy_dataset(task, size, seed=seed)
+        lines = []
+        for i, row in enumerate(rows):
+            row["image"].save(folder / split / f"{i:03d}.png")
+            lines.append(json.dumps({"file_name": f"{i:03d}.png", "text": row["text"]}))
+        (folder / split / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
 # task -> (recipe script, extra arguments, writer of a local dataset folder)
 CASES = {
     "text-classification": ("text_classification.py", ["--text-column", "text"], write_text_splits),
     "sentence-similarity": ("sentence_similarity.py", [], write_text_splits),
+    "translation": ("translation.py", ["--num-beams", "1"], write_jsonl_splits),
+    "text-to-image": ("text_to_image.py", [], write_image_caption_folders),
 }
 
 
