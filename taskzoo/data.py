@@ -183,7 +183,8 @@ def encode_labels(dataset: Dataset, column: str, label2id: Mapping[str, int]) ->
             f"The model's labels are {list(label2id)}."
         )
     ids = [label2id[value] if isinstance(value, str) else int(value) for value in values]
-    return dataset.remove_columns(column).add_column(column, ids)
+    # Added beside the old column before it goes: a table whose only column is removed loses its rows.
+    return dataset.add_column(f"{column}__ids", ids).remove_columns(column).rename_column(f"{column}__ids", column)
 
 
 # ----------------------------------------------------------------------------------------------- images
