@@ -146,7 +146,7 @@ def read_metadata_folder(path: str | os.PathLike, column: str, example: str = ""
     missing = [file for file in files if not os.path.exists(file)]
     if missing:
         raise DataError(f"{metadata} names {len(missing)} missing file(s), e.g. {missing[0]}.")
-    return rows.remove_columns("file_name").add_column(column, files)
+    return rows.add_column(column, files).remove_columns("file_name")
 
 
 # ----------------------------------------------------------------------------------------------- labels
