@@ -31,6 +31,8 @@ PRECISIONS = ("no", "bf16", "fp16")
 
 @dataclass
 class TrainingConfig:
+    """Everything finetune() accepts besides the task's own options; unknown names are refused."""
+
     output_dir: str | None = None  # None: a fresh temporary folder
     epochs: float = 3
     max_steps: int | None = None  # optimizer steps; overrides epochs when given
@@ -101,6 +103,8 @@ class TrainingConfig:
 
 @dataclass
 class TrainingResult:
+    """What finetune() returns: the history of log records, the best metric and where it was reached."""
+
     output_dir: Path
     history: list[dict] = field(default_factory=list)  # every log record, as written to log.jsonl
     metric: str = ""  # the metric used to pick the best checkpoint

@@ -20,3 +20,11 @@ def test_examples_run(page, tmp_path, monkeypatch, minilm_path):
             exec(compile(block, f"{page.name} block {number}", "exec"), namespace)
         except Exception as error:
             raise AssertionError(f"{page.relative_to(ROOT)}, python block {number} failed: {error!r}") from error
+
+
+def test_api_reference_is_up_to_date():
+    import subprocess
+    import sys
+
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_api_docs.py"), "--check"])
+    assert check.returncode == 0, "docs/api.md is out of date: run python scripts/make_api_docs.py"
