@@ -70,7 +70,8 @@ def _from_hub(repo_id: str, revision: str | None, tried: list[str]) -> Path:
         return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except Exception:  # noqa: BLE001 - any miss falls through to the next place
         tried.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}: no copy of {repo_id}{at}")
-    if constants.HF_HUB_OFFLINE:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour it when it is set later, too.
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
         tried.append("the hub: not tried, HF_HUB_OFFLINE is set")
     else:
         try:
