@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Value
 
 from taskzoo import data as data_utils
-from taskzoo import metrics, strategies
+from taskzoo import heads, metrics, strategies
 from taskzoo.errors import DataError
 from taskzoo.task import Task
 
@@ -55,8 +54,7 @@ class TextClassification(Task):
 
     @property
     def labels(self) -> list[str]:
-        config = self.model.config
-        return [config.id2label[i] for i in range(config.num_labels)]
+        return heads.model_labels(self.model)
 
     @property
     def max_length(self) -> int:
@@ -66,27 +64,12 @@ class TextClassification(Task):
 
     # ----------------------------------------------------------------------------------------- data
     def prepare_for_training(self, dataset) -> None:
-        names = data_utils.label_names_of(dataset, "label")
-        if names is None:  # integer labels: keep the model's names when they fit
-            count = max(dataset.unique("label")) + 1
-            if self.head_trained and count <= len(self.labels):
-                return
-            names = [f"LABEL_{i}" for i in range(count)]
-        if self.head_trained and names == self.labels:
-            return
-        self._replace_head(names)
-
-    def _replace_head(self, names: list[str]) -> None:
-        """A fresh classification head for ``names``; the body keeps its (possibly fine-tuned) weights."""
         from transformers import AutoModelForSequenceClassification
 
-        with tempfile.TemporaryDirectory() as folder:
-            strategies.exportable(self.model, merged=True).save_pretrained(folder)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                folder, num_labels=len(names), id2label=dict(enumerate(names)),
-                label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True,
-            ).to(self.device)
-        self.head_trained = True
+        names = heads.names_for_training(dataset, "label", self.labels, self.head_trained)
+        if names is not None:  # a new label set, or a checkpoint without a head: a fresh head
+            self.model = heads.with_new_head(self.model, AutoModelForSequenceClassification, names).to(self.device)
+            self.head_trained = True
 
     def prepare(self, dataset, training: bool):
         label2id = {name: i for i, name in enumerate(self.labels)}
