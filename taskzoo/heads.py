@@ -1,5 +1,5 @@
 """Classification-style heads (text, images, boxes): which label names fine-tuning needs, and a fresh
-and a fresh head for them that keeps the body's weights."""
+head for them that keeps the body's weights."""
 
 from __future__ import annotations
 
