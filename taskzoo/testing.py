@@ -79,3 +79,38 @@ def clip_tokenizer(words: list[str]):
             vocab.setdefault(merged, len(vocab))
     vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def draw_shapes(rng, size: int, shapes: list[tuple], mask=None):
+    """A ``size`` px RGB image of a noisy grey background with ``shapes`` drawn at random places and sizes
+    (10 to 24 px, scaled with ``size``). Each shape is ``(kind, rgb)`` or ``(kind, rgb, class_id)``, kind one
+    of square, circle, triangle, cross; colours are jittered. Where ``mask`` (a PIL "L" image) is given,
+    each shape is drawn there too, in its class_id. Later shapes cover earlier ones, in both.
+    ``rng`` is a numpy Generator. Returns the image and the shapes' boxes (x0, y0, x1, y1, inclusive)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    grey = np.clip(rng.integers(60, 160) + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(grey, "RGB")
+    boxes = []
+    for kind, colour, *class_id in shapes:
+        side = int(rng.integers(size * 10 // 32, size * 24 // 32 + 1))
+        x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
+        x1, y1 = x + side - 1, y + side - 1
+        fill = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in colour)
+        targets = [(ImageDraw.Draw(image), fill)] + ([(ImageDraw.Draw(mask), class_id[0])] if mask is not None else [])
+        for draw, paint in targets:
+            if kind == "square":
+                draw.rectangle((x, y, x1, y1), fill=paint)
+            elif kind == "circle":
+                draw.ellipse((x, y, x1, y1), fill=paint)
+            elif kind == "triangle":
+                draw.polygon([(x + side / 2, y), (x, y1), (x1, y1)], fill=paint)
+            elif kind == "cross":  # two bars a third of the side wide
+                third = max(1, side // 3)
+                draw.rectangle((x, y + third, x1, y1 - third), fill=paint)
+                draw.rectangle((x + third, y, x1 - third, y1), fill=paint)
+            else:
+                raise ValueError(f"Unknown shape {kind!r}.")
+        boxes.append((x, y, x1, y1))
+    return image, boxes

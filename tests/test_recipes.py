@@ -41,8 +41,31 @@ def write_image_caption_folders(task: str, folder: Path) -> Path:
     return folder
 
 
+def write_image_class_folders(task: str, folder: Path) -> Path:
+    """train/ and validation/ folders of PNGs, one sub-folder per class."""
+    for split, data in (("train", toy_dataset(task, 16, seed=0)), ("validation", toy_dataset(task, 8, seed=1))):
+        for i, row in enumerate(data):
+            (folder / split / data.features["label"].names[row["label"]]).mkdir(parents=True, exist_ok=True)
+            row["image"].save(folder / split / data.features["label"].names[row["label"]] / f"{i}.png")
+    return folder
+
+
+def write_image_mask_folders(task: str, folder: Path) -> Path:
+    """train/ and validation/ folders, each with images/ (JPEG) and masks/ (PNG) matched by name."""
+    for split, data in (("train", toy_dataset(task, 16, seed=0)), ("validation", toy_dataset(task, 8, seed=1))):
+        (folder / split / "images").mkdir(parents=True)
+        (folder / split / "masks").mkdir()
+        for i, row in enumerate(data):
+            row["image"].save(folder / split / "images" / f"{i:04}.jpg")
+            row["mask"].save(folder / split / "masks" / f"{i:04}.png")
+    return folder
+
+
 # task -> (recipe script, extra arguments, writer of a local dataset folder)
 CASES = {
+    "image-classification": ("image_classification.py", ["--label-column", "label"], write_image_class_folders),
+    "image-segmentation": ("image_segmentation.py", ["--image-column", "image", "--mask-column", "mask"],
+                           write_image_mask_folders),
     "text-classification": ("text_classification.py", ["--text-column", "text"], write_text_splits),
     "sentence-similarity": ("sentence_similarity.py", [], write_text_splits),
     "translation": ("translation.py", ["--num-beams", "1"], write_jsonl_splits),

@@ -1,0 +1,236 @@
+"""image-classification: AutoModelForImageClassification (ViT, ConvNeXT, ResNet, Swin, DINOv2, ...).
+
+Inputs are PIL images, file paths or numpy arrays of any size and mode (grayscale, RGBA and palette images
+become RGB). Predict gives ``[{"label", "score"}]``, the ``top_k`` best labels (5 by default, as
+transformers' pipeline). Fine-tuning onto another label set builds a new head of the right size and keeps
+the label names in the saved config.
+
+Images are preprocessed by the checkpoint's PIL image processor: the "fast" ones need torchvision.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import Image as ImageFeature
+
+from taskzoo import data as data_utils
+from taskzoo import heads, metrics, strategies
+from taskzoo.errors import DataError
+from taskzoo.task import Task
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SPLIT_NAMES = ("train", *data_utils.EVAL_SPLIT_NAMES)
+
+
+def load_image_processor(path, trust_remote_code: bool = False):
+    """The checkpoint's image processor, PIL backend: the default picks torchvision where it is installed,
+    and torchvision does not import beside the CPU build of torch."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(path, backend="pil", trust_remote_code=trust_remote_code)
+
+
+def cast_images(dataset: Dataset, column: str) -> Dataset:
+    """Keep datasets' Image columns undecoded, so that data.load_image decodes them and names a broken file."""
+    if isinstance(dataset.features[column], ImageFeature) and dataset.features[column].decode:
+        return dataset.cast_column(column, ImageFeature(decode=False))
+    if is_text(dataset.features[column]):
+        missing = [p for p in dataset[column] if p is None or not Path(p).is_file()]
+        if missing:
+            raise DataError(f"Image file {missing[0]} does not exist ({len(missing)} missing in column {column!r}).")
+    return dataset
+
+
+def is_text(feature) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")  # CSV columns read as large_string
+
+
+def resolve_paths(dataset: Dataset, folder: Path) -> Dataset:
+    """Relative file paths in a CSV/JSONL are taken relative to the file's folder: each text column whose
+    first value names a file there (any column: columns= may rename it to image or mask afterwards)."""
+    if not len(dataset):
+        return dataset
+    first = dataset[0]
+    columns = [c for c in dataset.column_names if is_text(dataset.features[c]) and isinstance(first[c], str)
+               and not os.path.isabs(first[c]) and (folder / first[c]).is_file()]
+
+    def resolve(row):
+        return {c: str(folder / row[c]) if isinstance(row[c], str) and not os.path.isabs(row[c]) else row[c]
+                for c in columns}
+    return dataset.map(resolve, desc="Resolving file paths") if columns else dataset
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+class ImageClassification(Task):
+    name = "image-classification"
+    primary_metric = "accuracy"
+    required_columns = ("image", "label")
+    default_batch_size = 32
+    demo_config = dict(train_size=256, eval_size=64, epochs=4, learning_rate=3e-3, batch_size=16)
+
+    @property
+    def cached_head(self) -> str | None:
+        """With a frozen body the classifier's input (the pooled features) can be cached: one module."""
+        head = strategies.head_modules(self.model)
+        return head[0] if len(head) == 1 else None
+
+    def __init__(self, model, processor, *, head_trained: bool = True, **kwargs):
+        super().__init__(model, processor, **kwargs)
+        # False when the checkpoint had no classification head (a backbone such as DINOv2).
+        self.head_trained = head_trained
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, trust_remote_code=False, **model_kwargs):
+        from transformers import AutoModelForImageClassification
+
+        processor = load_image_processor(path, trust_remote_code)
+        model, info = AutoModelForImageClassification.from_pretrained(
+            path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
+        return cls(model, processor, head_trained=not info["missing_keys"], source=str(path), device=device)
+
+    def save(self, path):
+        self.model_to_save().save_pretrained(path)
+        self.processor.save_pretrained(path)
+        return Path(path)
+
+    @property
+    def labels(self) -> list[str]:
+        return heads.model_labels(self.model)
+
+    # ----------------------------------------------------------------------------------------- data
+    def read_path(self, path):
+        """A folder with one sub-folder of images per class (or train/ validation/ split folders holding
+        those), an image folder with metadata.csv/jsonl (file_name, label), or a CSV/JSONL table of image
+        paths (relative to the table's folder) and labels."""
+        path = Path(path)
+        if not path.is_dir():
+            dataset = data_utils.read_metadata_folder(path, "image")
+            if "file_name" in dataset.column_names and "image" not in dataset.column_names:
+                dataset = dataset.rename_column("file_name", "image")  # the imagefolder convention
+            return resolve_paths(dataset, path.parent)
+        if any((path / name).exists() for name in data_utils.METADATA_FILES):
+            return data_utils.read_metadata_folder(path, "image")
+        folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if folders and all(p.name in SPLIT_NAMES for p in folders):
+            return DatasetDict({p.name: self.read_path(p) for p in folders})
+        if not folders:
+            raise DataError(f"Image folder {path} has no class sub-folders (one folder of images per class), "
+                            f"no split folders ({', '.join(SPLIT_NAMES[:3])}) and no metadata.csv/jsonl.")
+        files = {folder.name: image_files(folder) for folder in folders}
+        empty = [name for name, found in files.items() if not found]
+        if empty:
+            raise DataError(f"Class folder {path / empty[0]} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+        features = Features({"image": Value("string"), "label": ClassLabel(names=list(files))})
+        rows = [(str(file), name) for name, found in files.items() for file in found]
+        return Dataset.from_dict({"image": [r[0] for r in rows], "label": [r[1] for r in rows]}, features=features)
+
+    def prepare_for_training(self, dataset) -> None:
+        from transformers import AutoModelForImageClassification
+
+        names = heads.names_for_training(dataset, "label", self.labels, self.head_trained)
+        if names is not None:  # a new label set: a fresh head of the right size, the names kept
+            self.model = heads.with_new_head(self.model, AutoModelForImageClassification, names).to(self.device)
+            self.head_trained = True
+
+    def prepare(self, dataset, training: bool):
+        dataset = cast_images(dataset, "image")
+        return data_utils.encode_labels(dataset, "label", {name: i for i, name in enumerate(self.labels)})
+
+    def _pixels(self, images: list) -> torch.Tensor:
+        return self.processor(images=[data_utils.load_image(image) for image in images],
+                              return_tensors="pt")["pixel_values"]
+
+    def collate(self, examples: list[dict]) -> dict:
+        return {"pixel_values": self._pixels([row["image"] for row in examples]),
+                "labels": torch.tensor([row["label"] for row in examples])}
+
+    # ------------------------------------------------------------------------------------- training
+    def training_step(self, model, batch):
+        output = model(pixel_values=batch["pixel_values"], labels=batch["labels"])
+        return {"loss": output.loss, "output": output.logits}
+
+    def eval_step(self, model, batch):
+        """Per sample the ids of the 5 best classes (best first): enough for accuracy and top-5, and
+        memory stays small however many classes the model has."""
+        logits = model(pixel_values=batch["pixel_values"]).logits
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        return top.tolist(), batch["labels"].tolist()
+
+    def compute_metrics(self, predictions, references):
+        best = [ranked[0] for ranked in predictions]
+        scores = {"accuracy": metrics.accuracy(best, references), "macro_f1": metrics.macro_f1(best, references)}
+        if self.model.config.num_labels >= 5:
+            scores["top5_accuracy"] = float(np.mean([ref in ranked for ranked, ref in zip(predictions, references)]))
+        return scores
+
+    # -------------------------------------------------------------------------------------- predict
+    def input_of(self, row):
+        return row["image"]
+
+    def predict_batch(self, inputs, top_k: int = 5):
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer; got {top_k!r}.")
+        logits = self.model(pixel_values=self._pixels(inputs).to(self.device)).logits.float()
+        multi_label = self.model.config.problem_type == "multi_label_classification" or logits.shape[-1] == 1
+        scores = logits.sigmoid() if multi_label else logits.softmax(-1)
+        values, indices = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
+        labels = self.labels
+        return [[{"label": labels[i], "score": v} for v, i in zip(row_values, row_indices)]
+                for row_values, row_indices in zip(values.tolist(), indices.tolist())]
+
+    # ---------------------------------------------------------------------------------- testing kit
+    # Each class is a shape in its own colour: a tiny model learns it in a few dozen steps (shape alone,
+    # with random colours, did not learn in minutes).
+    SHAPES = {"square": (220, 40, 40), "circle": (40, 200, 40), "triangle": (40, 60, 230), "cross": (230, 210, 30)}
+
+    @staticmethod
+    def tiny_model(path: str | os.PathLike, family: str = "vit", labels: list[str] | None = None) -> Path:
+        """A tiny random ViT (``family="vit"``) or ConvNeXT (``"convnext"``) for 32 px images and the toy
+        labels (or ``labels``), with its PIL image processor, saved at ``path``."""
+        from transformers import (ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessorPil,
+                                  ViTConfig, ViTForImageClassification, ViTImageProcessorPil)
+
+        labels = labels or list(ImageClassification.SHAPES)
+        names = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                     label2id={label: i for i, label in enumerate(labels)})
+        torch.manual_seed(0)
+        if family == "vit":  # sizes as transformers' ViT model tests
+            model = ViTForImageClassification(ViTConfig(image_size=32, patch_size=4, hidden_size=32,
+                                                        num_hidden_layers=2, num_attention_heads=2,
+                                                        intermediate_size=64, **names))
+            processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
+        elif family == "convnext":
+            model = ConvNextForImageClassification(ConvNextConfig(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1],
+                                                                  image_size=32, **names))
+            # crop_pct=1: a plain resize, no centre crop that could cut the shape off.
+            processor = ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=1.0)
+        else:
+            raise ValueError(f"family must be 'vit' or 'convnext'; got {family!r}.")
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+        return Path(path)
+
+    @staticmethod
+    def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
+        """32 px images of one coloured shape on a noisy grey background, placed and sized at random;
+        balanced ClassLabel ``label`` (square, circle, triangle, cross)."""
+        from taskzoo.testing import draw_shapes
+
+        names = list(ImageClassification.SHAPES)
+        rng = np.random.default_rng(seed)
+        images, labels = [], []
+        for i in range(n):
+            label = names[(i + seed) % len(names)]
+            images.append(draw_shapes(rng, 32, [(label, ImageClassification.SHAPES[label])])[0])
+            labels.append(label)
+        features = Features({"image": ImageFeature(), "label": ClassLabel(names=names)})
+        return Dataset.from_dict({"image": images, "label": labels}, features=features)
+

@@ -1,0 +1,339 @@
+"""image-segmentation (aliases semantic-segmentation, segmentation): AutoModelForSemanticSegmentation
+(SegFormer, BEiT, DPT, MobileViT, UperNet, ...).
+
+Predict gives one ``{"label", "score", "mask"}`` per class present, the mask a PIL "L" image of the input's
+size (255 where the class is) and the score the class's mean probability over it; ``return_label_map=True``
+gives the raw label map instead (a height x width array of class ids). Logits are upsampled to the input's
+size before the argmax, as transformers' post_process_semantic_segmentation does.
+
+Masks hold one class id per pixel; 255 is ignored by the loss and the metrics. ``reduce_labels=True`` is for
+datasets whose 0 means "other" (ADE20k): 0 becomes 255 and every other id moves down by one.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, DatasetDict, Features
+from datasets import Image as ImageFeature
+from tqdm.auto import tqdm
+
+from taskzoo import data as data_utils
+from taskzoo import metrics, strategies
+from taskzoo.errors import DataError
+from taskzoo.task import Task
+from taskzoo.tasks.image_classification import cast_images, image_files, load_image_processor, resolve_paths
+
+IGNORE_INDEX = 255
+MASK_COLUMNS = ("mask", "annotation", "label")  # accepted names of the mask column, in this order
+MASK_FOLDERS = ("masks", "annotations")
+
+
+def load_mask(value) -> np.ndarray:
+    """A 2-D int64 array of class ids from a PIL image ("L", "P": palette indices are the ids, "I", "1";
+    RGB only when grey), a path, image bytes (datasets' undecoded Image) or an array."""
+    from PIL import Image, UnidentifiedImageError
+
+    source = "<array>"
+    if isinstance(value, Mapping):
+        source = value.get("path") or "<mask bytes>"
+        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+    if isinstance(value, (str, os.PathLike, io.BytesIO)):
+        source = source if isinstance(value, io.BytesIO) else str(value)
+        try:
+            with Image.open(value) as opened:
+                opened.load()
+                value = opened.copy()
+        except FileNotFoundError as error:
+            raise DataError(f"Mask file {source} does not exist.") from error
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise DataError(f"Mask {source} is corrupted or not an image: {error}") from error
+    if isinstance(value, Image.Image):
+        source = getattr(value, "filename", "") or source
+        array = np.asarray(value)
+        if value.mode in ("RGB", "RGBA", "LA"):
+            channels = array[..., :-1] if value.mode == "LA" else array[..., :3]
+            if not (channels == channels[..., :1]).all():
+                raise DataError(f"Mask {source} is a colour image: a mask holds one class id per pixel ('L' or "
+                                "'P' image, or a 2-D array). Map its colours to class ids first.")
+            array = array[..., 0]
+        value = array
+    array = np.asarray(value)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise DataError(f"Mask {source} must be 2-D (height x width class ids); got shape {array.shape}.")
+    if array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "iub":
+        raise DataError(f"Mask {source} must hold integer class ids; got {array.dtype} values.")
+    return array.astype(np.int64)
+
+
+def image_size(value) -> tuple[int, int] | None:
+    """(width, height) of an image from its header alone, or None when that is not cheap to tell."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return value.size
+    if isinstance(value, Mapping):
+        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+    if isinstance(value, (str, os.PathLike, io.BytesIO)):
+        try:
+            with Image.open(value) as opened:
+                return opened.size
+        except Exception:  # noqa: BLE001 - a broken file is named by load_image when it is decoded
+            return None
+    return None
+
+
+class ImageSegmentation(Task):
+    name = "image-segmentation"
+    primary_metric = "mean_iou"
+    required_columns = ("image", "mask")
+    default_batch_size = 8
+    default_learning_rate = 6e-5  # SegFormer's fine-tuning rate
+    finetune_options = {
+        **Task.finetune_options,
+        "labels": None,  # class names for a new head (a new label set); None keeps the model's
+        "reduce_labels": None,  # True/False overrides the setting given at load
+    }
+    cached_head = None  # SegFormer's decode head takes every stage's features: no single input to cache
+    demo_config = dict(train_size=192, eval_size=32, epochs=8, learning_rate=5e-3, batch_size=16)
+
+    def __init__(self, model, processor, *, reduce_labels: bool = False, **kwargs):
+        super().__init__(model, processor, **kwargs)
+        self.reduce_labels = reduce_labels
+        if hasattr(model.config, "semantic_loss_ignore_index"):  # the loss must skip what the metrics skip
+            model.config.semantic_loss_ignore_index = IGNORE_INDEX
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, trust_remote_code=False, reduce_labels=False, **model_kwargs):
+        from transformers import AutoModelForSemanticSegmentation
+
+        processor = load_image_processor(path, trust_remote_code)
+        model = AutoModelForSemanticSegmentation.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                                 **model_kwargs)
+        return cls(model, processor, reduce_labels=reduce_labels, source=str(path), device=device)
+
+    def save(self, path):
+        self.model_to_save().save_pretrained(path)
+        self.processor.save_pretrained(path)
+        return Path(path)
+
+    @property
+    def labels(self) -> list[str]:
+        config = self.model.config
+        return [config.id2label[i] for i in range(config.num_labels)]
+
+    # ----------------------------------------------------------------------------------------- data
+    def read_path(self, path):
+        """A folder with images/ and masks/ (or annotations/) matched by file stem, a folder of split
+        folders (train/, validation/) holding those, or a CSV/JSONL table of image and mask paths."""
+        path = Path(path)
+        if not path.is_dir():
+            return resolve_paths(data_utils.read_table(path), path.parent)
+        if (path / "images").is_dir():
+            return self._read_pairs(path)
+        splits = [sub for sub in sorted(path.iterdir()) if (sub / "images").is_dir()]
+        if not splits:
+            raise DataError(f"Folder {path} has no images/ and masks/ sub-folders (files matched by name stem), "
+                            "nor split folders (train/, validation/) holding them.")
+        return DatasetDict({sub.name: self._read_pairs(sub) for sub in splits})
+
+    @staticmethod
+    def _read_pairs(folder: Path) -> Dataset:
+        masks_folder = next((folder / name for name in MASK_FOLDERS if (folder / name).is_dir()), None)
+        if masks_folder is None:
+            raise DataError(f"{folder} has images/ but no {' or '.join(f'{n}/' for n in MASK_FOLDERS)} folder.")
+        found = {}
+        for kind, sub in (("image", folder / "images"), ("mask", masks_folder)):
+            files = image_files(sub)
+            found[kind] = {file.stem: file for file in files}
+            if len(found[kind]) < len(files):
+                stems = [file.stem for file in files]
+                twice = next(stem for stem in stems if stems.count(stem) > 1)
+                raise DataError(f"{sub} has several files named {twice}.*: a {kind} is matched by its name stem.")
+        for kind, other, sub in (("image", "mask", masks_folder), ("mask", "image", folder / "images")):
+            unmatched = sorted(set(found[kind]) - set(found[other]))
+            if unmatched:
+                files = ", ".join(found[kind][stem].name for stem in unmatched[:3])
+                raise DataError(f"{len(unmatched)} {kind}(s) in {folder} have no {other} of the same name stem "
+                                f"in {sub}: {files}{', ...' if len(unmatched) > 3 else ''}.")
+        if not found["image"]:
+            raise DataError(f"{folder / 'images'} holds no images.")
+        stems = sorted(found["image"])
+        return Dataset.from_dict({"image": [str(found["image"][s]) for s in stems],
+                                  "mask": [str(found["mask"][s]) for s in stems]})
+
+    def load_data(self, data, role: str = "eval", columns=None):
+        dataset = data_utils.pick_split(data_utils.to_dataset(data, self.read_path), role)
+        if dataset is None:
+            return None
+        dataset = data_utils.rename_columns(dataset, columns)
+        alias = next((name for name in MASK_COLUMNS if name in dataset.column_names), "mask")
+        if alias != "mask":  # the Hub's datasets call it annotation (scene_parse_150) or label (sidewalk)
+            dataset = dataset.rename_column(alias, "mask")
+        data_utils.check_columns(dataset, self.required_columns, self.name, where=f"{role} data")
+        return dataset
+
+    def prepare_for_training(self, dataset) -> None:
+        options = self.training_options
+        if options["reduce_labels"] is not None:
+            self.reduce_labels = bool(options["reduce_labels"])
+        names = options["labels"]
+        if names is not None and list(names) != self.labels:
+            self._replace_head([str(name) for name in names])
+
+    def _replace_head(self, names: list[str]) -> None:
+        """A fresh decode head for ``names`` (ignore_mismatched_sizes); the encoder keeps its weights."""
+        from transformers import AutoModelForSemanticSegmentation
+
+        with tempfile.TemporaryDirectory() as folder:
+            strategies.exportable(self.model, merged=True).save_pretrained(folder)
+            self.model = AutoModelForSemanticSegmentation.from_pretrained(
+                folder, num_labels=len(names), id2label=dict(enumerate(names)),
+                label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True,
+            ).to(self.device)
+
+    def _mask(self, value) -> np.ndarray:
+        mask = load_mask(value)
+        if self.reduce_labels:  # 0 ("other") is ignored, the rest move down; 255 stays ignored
+            mask = np.where(mask == 0, IGNORE_INDEX, np.where(mask == IGNORE_INDEX, IGNORE_INDEX, mask - 1))
+        return mask
+
+    def prepare(self, dataset, training: bool):
+        """One pass over the masks before anything runs: every value a class of the model (or 255), and
+        every mask the size of its image; errors name the value, the column and the row."""
+        dataset = cast_images(cast_images(dataset, "image"), "mask")
+        count = len(self.labels)
+        rows = dataset.select_columns(["image", "mask"])
+        for row_number, row in enumerate(tqdm(rows, desc=f"{self.name}: checking masks", leave=False,
+                                              disable=len(rows) < 500)):
+            mask = self._mask(row["mask"])
+            bad = mask[((mask < 0) | (mask >= count)) & (mask != IGNORE_INDEX)]
+            if bad.size:
+                hint = "pass labels=[...] to finetune() for a new label set" + (
+                    "" if self.reduce_labels else ", or reduce_labels=True if 0 means 'other'")
+                raise DataError(f"Column 'mask', row {row_number}: value {int(bad[0])} is not a class of the model, "
+                                f"which has {count} labels (0-{count - 1}; {IGNORE_INDEX} means ignore). To train "
+                                f"other classes, {hint}.")
+            size = image_size(row["image"])
+            if size is not None and size != (mask.shape[1], mask.shape[0]):
+                raise DataError(f"Row {row_number}: the image is {size[0]}x{size[1]} but its mask (column 'mask') "
+                                f"is {mask.shape[1]}x{mask.shape[0]}.")
+        return dataset
+
+    def collate(self, examples: list[dict]) -> dict:
+        images = [data_utils.load_image(row["image"]) for row in examples]
+        masks = [self._mask(row["mask"]) for row in examples]
+        for image, mask in zip(images, masks):
+            if image.size != (mask.shape[1], mask.shape[0]):
+                raise DataError(f"An image is {image.size[0]}x{image.size[1]} but its mask is "
+                                f"{mask.shape[1]}x{mask.shape[0]}.")
+        # Labels are reduced above, for every model family alike: the processor must not do it again.
+        options = {"do_reduce_labels": False} if hasattr(self.processor, "do_reduce_labels") else {}
+        encoded = self.processor(images=images, segmentation_maps=masks, return_tensors="pt", **options)
+        # "labels" (resized with the image) train the model; "masks" (as given) score it at full size.
+        return {"pixel_values": encoded["pixel_values"], "labels": encoded["labels"].long(),
+                "masks": [torch.from_numpy(mask) for mask in masks]}
+
+    # ------------------------------------------------------------------------------------- training
+    def training_step(self, model, batch):
+        output = model(pixel_values=batch["pixel_values"], labels=batch["labels"])
+        return {"loss": output.loss, "output": output.logits}
+
+    def eval_step(self, model, batch):
+        """Per sample the non-zero cells of its confusion matrix, as (cell index, count) rows: scoring a
+        dataset needs only their sum, and a sample holds few classes however many the model knows."""
+        logits = model(pixel_values=batch["pixel_values"]).logits.float()
+        count, predictions = logits.shape[1], []
+        for logit, mask in zip(logits, batch["masks"]):
+            label_map = F.interpolate(logit[None], size=mask.shape, mode="bilinear", align_corners=False)[0].argmax(0)
+            confusion = metrics.confusion_matrix(label_map.cpu().numpy(), mask.cpu().numpy(), count, IGNORE_INDEX)
+            cells = np.flatnonzero(confusion)
+            predictions.append(np.stack([cells, confusion.ravel()[cells]]))
+        return predictions, [None] * len(predictions)
+
+    def compute_metrics(self, predictions, references):
+        count = len(self.labels)
+        confusion = np.zeros(count * count, dtype=np.int64)
+        for cells, counts in predictions:
+            confusion[cells] += counts
+        scores = metrics.segmentation_scores(confusion.reshape(count, count))
+        per_class = scores.pop("per_class_iou")
+        return {**scores, **{f"iou_{name}": iou for name, iou in zip(self.labels, per_class) if not math.isnan(iou)}}
+
+    # -------------------------------------------------------------------------------------- predict
+    def input_of(self, row):
+        return row["image"]
+
+    def predict_batch(self, inputs, return_label_map: bool = False):
+        from PIL import Image
+
+        images = [data_utils.load_image(item) for item in inputs]
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        logits = self.model(pixel_values=pixels).logits.float()
+        labels, results = self.labels, []
+        for logit, image in zip(logits, images):
+            upsampled = F.interpolate(logit[None], size=image.size[::-1], mode="bilinear", align_corners=False)[0]
+            score, label_map = upsampled.softmax(0).max(0)
+            if return_label_map:
+                results.append(label_map.cpu().numpy())
+                continue
+            segments = []
+            for class_id in label_map.unique().tolist():
+                region = label_map == class_id
+                segments.append({"label": labels[class_id], "score": score[region].mean().item(),
+                                 "mask": Image.fromarray(region.cpu().numpy().astype(np.uint8) * 255, "L")})
+            results.append(segments)
+        return results
+
+    # ---------------------------------------------------------------------------------- testing kit
+    # Class 0 is the background; each shape has its own colour, as in the image-classification kit.
+    SHAPES = {"square": (220, 40, 40), "circle": (40, 200, 40), "triangle": (40, 60, 230)}
+
+    @staticmethod
+    def tiny_model(path: str | os.PathLike) -> Path:
+        """A tiny random SegFormer (2 stages, hidden 16/32) for 64 px images and the toy classes, with its
+        PIL image processor, saved at ``path``."""
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessorPil
+
+        labels = ["background", *ImageSegmentation.SHAPES]
+        torch.manual_seed(0)
+        config = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+                                 patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                                 decoder_hidden_size=32, classifier_dropout_prob=0.0, drop_path_rate=0.0,
+                                 num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                 label2id={label: i for i, label in enumerate(labels)})
+        SegformerForSemanticSegmentation(config).save_pretrained(path)
+        SegformerImageProcessorPil(size={"height": 64, "width": 64}, do_reduce_labels=False).save_pretrained(path)
+        return Path(path)
+
+    @staticmethod
+    def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
+        """64 px images of one or two coloured shapes on a noisy grey background; ``mask`` ("L" image) holds
+        each pixel's class: 0 background, 1 square, 2 circle, 3 triangle."""
+        from PIL import Image
+
+        from taskzoo.testing import draw_shapes
+
+        kinds = list(ImageSegmentation.SHAPES)
+        rng = np.random.default_rng(seed)
+        images, masks = [], []
+        for i in range(n):
+            chosen = [kinds[(i + seed) % len(kinds)]] + ([kinds[int(rng.integers(len(kinds)))]] if i % 2 else [])
+            mask = Image.new("L", (64, 64), 0)
+            shapes = [(kind, ImageSegmentation.SHAPES[kind], kinds.index(kind) + 1) for kind in chosen]
+            images.append(draw_shapes(rng, 64, shapes, mask=mask)[0])
+            masks.append(mask)
+        features = Features({"image": ImageFeature(), "mask": ImageFeature()})
+        return Dataset.from_dict({"image": images, "mask": masks}, features=features)
