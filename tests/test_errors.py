@@ -36,6 +36,16 @@ def long_text(tiny_model_path, tmp_path):
     raise UserWarning(" | ".join(str(w.message) for w in caught if "truncated" in str(w.message)))
 
 
+def bad_mask(tiny_model_path):
+    import numpy as np
+    from PIL import Image
+
+    mask = np.zeros((16, 16), np.uint8)
+    mask[2:5, 2:5] = 9
+    zoo = taskzoo.load("image-segmentation", model=tiny_model_path("image-segmentation"), device="cpu")
+    zoo.evaluate([{"image": Image.new("RGB", (16, 16)), "mask": Image.fromarray(mask)}])
+
+
 # The row's first cell in docs/errors.md -> (what to run, the exception class, a pattern of its message).
 CASES = {
     "Unknown task": (lambda m, t: taskzoo.load("text-clasification"), UnknownTaskError,
@@ -49,6 +59,11 @@ CASES = {
         r"Could not find model 'someone/missing'. Tried:.*Hugging Face cache.*pass a local folder"),
     "Model of the wrong kind": (lambda m, t: taskzoo.load("text-to-image", model=m("text-classification")),
                                 ModelNotFoundError, r"neither a diffusers pipeline \(model_index.json\)"),
+    "Text model given to an image task": (
+        lambda m, t: taskzoo.load("image-classification", model=m("text-classification")), ModelNotFoundError,
+        r"does not hold a model that image-classification can load \(Can't load image processor"),
+    "Mask value beyond the number of labels": (lambda m, t: bad_mask(m), DataError,
+                                               r"Column 'mask', row 0: value 9 is not a class of the model, which has 4 labels"),
     "Empty data": (lambda m, t: text_zoo(m).evaluate([]), DataError, r"The data is an empty list"),
     "Missing column": (lambda m, t: text_zoo(m).evaluate([{"review": "good", "label": "positive"}]), DataError,
                        r"no column 'text' .*Columns present: \['review', 'label'\].*columns=\{'your_column': 'text'\}"),

@@ -57,3 +57,21 @@ def test_label_encoding_round_trips(labels):
     encoded = data.encode_labels(Dataset.from_dict({"label": labels}), "label",
                                  {name: i for i, name in enumerate(names)})
     assert [names[i] for i in encoded["label"]] == labels
+
+
+masks = st.integers(1, 12).flatmap(lambda side: st.lists(st.lists(st.integers(0, 3), min_size=side, max_size=side),
+                                                           min_size=side, max_size=side))
+
+
+@given(masks, masks)
+@settings(max_examples=60, deadline=None)
+def test_mean_iou_is_in_0_1_and_1_for_a_perfect_mask(reference, predicted):
+    import numpy as np
+
+    reference = np.array(reference)
+    predicted = np.resize(np.array(predicted), reference.shape)
+    perfect = metrics.segmentation_scores(metrics.confusion_matrix(reference, reference, num_labels=4))
+    assert perfect["mean_iou"] == 1.0 and perfect["overall_accuracy"] == 1.0
+    scores = metrics.segmentation_scores(metrics.confusion_matrix(predicted, reference, num_labels=4))
+    for name in ("mean_iou", "mean_accuracy", "overall_accuracy"):
+        assert 0.0 <= scores[name] <= 1.0
