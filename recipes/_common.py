@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def load_splits(dataset: str, eval_split: str = "validation"):
+def load_splits(dataset: str, eval_split: str = "validation", train_split: str = "train", config: str | None = None):
     """A hub dataset name (needs network or the datasets cache) or a local path (file, folder, or a folder
     with train.* and validation.* files). Returns (train, eval) in any format taskzoo reads."""
     path = Path(dataset)
@@ -20,5 +20,5 @@ def load_splits(dataset: str, eval_split: str = "validation"):
         return str(path), None
     from datasets import load_dataset
 
-    splits = load_dataset(dataset)
-    return splits["train"], splits[eval_split] if eval_split in splits else splits.get("test")
+    splits = load_dataset(dataset, config)
+    return splits[train_split], splits[eval_split] if eval_split in splits else splits.get("test")

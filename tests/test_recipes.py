@@ -61,15 +61,41 @@ def write_image_mask_folders(task: str, folder: Path) -> Path:
     return folder
 
 
+def write_coco_splits(task: str, folder: Path) -> Path:
+    """train.json and validation.json in COCO format, their images in images/."""
+    from taskzoo.tasks.object_detection import write_coco
+
+    write_coco(toy_dataset(task, 16, seed=0), folder / "train.json")
+    write_coco(toy_dataset(task, 8, seed=1), folder / "validation.json")
+    return folder
+
+
+def write_audio_folders(task: str, folder: Path) -> Path:
+    """train/ and validation/ audio folders, each with a metadata.csv, as datasets' audiofolder reads."""
+    import shutil
+
+    for split, size, seed in (("train", 8, 0), ("validation", 4, 1)):
+        (folder / split).mkdir(parents=True)
+        rows = toy_dataset(task, size, seed=seed)
+        lines = ["file_name,text"]
+        for i, row in enumerate(rows):
+            shutil.copy(row["audio"], folder / split / f"{i:03d}.wav")
+            lines.append(f"{i:03d}.wav,{row['text']}")
+        (folder / split / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
 # task -> (recipe script, extra arguments, writer of a local dataset folder)
 CASES = {
     "image-classification": ("image_classification.py", ["--label-column", "label"], write_image_class_folders),
     "image-segmentation": ("image_segmentation.py", ["--image-column", "image", "--mask-column", "mask"],
                            write_image_mask_folders),
+    "object-detection": ("object_detection.py", [], write_coco_splits),
     "text-classification": ("text_classification.py", ["--text-column", "text"], write_text_splits),
     "sentence-similarity": ("sentence_similarity.py", [], write_text_splits),
     "translation": ("translation.py", ["--num-beams", "1"], write_jsonl_splits),
     "text-to-image": ("text_to_image.py", [], write_image_caption_folders),
+    "automatic-speech-recognition": ("automatic_speech_recognition.py", [], write_audio_folders),
 }
 
 

@@ -1,0 +1,395 @@
+"""automatic-speech-recognition (aliases audio-transcription, asr): speech -> ``{"text"}``.
+
+Two model families, told apart by their config: Whisper-style encoder-decoders
+(AutoModelForSpeechSeq2Seq, text generated token by token) and CTC models of the wav2vec2 family
+(AutoModelForCTC, one character distribution per 20 ms frame). Audio is decoded with soundfile and
+resampled with scipy (``taskzoo.data.load_audio``). Inputs longer than the model's window are split
+into overlapping windows and stitched as transformers' pipeline does (``taskzoo/audio_chunks.py``).
+Fine-tuning a CTC model whose vocabulary does not cover the transcripts (a bare wav2vec2 encoder, say)
+builds a character vocabulary from the training transcripts and a new output layer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Audio, Dataset, DatasetDict, Value
+
+from taskzoo import audio_chunks, metrics, strategies
+from taskzoo import data as data_utils
+from taskzoo.errors import DataError
+from taskzoo.task import Task
+
+logger = logging.getLogger(__name__)
+CTC_WINDOW_S = 30.0  # CTC models have no fixed window; longer inputs are chunked to bound memory
+METADATA = ("metadata.csv", "metadata.jsonl")
+
+
+class SpeechRecognition(Task):
+    name = "automatic-speech-recognition"
+    primary_metric = "wer"
+    greater_is_better = False
+    required_columns = ("audio", "text")
+    default_batch_size = 8
+    default_learning_rate = 1e-4  # the usual rate for wav2vec2 CTC fine-tuning; Whisper's is nearer 1e-5
+    # freeze_feature_encoder: keep a CTC model's convolutional front end fixed (the usual recipe when
+    # fine-tuning a pretrained wav2vec2); Whisper models ignore it.
+    finetune_options = {**Task.finetune_options, "freeze_feature_encoder": True}
+    demo_config = dict(train_size=400, eval_size=32, epochs=5, learning_rate=8e-3, batch_size=8, scheduler="constant")
+
+    def __init__(self, model, processor, *, language: str | None = None, whisper_task: str = "transcribe",
+                 head_trained: bool = True, **kwargs):
+        super().__init__(model, processor, **kwargs)
+        self.is_ctc = not model.config.is_encoder_decoder
+        # Whisper's prompt (``task`` is taken by taskzoo.load): None language: the model's own, or detected.
+        self.language, self.whisper_task = language, whisper_task
+        self.head_trained = head_trained  # False: the CTC output layer was freshly initialised
+        # Whisper ties its output layer to the token embeddings, so there is no separate head to train.
+        self.strategies = ("full", "freeze", "lora") if self.is_ctc else ("full", "lora")
+
+    @classmethod
+    def from_pretrained(cls, path, device=None, trust_remote_code=False, language=None, whisper_task="transcribe",
+                        **model_kwargs):
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForCTC, AutoModelForSpeechSeq2Seq
+        from transformers import AutoProcessor
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        auto = AutoModelForSpeechSeq2Seq if config.is_encoder_decoder else AutoModelForCTC
+        try:
+            model, info = auto.from_pretrained(path, trust_remote_code=trust_remote_code, output_loading_info=True,
+                                               **model_kwargs)
+        except ValueError as error:
+            raise ValueError(f"{path} holds a {config.model_type!r} model, which is neither a speech encoder-decoder "
+                             f"nor a CTC model, so it cannot transcribe speech.") from error
+        try:
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, TypeError):  # a bare encoder ships no tokenizer: fine-tuning builds one
+            processor = AutoFeatureExtractor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if config.is_encoder_decoder and not hasattr(getattr(processor, "tokenizer", None), "_decode_asr"):
+            raise ValueError(f"{path} holds a {config.model_type!r} encoder-decoder; taskzoo transcribes with "
+                             "Whisper-style encoder-decoders (Whisper's tokenizer and prompt) and CTC models.")
+        head = not any(key.startswith("lm_head") for key in info["missing_keys"])
+        return cls(model, processor, language=language, whisper_task=whisper_task, head_trained=head,
+                   source=str(path), device=device)
+
+    def save(self, path):
+        self.model_to_save().save_pretrained(path)
+        self.processor.save_pretrained(path)
+        return Path(path)
+
+    @property
+    def feature_extractor(self):
+        return getattr(self.processor, "feature_extractor", self.processor)
+
+    @property
+    def tokenizer(self):
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError(f"The model in {self.source} has no tokenizer, so it cannot write text yet; "
+                             "fine-tune it on transcribed audio first (that builds a character vocabulary).")
+        return tokenizer
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.feature_extractor.sampling_rate
+
+    # ----------------------------------------------------------------------------------------- data
+    def read_path(self, path):
+        """An audio folder (``metadata.csv`` or ``.jsonl`` with ``file_name`` and ``text``, or train/
+        validation/test subfolders holding one), or a CSV/JSON/JSONL/Parquet table of paths and texts.
+        Relative paths are resolved against the folder of the file that names them."""
+        path = Path(path)
+        if path.is_dir():
+            found = [path / name for name in METADATA if (path / name).exists()]
+            if found:
+                return self.read_path(found[0])
+            splits = {p.name: self.read_path(p) for p in sorted(path.iterdir())
+                      if p.is_dir() and any((p / name).exists() for name in METADATA)}
+            if not splits:
+                raise DataError(f"Audio folder {path} has no {' or '.join(METADATA)} (columns file_name, text), "
+                                "and no split subfolders with one.")
+            return DatasetDict(splits)
+        dataset = data_utils.read_table(path)
+        if "file_name" in dataset.column_names and "audio" not in dataset.column_names:
+            dataset = dataset.rename_column("file_name", "audio")  # the audiofolder convention
+        for column in dataset.column_names:
+            first = dataset[0][column] if len(dataset) else None
+            if isinstance(first, str) and not os.path.isabs(first) and (path.parent / first).is_file():
+                dataset = dataset.map(lambda row, c=column: {c: _resolve(row[c], path.parent)})
+        return dataset
+
+    def prepare(self, dataset, training: bool):
+        feature = dataset.features["audio"]
+        if isinstance(feature, Audio) and feature.decode:  # datasets' own decoder needs torchcodec
+            dataset = dataset.cast_column("audio", Audio(decode=False))
+        elif feature == Value("string"):
+            missing = [p for p in dataset["audio"] if p is None or not Path(p).is_file()]
+            if missing:
+                raise DataError(f"Audio file {missing[0]} does not exist ({len(missing)} missing in column 'audio').")
+        bad = [t for t in dataset["text"] if not isinstance(t, str)]
+        if bad:
+            raise DataError(f"Column 'text' must hold transcripts (strings); found {bad[0]!r} ({len(bad)} such rows).")
+        return dataset
+
+    def prepare_for_training(self, dataset) -> None:
+        """CTC: a character vocabulary and a new output layer when the model's do not fit the transcripts."""
+        if not self.is_ctc:
+            return
+        characters = set("".join(dataset["text"])) - {" "}
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        unknown = characters - set(tokenizer.get_vocab()) if tokenizer is not None else characters
+        if tokenizer is not None and not unknown and len(tokenizer) <= self.model.config.vocab_size:
+            return  # the tokenizer fits (a freshly initialised head simply trains)
+        if tokenizer is not None and unknown:
+            logger.warning("The model's vocabulary lacks %s: building a character vocabulary from the "
+                           "training transcripts and a new output layer.", sorted(unknown)[:20])
+        self._new_ctc_vocabulary(sorted(characters))
+
+    def _new_ctc_vocabulary(self, characters: list[str]) -> None:
+        from transformers import Wav2Vec2Processor
+
+        tokenizer = ctc_tokenizer(characters)
+        model = strategies.exportable(self.model, merged=True)
+        model.lm_head = torch.nn.Linear(model.lm_head.in_features, len(tokenizer)).to(self.device)
+        model.config.vocab_size, model.config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
+        self.model, self.head_trained = model, True
+        self.processor = Wav2Vec2Processor(feature_extractor=self.feature_extractor, tokenizer=tokenizer)
+
+    def _audio(self, value, sampling_rate: int | None = None) -> np.ndarray:
+        if isinstance(value, bytes):
+            value = io.BytesIO(value)
+        elif isinstance(value, (np.ndarray, torch.Tensor)):  # a bare array: at sampling_rate, or the model's
+            value = (np.asarray(value), sampling_rate or self.sampling_rate)
+        return data_utils.load_audio(value, self.sampling_rate)
+
+    def _inputs(self, audio: list[np.ndarray]) -> dict:
+        """Model inputs for a batch of 16 kHz (the model's rate) waveforms."""
+        if self.is_ctc:
+            return dict(self.feature_extractor(audio, sampling_rate=self.sampling_rate, padding=True,
+                                               return_tensors="pt"))
+        window = self.feature_extractor.n_samples
+        if max(map(len, audio)) > window:
+            raise DataError(f"An audio clip of {max(map(len, audio)) / self.sampling_rate:.1f} s is longer than "
+                            f"the model's {window / self.sampling_rate:.0f} s window; split such clips for "
+                            "training and evaluation (predict() chunks long inputs itself).")
+        features = self.feature_extractor(audio, sampling_rate=self.sampling_rate, return_attention_mask=True,
+                                          return_tensors="pt")
+        return {"input_features": features.input_features, "attention_mask": features.attention_mask}
+
+    def _labels(self, texts: list[str]) -> torch.Tensor:
+        tokenizer = self.tokenizer
+        if self.is_ctc:
+            encoded = tokenizer(texts, padding=True, return_tensors="pt")
+        else:
+            if self._is_multilingual():
+                tokenizer.set_prefix_tokens(language=self._language(for_training=True), task=self.whisper_task)
+            # Whisper's transcripts start with a space, so the first word is the same token as elsewhere.
+            encoded = tokenizer([" " + text.strip() for text in texts], padding=True, return_tensors="pt")
+        labels = encoded.input_ids.masked_fill(encoded.attention_mask == 0, -100)
+        if not self.is_ctc:
+            if (labels[:, 0] == self.model.config.decoder_start_token_id).all():
+                labels = labels[:, 1:]  # the model prepends the decoder start token itself
+            limit = self.model.config.max_target_positions
+            if labels.shape[1] > limit:
+                raise DataError(f"A transcript is {labels.shape[1]} tokens long, over the model's {limit}: "
+                                f"{texts[int((labels != -100).sum(1).argmax())][:80]!r}...")
+        return labels
+
+    def collate(self, examples: list[dict]) -> dict:
+        texts = [row["text"] for row in examples]
+        audio = [self._audio(row["audio"]) for row in examples]
+        return {"inputs": self._inputs(audio), "labels": self._labels(texts), "text": texts,
+                "lengths": torch.tensor([len(a) for a in audio])}
+
+    # ------------------------------------------------------------------------------------- training
+    def apply_strategy(self, strategy: str) -> None:
+        super().apply_strategy(strategy)
+        if self.is_ctc and self.training_options.get("freeze_feature_encoder"):
+            base = self.model.get_base_model() if strategies.is_peft(self.model) else self.model
+            if hasattr(base, "freeze_feature_encoder"):  # models reading filterbanks have no such encoder
+                base.freeze_feature_encoder()
+
+    def training_step(self, model, batch):
+        output = model(**batch["inputs"], labels=batch["labels"])
+        return {"loss": output.loss, "output": output.logits}
+
+    def eval_step(self, model, batch):
+        model = getattr(model, "module", model)  # DistributedDataParallel hides generate()
+        inputs = _on(model, batch["inputs"])
+        if self.is_ctc:
+            logits = model(**inputs).logits
+            frames = self._valid_frames(model, inputs, batch["lengths"].tolist())
+            texts = [self._decode_ctc(row[:n].argmax(-1))["text"] for row, n in zip(logits, frames)]
+        else:
+            tokens = model.generate(**inputs, **self._generate_options())
+            texts = [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        return texts, list(batch["text"])
+
+    def compute_metrics(self, predictions, references):
+        """wer and cer on the texts as they are; wer_normalized and cer_normalized after lowercasing,
+        removing punctuation and collapsing spaces on both sides."""
+        normal = [metrics.normalize_transcript(t) for t in predictions]
+        normal_refs = [metrics.normalize_transcript(t) for t in references]
+        return {"wer": metrics.word_error_rate(predictions, references),
+                "cer": metrics.character_error_rate(predictions, references),
+                "wer_normalized": metrics.word_error_rate(normal, normal_refs),
+                "cer_normalized": metrics.character_error_rate(normal, normal_refs)}
+
+    # -------------------------------------------------------------------------------- family helpers
+    @staticmethod
+    def _valid_frames(model, inputs: dict, samples: list[int]) -> list[int]:
+        """Logit frames of each clip's own audio: the frames after them in a padded batch are garbage,
+        since the CTC loss never scores them. Counted from the attention mask where there is one
+        (samples, or filterbank frames), else from the sample counts."""
+        lengths = inputs["attention_mask"].sum(-1) if "attention_mask" in inputs else torch.tensor(samples)
+        return model._get_feat_extract_output_lengths(lengths.cpu()).tolist()
+
+    def _decode_ctc(self, ids: torch.Tensor, timestamps: bool = False) -> dict:
+        tokenizer = self.tokenizer
+        # Other special tokens ([UNK], <s>) count as blanks, so none reaches the text; the word
+        # delimiter, special to the tokenizer, becomes the space between words.
+        keep = (tokenizer.pad_token_id, getattr(tokenizer, "word_delimiter_token_id", None))
+        special = [i for i in tokenizer.all_special_ids if i not in keep]
+        ids = ids.masked_fill(torch.isin(ids, torch.tensor(special, device=ids.device)), tokenizer.pad_token_id)
+        if not timestamps:
+            return {"text": tokenizer.decode(ids.tolist())}
+        decoded = tokenizer.decode(ids.tolist(), output_word_offsets=True)
+        seconds = self.model.config.inputs_to_logits_ratio / self.sampling_rate
+        return {"text": decoded.text, "chunks": [
+            {"text": word["word"], "timestamp": (round(float(word["start_offset"] * seconds), 2),
+                                                 round(float(word["end_offset"] * seconds), 2))}
+            for word in decoded.word_offsets]}
+
+    def _is_multilingual(self) -> bool:
+        return bool(getattr(self.model.generation_config, "is_multilingual", False))
+
+    def _language(self, language=None, for_training=False):
+        config = self.model.generation_config
+        language = language or self.language or getattr(config, "language", None) or self.tokenizer.language
+        if language is None and for_training:
+            raise ValueError("Fine-tuning a multilingual Whisper model needs the language of the transcripts: "
+                             "taskzoo.load(..., language='en') (or 'french', 'fr', ...).")
+        return language
+
+    def _generate_options(self, language=None, task=None, **options) -> dict:
+        """Whisper's prompt: always the language and task it was trained with, else it detects the
+        language and drops the task token."""
+        if self._is_multilingual():
+            options.update(language=self._language(language), task=task or self.whisper_task)
+        elif language or task:
+            raise ValueError("This Whisper model is English-only: it takes no language or task.")
+        return {key: value for key, value in options.items() if value is not None}
+
+    # -------------------------------------------------------------------------------------- predict
+    def is_single(self, inputs) -> bool:
+        if isinstance(inputs, tuple):  # (array, sampling_rate)
+            return len(inputs) == 2 and isinstance(inputs[1], (int, np.integer))
+        return not isinstance(inputs, list)
+
+    def input_of(self, row):
+        return row["audio"]
+
+    def input_length(self, item) -> int:
+        try:
+            if isinstance(item, (str, os.PathLike)):
+                import soundfile
+
+                return soundfile.info(str(item)).frames
+            array = item.get("array") if isinstance(item, Mapping) else item[0] if isinstance(item, tuple) else item
+            return len(array) if array is not None else 0
+        except Exception:  # noqa: BLE001 - only a sort key; decoding later names the bad input
+            return 0
+
+    def predict(self, inputs, batch_size=None, progress=None, **options):
+        """Transcribe audio: a path (wav, flac, ogg, ...), a ``{"array", "sampling_rate"}`` dict, an
+        ``(array, sampling_rate)`` tuple, or an array at ``sampling_rate`` (default: the model's).
+
+        Options: ``return_timestamps`` (adds ``chunks``), ``chunk_length_s`` / ``stride_length_s`` for long
+        audio, and for Whisper ``language``, ``task`` and ``max_new_tokens``. ``batch_size`` also batches
+        the windows of long inputs.
+        """
+        window_batch = batch_size or self.default_batch_size
+        return super().predict(inputs, batch_size=batch_size, progress=progress, window_batch=window_batch,
+                               **options)
+
+    def predict_batch(self, inputs, window_batch=8, sampling_rate=None, return_timestamps=False,
+                      chunk_length_s=None, stride_length_s=None, **generate_options):
+        if self.is_ctc and generate_options:
+            raise ValueError(f"{sorted(generate_options)} apply to Whisper models only; this is a CTC model.")
+        audio = [self._audio(item, sampling_rate) for item in inputs]
+        limit = None if self.is_ctc else self.feature_extractor.chunk_length  # Whisper: its window at most
+        if chunk_length_s is not None and not 0 < chunk_length_s <= (limit or chunk_length_s):
+            raise ValueError(f"chunk_length_s must be positive{f' and at most the {limit} s window' if limit else ''}; "
+                             f"got {chunk_length_s}.")
+        align = self.model.config.inputs_to_logits_ratio if self.is_ctc else 1
+        window, stride = audio_chunks.window_lengths(chunk_length_s or limit or CTC_WINDOW_S, stride_length_s,
+                                                     self.sampling_rate, align)
+        windows = [w for i, a in enumerate(audio) for w in audio_chunks.split(i, a, window, stride)]
+        pieces = [[] for _ in audio]
+        options = {} if self.is_ctc else self._generate_options(return_timestamps=bool(return_timestamps),
+                                                                **generate_options)
+        for start in range(0, len(windows), window_batch):
+            group = windows[start:start + window_batch]
+            inputs = _on(self.model, self._inputs([w.audio for w in group]))
+            if self.is_ctc:
+                logits = self.model(**inputs).logits
+                frames = self._valid_frames(self.model, inputs, [len(w.audio) for w in group])
+                for w, rows, n in zip(group, logits, frames):
+                    pieces[w.item].append(audio_chunks.ctc_frames(rows, w, n, align))
+            else:
+                for w, tokens in zip(group, self.model.generate(**inputs, **options)):
+                    chunked = len(audio[w.item]) > window
+                    pieces[w.item].append(audio_chunks.whisper_output(tokens, w, self.sampling_rate, chunked))
+        if self.is_ctc:
+            return [self._decode_ctc(torch.cat(p).argmax(-1), bool(return_timestamps)) for p in pieces]
+        precision = self.feature_extractor.chunk_length / self.model.config.max_source_positions
+        return [audio_chunks.stitch_whisper(self.tokenizer, p, bool(return_timestamps), precision) for p in pieces]
+
+    # ---------------------------------------------------------------------------------- testing kit
+    @staticmethod
+    def tiny_model(path: str | os.PathLike, family: str = "ctc") -> Path:
+        """A tiny random wav2vec2 CTC model (``family="ctc"``, the default) or Whisper model
+        (``family="whisper"``, 30 s window) for the toy vocabulary, saved at ``path``."""
+        if family not in ("ctc", "whisper"):
+            raise ValueError(f"family must be 'ctc' or 'whisper'; got {family!r}.")
+        from taskzoo.testing import speech
+
+        return (speech.tiny_ctc if family == "ctc" else speech.tiny_whisper)(Path(path))
+
+    @staticmethod
+    def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
+        """Utterances of one to three number words spoken by espeak-ng voices, as 16 kHz WAV files in a
+        temporary folder; columns ``audio`` (path) and ``text``."""
+        from taskzoo.testing import speech
+
+        return speech.toy_speech(n, seed)
+
+
+def _on(model, inputs: dict) -> dict:
+    """Inputs on the model's device, floats in its dtype (a model loaded in half precision, say)."""
+    parameter = next(model.parameters())
+    return {key: value.to(parameter.device, parameter.dtype if value.is_floating_point() else None)
+            for key, value in inputs.items()}
+
+
+def _resolve(value, folder: Path):
+    return str(folder / value) if isinstance(value, str) and value and not os.path.isabs(value) else value
+
+
+def ctc_tokenizer(characters: list[str]):
+    """A character tokenizer for CTC: [PAD] (also the CTC blank), [UNK], the word delimiter | and the characters."""
+    from transformers import Wav2Vec2CTCTokenizer
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "|": 2, **{c: i + 3 for i, c in enumerate(c for c in characters if c != "|")}}
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
+        return Wav2Vec2CTCTokenizer(str(Path(folder) / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]",
+                                    word_delimiter_token="|", bos_token=None, eos_token=None)

@@ -1,0 +1,155 @@
+"""The speech part of the testing kit: tiny wav2vec2-CTC and Whisper models, and toy speech with known
+transcripts spoken by espeak-ng voices."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from taskzoo import data as data_utils
+from taskzoo.tasks.speech_recognition import ctc_tokenizer
+
+TOY_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+TOY_MAX_WORDS = 3  # words per utterance
+TOY_GAP = (0.2, 0.5)  # seconds of silence after each word: pauses the tiny model learns to mark
+TOY_VOICES = ("en-us", "en-us+f2", "en+m3", "en+f3", "en-gb-scotland", "en-us+m1")
+_TOY_CACHE: dict = {}  # per process: the temporary folder and the synthesised words, made once
+
+
+def tiny_ctc(path: Path) -> Path:
+    """A tiny wav2vec2 CTC model whose convolutional front end starts as a filterbank: 32 mel-spaced
+    band-pass filters, then two layers that smooth their rectified outputs into band envelopes at
+    50 frames/s (the real model's rate). Everything else is random. From a random front end the tiny
+    model spends hundreds of steps learning one; from this it learns the toy words in about 300."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    tokenizer = ctc_tokenizer(sorted(set("".join(TOY_WORDS))))
+    bands, width = 32, 64  # 4 ms filters
+    # "layer" normalisation makes the model honour the attention mask, so a padded batch predicts as
+    # single inputs do.
+    config = Wav2Vec2Config(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, conv_dim=(bands,) * 3, conv_kernel=(width, 8, 20),
+        conv_stride=(8, 4, 10), feat_extract_activation="relu", feat_extract_norm="layer",
+        do_stable_layer_norm=True, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0,
+        final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0, ctc_loss_reduction="mean", ctc_zero_infinity=True)
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(config)
+    mels = np.linspace(2595 * np.log10(1 + 100 / 700), 2595 * np.log10(1 + 7000 / 700), bands)
+    times, window = (np.arange(width) - width / 2) / 16000, np.hanning(width)
+    with torch.no_grad():
+        first, *smoothers = model.wav2vec2.feature_extractor.conv_layers
+        for band, mel in enumerate(mels):
+            hertz = 700 * (10 ** (mel / 2595) - 1)
+            first.conv.weight[band, 0] = torch.tensor(np.cos(2 * np.pi * hertz * times) * window / window.sum() * 2)
+        for layer in smoothers:  # each band averaged over time, bands kept apart
+            layer.conv.weight.zero_()
+            for band in range(bands):
+                layer.conv.weight[band, band] = 1 / layer.conv.kernel_size[0]
+    model.save_pretrained(path)
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                         return_attention_mask=True)
+    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def tiny_whisper(path: Path) -> Path:
+    """Whisper's real 30 s window and prompt, with a byte-level BPE tokenizer trained on the toy words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AddedToken, GenerationConfig, WhisperConfig, WhisperFeatureExtractor
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator([" " + " ".join(TOY_WORDS)] * 4, trainers.BpeTrainer(
+        vocab_size=300, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model = json.loads(bpe.to_str())["model"]
+    vocab, merges = dict(model["vocab"]), [tuple(m.split(" ") if isinstance(m, str) else m) for m in model["merges"]]
+    # WhisperTokenizer looks its special tokens up when built, and derives ids from their order:
+    # <|en|> right after <|startoftranscript|>, timestamps right after <|notimestamps|>.
+    special = ["<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
+               "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
+    for token in ["<|endoftext|>", *special, *timestamps]:
+        vocab[token] = len(vocab)
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, extra_special_tokens=special, pad_token="<|endoftext|>",
+                                 language="en", task="transcribe", predict_timestamps=False)
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in special], special_tokens=True)
+    # Timestamps are not special tokens: the stitcher finds them by id, decode() strips them.
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in timestamps])
+    tokenizer.set_prefix_tokens(language="en", task="transcribe", predict_timestamps=False)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ["<|endoftext|>", *special]}
+    end, start = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    config = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                           decoder_ffn_dim=64, max_source_positions=1500, max_target_positions=64,
+                           pad_token_id=end, bos_token_id=end, eos_token_id=end, decoder_start_token_id=start,
+                           suppress_tokens=[], begin_suppress_tokens=[end])
+    torch.manual_seed(0)
+    whisper = WhisperForConditionalGeneration(config)
+    # A fresh GenerationConfig: one derived from the model config drops these Whisper keys on reload.
+    whisper.generation_config = GenerationConfig(
+        decoder_start_token_id=start, bos_token_id=end, eos_token_id=end, pad_token_id=end,
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+        lang_to_id={"<|en|>": ids["<|en|>"]}, is_multilingual=True, max_initial_timestamp_index=50,
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        begin_suppress_tokens=[end], suppress_tokens=[], max_new_tokens=40)
+    whisper.save_pretrained(path)
+    extractor = WhisperFeatureExtractor(feature_size=80, sampling_rate=16000, hop_length=160, chunk_length=30,
+                                        n_fft=400)
+    WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def toy_words() -> tuple[Path, dict[str, list[np.ndarray]]]:
+    """Each toy word spoken once by each voice (espeak-ng writes 22.05 kHz WAV; kept at 16 kHz)."""
+    import atexit
+    import shutil
+    import subprocess
+
+    if "bank" not in _TOY_CACHE:
+        if shutil.which("espeak-ng") is None:
+            raise RuntimeError("The toy speech is synthesised with espeak-ng, which is not installed: "
+                               "apt-get install espeak-ng (or brew install espeak-ng).")
+        folder = Path(tempfile.mkdtemp(prefix="taskzoo-toy-speech-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        jobs = [(voice, word, folder / f"{voice}-{word}.wav") for voice in TOY_VOICES for word in TOY_WORDS]
+        running = [subprocess.Popen(["espeak-ng", "-v", voice, "-s", "170", "-w", str(path), word],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for voice, word, path in jobs]
+        bank: dict[str, list[np.ndarray]] = {}
+        for (_, word, path), process in zip(jobs, running):
+            if process.wait() != 0:
+                raise RuntimeError(f"espeak-ng failed on {word!r}: {process.stderr.read().decode()[:200]}")
+            audio = data_utils.load_audio(str(path), 16000)
+            loud = np.flatnonzero(np.abs(audio) > 0.02 * np.abs(audio).max())  # trim espeak's silences
+            bank.setdefault(word, []).append(audio[max(0, loud[0] - 480):loud[-1] + 480])
+        _TOY_CACHE.update(folder=folder, bank=bank)
+    return _TOY_CACHE["folder"], _TOY_CACHE["bank"]
+
+
+def toy_speech(n: int, seed: int) -> Dataset:
+    import soundfile
+    from scipy.signal import resample_poly
+
+    folder, bank = toy_words()
+    rng = np.random.default_rng(seed)
+    (folder / f"seed-{seed}").mkdir(exist_ok=True)
+    paths, texts = [], []
+    for i in range(n):
+        words = [TOY_WORDS[j] for j in rng.integers(0, len(TOY_WORDS), rng.integers(1, TOY_MAX_WORDS + 1))]
+        pieces = [np.zeros(int(rng.uniform(0.05, 0.2) * 16000), np.float32)]
+        for word in words:
+            clip = bank[word][rng.integers(len(bank[word]))]
+            clip = resample_poly(clip, int(rng.integers(90, 111)), 100)  # +-10 % tempo and pitch
+            pieces += [clip * rng.uniform(0.4, 0.9), np.zeros(int(rng.uniform(*TOY_GAP) * 16000), np.float32)]
+        audio = np.concatenate(pieces) + rng.normal(0, 0.002, sum(map(len, pieces)))
+        paths.append(str(folder / f"seed-{seed}" / f"{i:05d}.wav"))
+        soundfile.write(paths[-1], np.clip(audio, -1, 1), 16000, subtype="PCM_16")
+        texts.append(" ".join(words))
+    return Dataset.from_dict({"audio": paths, "text": texts})

@@ -1,0 +1,272 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from datasets import Audio, Dataset
+
+import taskzoo
+from taskzoo import metrics
+from taskzoo.data import load_audio
+from taskzoo.errors import DataError
+from taskzoo.tasks.speech_recognition import SpeechRecognition
+from taskzoo.testing import toy_dataset
+
+TASK = "automatic-speech-recognition"
+
+
+def waveform(path) -> np.ndarray:
+    return soundfile.read(path, dtype="float32")[0]
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return toy_dataset(TASK, 48, seed=1)
+
+
+@pytest.fixture(scope="module")
+def whisper_path(tmp_path_factory):
+    return SpeechRecognition.tiny_model(tmp_path_factory.mktemp("tiny_whisper"), family="whisper")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_path, held_out):
+    """The tiny CTC model fine-tuned once on espeak-ng speech, shared by the tests that need one."""
+    zoo = taskzoo.load(TASK, model=tiny_model_path(TASK), device="cpu")
+    before = zoo.evaluate(held_out)
+    settings = {k: v for k, v in SpeechRecognition.demo_config.items() if k not in ("train_size", "eval_size")}
+    result = zoo.finetune(toy_dataset(TASK, SpeechRecognition.demo_config["train_size"], seed=0), eval=held_out,
+                          progress=False, save_checkpoints=False, log_every=5, **settings)
+    return zoo, before, result
+
+
+@pytest.fixture(scope="module")
+def long_input(held_out):
+    """About 70 s of speech: held-out clips joined by short silences, with its transcript."""
+    pieces, words, rate = [], [], 16000
+    for row in held_out:
+        pieces += [waveform(row["audio"]), np.zeros(rate // 5, np.float32)]
+        words.append(row["text"])
+        if sum(map(len, pieces)) > 70 * rate:
+            break
+    return np.concatenate(pieces)[: 70 * rate], " ".join(words)
+
+
+def test_finetuning_halves_the_loss_and_lowers_the_wer(trained, held_out):
+    zoo, before, result = trained
+    losses = [r["loss"] for r in result.history if "loss" in r]
+    assert losses[-1] <= losses[0] / 2
+    after = zoo.evaluate(held_out)
+    assert after["wer"] < min(before["wer"], 1.0) - 0.1 and after["cer"] < before["cer"] / 2
+    assert set(after) == {"wer", "cer", "wer_normalized", "cer_normalized"}
+    assert result.metric == "wer" and result.best_metric == min(r["eval_wer"] for r in result.history
+                                                                  if "eval_wer" in r)
+
+
+@pytest.mark.slow
+def test_ctc_reaches_wer_at_most_0_3_on_the_small_vocabulary(tiny_model_path, held_out):
+    zoo = taskzoo.load(TASK, model=tiny_model_path(TASK), device="cpu")
+    zoo.finetune(toy_dataset(TASK, 512, seed=0), epochs=8, learning_rate=8e-3, scheduler="constant", batch_size=8,
+                 progress=False, save_checkpoints=False)
+    assert zoo.evaluate(held_out)["wer"] <= 0.3
+
+
+def test_batched_predictions_equal_single_ones(trained, held_out):
+    zoo = trained[0]
+    paths = [row["audio"] for row in held_out.select(range(6))]
+    batched = zoo.predict(paths, batch_size=4)
+    assert batched == [zoo.predict(path) for path in paths]  # padded frames are not decoded
+    for output in batched:
+        assert set(output) == {"text"} and "[" not in output["text"]
+
+
+def test_audio_inputs_and_resampling_from_22050_and_8000_hz(trained, held_out, tmp_path):
+    from scipy.signal import resample_poly
+
+    zoo = trained[0]
+    path = held_out[0]["audio"]
+    audio, expected = waveform(path), zoo.predict(path)
+    for rate, up, down in [(22050, 441, 320), (8000, 1, 2)]:
+        resampled = resample_poly(audio, up, down).astype(np.float32)
+        soundfile.write(tmp_path / f"clip{rate}.flac", resampled, rate)
+        assert soundfile.info(str(tmp_path / f"clip{rate}.flac")).samplerate == rate
+        predictions = [zoo.predict(str(tmp_path / f"clip{rate}.flac")),
+                       zoo.predict({"array": resampled, "sampling_rate": rate}),
+                       zoo.predict((resampled, rate)), zoo.predict(resampled, sampling_rate=rate)]
+        assert all(p == predictions[0] for p in predictions)
+        if rate == 22050:  # above 16 kHz nothing is lost: the same transcript
+            assert predictions[0] == expected
+    stereo = np.stack([audio, 0.5 * audio], axis=1)  # (samples, channels), as soundfile writes it
+    soundfile.write(tmp_path / "stereo.wav", stereo, 16000, subtype="FLOAT")
+    assert zoo.predict(str(tmp_path / "stereo.wav")) == zoo.predict(0.75 * audio)  # the mean of the channels
+    soundfile.write(tmp_path / "clip.ogg", audio, 16000)  # Ogg Vorbis: lossy, so only close to the original
+    decoded = load_audio(str(tmp_path / "clip.ogg"), 16000)
+    assert abs(len(decoded) - len(audio)) < 100 and np.corrcoef(decoded[:len(audio)], audio[:len(decoded)])[0, 1] > 0.9
+    assert isinstance(zoo.predict(str(tmp_path / "clip.ogg"))["text"], str)
+
+
+def test_a_70_second_input_is_chunked_and_its_windows_batched(trained, long_input):
+    zoo, (audio, transcript) = trained[0], long_input
+    calls = []
+    forward = zoo.model.forward
+    zoo.model.forward = lambda **inputs: calls.append(len(inputs["input_values"])) or forward(**inputs)
+    try:
+        # 30 s windows overlapping by 2 x 5 s start at 0, 20 and 40 s: three windows, batched.
+        text = zoo.predict(audio, batch_size=4)["text"]
+        assert zoo.predict(audio, batch_size=2)["text"] == text
+    finally:
+        del zoo.model.forward
+    assert calls == [3, 2, 1]
+    assert metrics.word_error_rate([text], [transcript]) < 1.0
+    chunked = zoo.predict(audio, chunk_length_s=10, stride_length_s=2, batch_size=3)
+    assert metrics.character_error_rate([chunked["text"]], [text]) < 0.1  # stitching loses little
+
+
+def test_ctc_stitching_matches_the_transformers_pipeline(trained, long_input):
+    from transformers import pipeline
+
+    zoo = trained[0]
+    asr = pipeline("automatic-speech-recognition", model=zoo.model, tokenizer=zoo.tokenizer,
+                   feature_extractor=zoo.feature_extractor, device="cpu")
+    expected = asr(long_input[0].copy(), chunk_length_s=10, stride_length_s=2)["text"]
+    assert zoo.predict(long_input[0], chunk_length_s=10, stride_length_s=2, batch_size=8)["text"] == expected
+
+
+def test_ctc_word_timestamps(trained, held_out):
+    result = trained[0].predict(held_out[0]["audio"], return_timestamps=True)
+    assert [chunk["text"] for chunk in result["chunks"]] == result["text"].split()
+    starts = [chunk["timestamp"][0] for chunk in result["chunks"]]
+    assert starts == sorted(starts) and all(isinstance(s, float) for s in starts)
+    assert result["chunks"][-1]["timestamp"][1] <= soundfile.info(held_out[0]["audio"]).duration + 0.05
+
+
+def test_save_and_plain_transformers_loaders(trained, held_out, tmp_path):
+    from transformers import AutoModelForCTC, AutoProcessor, pipeline
+
+    zoo = trained[0]
+    zoo.save(tmp_path / "saved")
+    paths = [row["audio"] for row in held_out.select(range(4))]
+    assert taskzoo.load(TASK, model=tmp_path / "saved", device="cpu").predict(paths) == zoo.predict(paths)
+    processor = AutoProcessor.from_pretrained(tmp_path / "saved")
+    asr = pipeline("automatic-speech-recognition", model=AutoModelForCTC.from_pretrained(tmp_path / "saved"),
+                   tokenizer=processor.tokenizer, feature_extractor=processor.feature_extractor, device="cpu")
+    assert asr(waveform(paths[0]))["text"] == zoo.predict(paths[0])["text"]
+
+
+def test_wer_and_cer_match_hand_computed_values():
+    # "the cat sat" -> "the cat sit down": 1 substitution + 1 insertion over 3 words.
+    assert metrics.word_error_rate(["the cat sit down"], ["the cat sat"]) == pytest.approx(2 / 3)
+    # Corpus level: (2 + 1 deletion) edits over 3 + 2 reference words.
+    wer = metrics.word_error_rate(["the cat sit down", "hello"], ["the cat sat", "hello world"])
+    assert wer == pytest.approx(3 / 5)
+    # "abcd" -> "abxd" and "ab" -> "": 1 + 2 character edits over 6 characters.
+    assert metrics.character_error_rate(["abxd", ""], ["abcd", "ab"]) == pytest.approx(3 / 6)
+    assert metrics.normalize_transcript("  Hello,   World! It's  ") == "hello world its"
+    scores = SpeechRecognition.compute_metrics(None, ["hello world", "Good-bye."], ["Hello, world!", "good bye"])
+    assert scores["wer"] == pytest.approx(4 / 4)  # "Hello," "world!" "Good-bye." "bye" all wrong as written
+    assert scores["wer_normalized"] == pytest.approx(2 / 4)  # "goodbye" vs "good bye": 1 sub + 1 del
+    assert scores["cer_normalized"] == pytest.approx(1 / 19)  # one space deleted ("hello world good bye")
+
+
+def test_data_formats_folder_csv_jsonl_and_hf_audio(trained, held_out, tmp_path):
+    zoo = trained[0]
+    rows = held_out.select(range(6))
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i, row in enumerate(rows):
+        soundfile.write(folder / f"{i}.wav", waveform(row["audio"]), 16000)
+    Dataset.from_dict({"file_name": [f"{i}.wav" for i in range(6)], "text": rows["text"]}).to_csv(
+        folder / "metadata.csv")
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"path": f"clips/{i}.wav", "sentence": text}) + "\n"
+                                                 for i, text in enumerate(rows["text"])))
+    audio_column = Dataset.from_dict({"audio": rows["audio"], "text": rows["text"]}).cast_column("audio", Audio())
+    expected = zoo.evaluate(rows)
+    assert zoo.evaluate(str(folder)) == expected
+    assert zoo.evaluate(str(tmp_path / "data.jsonl"), columns={"path": "audio", "sentence": "text"}) == expected
+    assert zoo.evaluate(audio_column) == expected
+    split = tmp_path / "splits"
+    (split / "validation").mkdir(parents=True)
+    (folder / "metadata.csv").rename(split / "validation" / "metadata.csv")
+    for i in range(6):
+        (folder / f"{i}.wav").rename(split / "validation" / f"{i}.wav")
+    assert zoo.evaluate(str(split)) == expected  # an audio folder with split subfolders
+
+
+def test_bad_audio_is_refused_with_the_file_named(trained, tmp_path):
+    zoo = trained[0]
+    (tmp_path / "notes.wav").write_text("not audio at all")
+    (tmp_path / "empty.flac").write_bytes(b"")
+    for name in ("notes.wav", "empty.flac"):
+        with pytest.raises(DataError, match=name):
+            zoo.predict(str(tmp_path / name))
+    with pytest.raises(DataError, match="notes.wav"):
+        zoo.evaluate([{"audio": str(tmp_path / "notes.wav"), "text": "one"}])
+    with pytest.raises(DataError, match="missing.wav does not exist"):
+        zoo.evaluate([{"audio": str(tmp_path / "missing.wav"), "text": "one"}])
+    with pytest.raises(DataError, match="empty"):
+        zoo.predict(np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="Whisper models only"):
+        zoo.predict(np.zeros(16000, np.float32), language="en")
+
+
+def test_ctc_vocabulary_is_built_from_the_transcripts_for_a_bare_encoder(tmp_path, held_out):
+    from transformers import AutoModelForCTC, AutoProcessor, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    bare = SpeechRecognition.tiny_model(tmp_path / "ctc")
+    Wav2Vec2Model.from_pretrained(bare).save_pretrained(tmp_path / "bare")  # an encoder without lm_head
+    Wav2Vec2FeatureExtractor.from_pretrained(bare).save_pretrained(tmp_path / "bare")
+    zoo = taskzoo.load(TASK, model=tmp_path / "bare", device="cpu")
+    assert not zoo.head_trained
+    with pytest.raises(ValueError, match="no tokenizer.*fine-tune"):
+        zoo.predict(held_out[0]["audio"])
+    rows = [{"audio": row["audio"], "text": row["text"].upper() + "!"} for row in held_out.select(range(8))]
+    zoo.finetune(rows, max_steps=2, batch_size=4, progress=False, save_checkpoints=False)
+    vocab = zoo.tokenizer.get_vocab()
+    assert {"!", "O", "N", "E"} <= set(vocab) and "o" not in vocab
+    assert zoo.model.lm_head.out_features == len(vocab) == zoo.model.config.vocab_size
+    zoo.save(tmp_path / "tuned")
+    assert AutoModelForCTC.from_pretrained(tmp_path / "tuned").lm_head.out_features == len(vocab)
+    assert AutoProcessor.from_pretrained(tmp_path / "tuned").tokenizer.get_vocab() == vocab
+
+
+def test_freeze_feature_encoder_option(tiny_model_path, held_out):
+    rows = held_out.select(range(8))
+    for freeze in (True, False):
+        zoo = taskzoo.load(TASK, model=tiny_model_path(TASK), device="cpu")
+        conv = zoo.model.wav2vec2.feature_extractor.conv_layers[0].conv.weight.detach().clone()
+        head = zoo.model.lm_head.weight.detach().clone()
+        zoo.finetune(rows, max_steps=1, batch_size=8, learning_rate=1e-2, freeze_feature_encoder=freeze,
+                     progress=False, save_checkpoints=False)
+        assert torch.equal(zoo.model.wav2vec2.feature_extractor.conv_layers[0].conv.weight, conv) == freeze
+        assert not torch.equal(zoo.model.lm_head.weight, head)
+
+
+def test_whisper_transcribes_long_audio_with_timestamps_and_no_special_tokens(whisper_path, long_input):
+    zoo = taskzoo.load(TASK, model=whisper_path, device="cpu")
+    assert not zoo.is_ctc and zoo.feature_extractor.chunk_length == 30
+    plain = zoo.predict(long_input[0], batch_size=4, max_new_tokens=8)
+    assert set(plain) == {"text"} and "<|" not in plain["text"]
+    timed = zoo.predict(long_input[0], batch_size=4, max_new_tokens=8, return_timestamps=True, language="en",
+                        task="transcribe")
+    assert set(timed) == {"text", "chunks"} and "<|" not in timed["text"]
+    for chunk in timed["chunks"]:
+        assert set(chunk) == {"text", "timestamp"} and len(chunk["timestamp"]) == 2
+
+
+def test_whisper_fine_tunes_saves_and_reloads(whisper_path, held_out, tmp_path):
+    from transformers import AutoModelForSpeechSeq2Seq
+
+    zoo = taskzoo.load(TASK, model=whisper_path, device="cpu")
+    rows = held_out.select(range(8))
+    batch = zoo.collate([rows[0]])
+    tokens = [t for t in batch["labels"][0].tolist() if t != -100]
+    assert zoo.tokenizer.decode(tokens[3:-1]) == " " + rows[0]["text"]  # <|en|> <|transcribe|> <|notimestamps|> first
+    result = zoo.finetune(rows, eval=rows.select(range(2)), max_steps=3, batch_size=4, learning_rate=3e-3,
+                          log_every=1, progress=False, save_checkpoints=False)
+    losses = [r["loss"] for r in result.history if "loss" in r]
+    assert losses[-1] < losses[0] and "eval_wer" in result.history[-1]
+    zoo.save(tmp_path / "whisper")
+    again = taskzoo.load(TASK, model=tmp_path / "whisper", device="cpu")
+    assert again.predict(rows[0]["audio"], max_new_tokens=5) == zoo.predict(rows[0]["audio"], max_new_tokens=5)
+    assert AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path / "whisper").generation_config.lang_to_id
