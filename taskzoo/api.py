@@ -30,7 +30,9 @@ def load(task: str, model: str | os.PathLike | None = None, *, revision: str | N
         return task_class.from_pretrained(path, device=device, trust_remote_code=trust_remote_code, **options)
     except TaskzooError:
         raise
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, KeyError, ValueError) as error:
+        if isinstance(error, ValueError) and "Unrecognized configuration class" not in str(error):
+            raise  # a bad option (an unknown language code, say), not a folder of the wrong kind
         # The library loaders' messages for a folder of the wrong kind are long and indirect: say it plainly,
         # keeping their first line (and the chained exception) for the details.
         detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__

@@ -92,10 +92,11 @@ def cmd_predict(args) -> None:
         raise SystemExit("error: --resume needs --output (the JSON lines file to continue)")
     zoo = taskzoo.load(args.task, args.model, device=args.device)
     options = _pairs(args.set, "--set")
+    draw = zoo.name in DRAWN_TASKS
     if not args.output:
         outputs = zoo.predict(inputs, batch_size=args.batch_size, **options)
         for index, (item, output) in enumerate(zip(inputs, outputs)):
-            sys.stdout.write(_line(index, item, output, args.save_visuals))
+            sys.stdout.write(_line(index, item, output, args.save_visuals, draw))
         return
     done = _finished_lines(Path(args.output)) if args.resume else 0
     if done:
@@ -106,16 +107,27 @@ def cmd_predict(args) -> None:
         for start in range(done, len(inputs), block):
             items = inputs[start:start + block]
             outputs = zoo.predict(items, batch_size=args.batch_size, progress=False, **options)
-            handle.write("".join(_line(start + i, item, out, args.save_visuals)
+            handle.write("".join(_line(start + i, item, out, args.save_visuals, draw)
                                  for i, (item, out) in enumerate(zip(items, outputs))))
             handle.flush()
             os.fsync(handle.fileno())
 
 
-def _line(index: int, item, output, visuals: str | None = None) -> str:
+# Tasks whose outputs people look at rather than read: --save-visuals also draws them over the input image.
+DRAWN_TASKS = ("object-detection", "image-segmentation")
+
+
+def _line(index: int, item, output, visuals: str | None = None, draw: bool = False) -> str:
+    record = {"index": index, "input": item}
+    if visuals and draw:
+        from taskzoo import visualize
+
+        path = Path(visuals) / f"{index:06d}-visual.png"
+        visualize(item, output, path)
+        record["visual"] = str(path)
     if visuals:
         output = _save_images(output, Path(visuals), f"{index:06d}")
-    return json.dumps({"index": index, "input": item, "output": output}, default=_json_default) + "\n"
+    return json.dumps({**record, "output": output}, default=_json_default) + "\n"
 
 
 def _finished_lines(path: Path) -> int:

@@ -69,6 +69,18 @@ for _entry, _aliases in [
     (TaskEntry("automatic-speech-recognition", "taskzoo.tasks.speech_recognition:SpeechRecognition",
                "facebook/wav2vec2-base-960h", "22aad52", "audio"),
      ("audio-transcription", "asr")),
+    # transformers' own pipeline default, at the revision its registry pins.
+    (TaskEntry("image-classification", "taskzoo.tasks.image_classification:ImageClassification",
+               "google/vit-base-patch16-224", "3f49326", "vision"),
+     ()),
+    # SegFormer-B0 on ADE20k (150 classes), at the commit that independent public code pins for it.
+    (TaskEntry("image-segmentation", "taskzoo.tasks.image_segmentation:ImageSegmentation",
+               "nvidia/segformer-b0-finetuned-ade-512-512", "489d5cd81a0b59fab9b7ea758d3548ebe99677da", "vision"),
+     ("semantic-segmentation", "segmentation")),
+    # transformers' own pipeline default, at the revision its registry pins (its ResNet backbone needs timm).
+    (TaskEntry("object-detection", "taskzoo.tasks.object_detection:ObjectDetection",
+               "facebook/detr-resnet-50", "1d5f47b", "vision"),
+     ("detection",)),
 ]:
     register_task(_entry, _aliases)
 # fmt: on

@@ -46,6 +46,17 @@ def bad_mask(tiny_model_path):
     zoo.evaluate([{"image": Image.new("RGB", (16, 16)), "mask": Image.fromarray(mask)}])
 
 
+def bad_boxes(tiny_model_path, bbox):
+    from PIL import Image
+
+    zoo = taskzoo.load("object-detection", model=tiny_model_path("object-detection"), device="cpu")
+    rows = [{"image": Image.new("RGB", (50, 40)), "objects": {"bbox": bbox, "category": ["red"] * len(bbox)}}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        zoo.evaluate(rows)
+    raise UserWarning(" | ".join(str(w.message) for w in caught if "boxes" in str(w.message)))
+
+
 # The row's first cell in docs/errors.md -> (what to run, the exception class, a pattern of its message).
 CASES = {
     "Unknown task": (lambda m, t: taskzoo.load("text-clasification"), UnknownTaskError,
@@ -64,6 +75,11 @@ CASES = {
         r"does not hold a model that image-classification can load \(Can't load image processor"),
     "Mask value beyond the number of labels": (lambda m, t: bad_mask(m), DataError,
                                                r"Column 'mask', row 0: value 9 is not a class of the model, which has 4 labels"),
+    "Box outside the image or without area": (
+        lambda m, t: bad_boxes(m, [[40, 30, 20, 20], [10, 10, -5, 8], [5, 5, 10, 10]]), UserWarning,
+        r"^object-detection: of 3 boxes in the evaluation data, 1 crossed the image border .* and 1 were dropped"),
+    "Bounding box that is not four numbers": (lambda m, t: bad_boxes(m, [[1, 2, 3]]), DataError,
+                                              r"Row 0: objects.bbox holds \[1, 2, 3\], not \[x, y, width, height\]"),
     "Empty data": (lambda m, t: text_zoo(m).evaluate([]), DataError, r"The data is an empty list"),
     "Missing column": (lambda m, t: text_zoo(m).evaluate([{"review": "good", "label": "positive"}]), DataError,
                        r"no column 'text' .*Columns present: \['review', 'label'\].*columns=\{'your_column': 'text'\}"),
