@@ -123,17 +123,12 @@ class Task:
         ``mixed_precision="bf16"`` (opt-in) runs the forward passes under bf16 autocast: several times
         faster on CPUs and GPUs with bf16 matrix units, with scores that differ in the third decimal.
         """
-        if mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16'; got {mixed_precision!r}.")
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16 if mixed_precision == "bf16"
-                                  else torch.float16, enabled=mixed_precision != "no")
+        autocast = self.autocast(mixed_precision)
         single = self.is_single(inputs)
         items = [inputs] if single else list(inputs)
         if not items:
             return []
-        batch_size = self.default_batch_size if batch_size is None else batch_size
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        batch_size = self.check_batch_size(batch_size)
         if not single:
             self.check_inputs(items)
         # Length-sorted batches pad less; outputs are put back in input order below.
@@ -165,6 +160,19 @@ class Task:
         bar.close()
         self.warn_truncated("predict")
         return outputs[0] if single else outputs
+
+    def autocast(self, mixed_precision: str):
+        """The autocast context for predict's opt-in mixed precision ("no" leaves it off)."""
+        if mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16'; got {mixed_precision!r}.")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if mixed_precision == "bf16"
+                              else torch.float16, enabled=mixed_precision != "no")
+
+    def check_batch_size(self, batch_size: int | None) -> int:
+        batch_size = self.default_batch_size if batch_size is None else batch_size
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        return batch_size
 
     def count_truncated(self, count: int) -> None:
         """Tasks call this when they cut inputs to the model's maximum length."""

@@ -30,7 +30,7 @@ class SentenceSimilarity(Task):
     name = "sentence-similarity"
     primary_metric = "spearman"
     required_columns = ("sentence1", "sentence2", "score")
-    default_batch_size = 32
+    default_batch_size = 64  # sentences per forward pass
     default_learning_rate = 2e-5
 
     def __init__(self, model, *, loss: str = "cosine", **kwargs):
@@ -123,9 +123,6 @@ class SentenceSimilarity(Task):
     def input_of(self, row):
         return (row["sentence1"], row["sentence2"])
 
-    def input_length(self, item) -> int:
-        return sum(map(len, self._sentences(item)))
-
     @staticmethod
     def _sentences(item) -> list[str]:
         if isinstance(item, Mapping):
@@ -142,18 +139,28 @@ class SentenceSimilarity(Task):
             raise ValueError(f"Sentences must be strings; got {sentences!r:.80}")
         return sentences
 
-    def predict_batch(self, inputs):
-        groups = [self._sentences(item) for item in inputs]
+    def predict(self, inputs, batch_size=None, progress=None, mixed_precision="no"):
+        """Scores pairs, or a source sentence against many. Each distinct sentence is encoded once, and
+        all of them go through sentence-transformers' encode together, so that batches of similar
+        length pad little (pairing a short and a long sentence in one batch would pad a lot).
+        ``batch_size`` counts sentences."""
+        single = self.is_single(inputs)
+        items = [inputs] if single else list(inputs)
+        groups = [self._sentences(item) for item in items]
         unique = list(dict.fromkeys(sentence for group in groups for sentence in group))
-        embeddings = self.model.encode(unique, batch_size=len(unique), convert_to_tensor=True,
-                                       show_progress_bar=False)
+        if not unique:
+            return []
+        self.model.eval()
+        with torch.inference_mode(), self.autocast(mixed_precision):
+            embeddings = self.model.encode(unique, batch_size=self.check_batch_size(batch_size),
+                                           convert_to_tensor=True, show_progress_bar=bool(progress)).float()
         index = {sentence: i for i, sentence in enumerate(unique)}
         results = []
-        for item, group in zip(inputs, groups):
+        for item, group in zip(items, groups):
             vectors = embeddings[[index[sentence] for sentence in group]]
             scores = F.cosine_similarity(vectors[:1], vectors[1:]).tolist()
             results.append(scores if isinstance(item, Mapping) else {"score": scores[0]})
-        return results
+        return results[0] if single else results
 
     # ---------------------------------------------------------------------------------- testing kit
     TOPICS = {
