@@ -46,6 +46,9 @@ class CachedHeadTraining:
     def __getattr__(self, name):  # everything not overridden below is the task's own
         return getattr(self.task, name)
 
+    def train_lengths(self, dataset) -> None:
+        return None  # cached features all have one size
+
     def collate(self, examples: list[dict]) -> dict:
         if "features" not in examples[0]:  # evaluation rows are ordinary data rows
             return self.task.collate(examples)

@@ -84,6 +84,10 @@ class Task:
         """Check values and convert them for this model. Default: unchanged."""
         return dataset
 
+    def train_lengths(self, dataset) -> list[int] | None:
+        """Sizes of the training rows, for batches of similar length; None (the default): plain shuffling."""
+        return None
+
     def prepare_for_training(self, dataset) -> None:
         """Adapt the model to the training data before the loop starts. Default: nothing to do."""
 

@@ -55,6 +55,7 @@ class TrainingConfig:
     progress: bool = True  # tqdm bar on the main process
     metric_for_best: str | None = None  # default: the task's primary metric
     strategy: str = "full"  # what trains; each task lists its strategies
+    group_by_length: bool = True  # batches of similar length (less padding), where the task knows lengths
     checkpoint_every: int | None = None  # optimizer steps between full training-state checkpoints
     keep_checkpoints: int = 2  # how many of those to keep (oldest deleted)
     resume_from: str | None = None  # "latest" or a checkpoints/step-N folder
@@ -154,7 +155,10 @@ def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingRes
     model.train()
     # A generator of its own keeps the loader from drawing on the global RNG each epoch, which would
     # shift dropout masks between a straight run and a resumed one.
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, collate_fn=task.collate,
+    lengths = task.train_lengths(train_set) if config.group_by_length else None
+    order = {"shuffle": True} if lengths is None else \
+        {"sampler": LengthGroupedSampler(lengths, config.batch_size, config.seed)}
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, collate_fn=task.collate, **order,
                               num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed))
     eval_loader = None
     if eval_set is not None:
@@ -298,6 +302,35 @@ def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingRes
     for tracker in accelerator.trackers:
         tracker.finish()
     return result
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """A random order whose batches hold rows of similar length, so they pad little: shuffle, cut into
+    chunks of 16 batches, sort each chunk by length, cut it into batches, then shuffle the batches (a
+    short last batch stays last, keeping the loader's batch boundaries). The order depends only on
+    (seed, epoch), so a resumed run and every process see the same one (Accelerate calls set_epoch)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order, size = torch.randperm(len(self.lengths), generator=generator).tolist(), self.batch_size
+        batches = []
+        for start in range(0, len(order), 16 * size):
+            chunk = sorted(order[start:start + 16 * size], key=lambda i: -self.lengths[i])
+            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        short = [batches.pop()] if batches and len(batches[-1]) < size else []
+        for index in [*torch.randperm(len(batches), generator=generator).tolist()]:
+            yield from batches[index]
+        for batch in short:
+            yield from batch
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -99,7 +99,7 @@ def test_cached_features_train_the_same_head_as_running_the_body(pretrained_body
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
         zoo.finetune(relabelled(64, 0), epochs=2, learning_rate=5e-2, batch_size=16, strategy="freeze",
-                     cache_features=cache, progress=False, save_checkpoints=False)
+                     cache_features=cache, group_by_length=False, progress=False, save_checkpoints=False)
         results.append((zoo.model.classifier.weight.detach().clone(), zoo.evaluate(relabelled(64, 1))))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
     assert results[0][1]["accuracy"] >= 0.9 and results[0][1] == pytest.approx(results[1][1])

@@ -71,6 +71,10 @@ class TextClassification(Task):
             self.model = heads.with_new_head(self.model, AutoModelForSequenceClassification, names).to(self.device)
             self.head_trained = True
 
+    def train_lengths(self, dataset) -> list[int]:
+        pairs = dataset["text_pair"] if "text_pair" in dataset.column_names else None
+        return [len(text or "") + len((pairs[i] if pairs else None) or "") for i, text in enumerate(dataset["text"])]
+
     def prepare(self, dataset, training: bool):
         label2id = {name: i for i, name in enumerate(self.labels)}
         return data_utils.encode_labels(dataset, "label", label2id)
