@@ -75,3 +75,16 @@ def test_mean_iou_is_in_0_1_and_1_for_a_perfect_mask(reference, predicted):
     scores = metrics.segmentation_scores(metrics.confusion_matrix(predicted, reference, num_labels=4))
     for name in ("mean_iou", "mean_accuracy", "overall_accuracy"):
         assert 0.0 <= scores[name] <= 1.0
+
+
+boxes = st.lists(st.tuples(st.integers(0, 80), st.integers(0, 80), st.integers(2, 40), st.integers(2, 40),
+                           st.sampled_from(["red", "blue"])), min_size=1, max_size=6)
+
+
+@given(st.lists(boxes, min_size=1, max_size=4))
+@settings(max_examples=30, deadline=None)
+def test_map_of_perfect_boxes_is_1(images):
+    references = [{"boxes": [[x, y, x + w, y + h] for x, y, w, h, _ in objects],
+                   "labels": [label for *_, label in objects]} for objects in images]
+    predictions = [{**reference, "scores": [0.9] * len(reference["labels"])} for reference in references]
+    assert metrics.coco_map(predictions, references)["map"] == 1.0
