@@ -57,6 +57,16 @@ def bad_boxes(tiny_model_path, bbox):
     raise UserWarning(" | ".join(str(w.message) for w in caught if "boxes" in str(w.message)))
 
 
+def silent_clip(tiny_model_path, tmp_path):
+    import numpy as np
+    import soundfile
+
+    soundfile.write(tmp_path / "silence.wav", np.zeros(16000, np.float32), 16000)
+    zoo = taskzoo.load("automatic-speech-recognition", model=tiny_model_path("automatic-speech-recognition"),
+                       device="cpu")
+    zoo.evaluate([{"audio": str(tmp_path / "silence.wav"), "text": "one two"}])
+
+
 # The row's first cell in docs/errors.md -> (what to run, the exception class, a pattern of its message).
 CASES = {
     "Unknown task": (lambda m, t: taskzoo.load("text-clasification"), UnknownTaskError,
@@ -85,6 +95,8 @@ CASES = {
     "File that is not audio": (lambda m, t: (t.joinpath("notes.wav").write_text("not audio"),
                                              data.load_audio(str(t / "notes.wav"), 16000)),
                                DataError, r"Audio .*notes.wav could not be decoded \(not audio, or corrupted\)"),
+    "Silent audio with a transcript": (lambda m, t: silent_clip(m, t), DataError,
+                                       r"Audio .*silence.wav is silent \(every sample is 0\) but its transcript is 'one two'"),
     "Empty data": (lambda m, t: text_zoo(m).evaluate([]), DataError, r"The data is an empty list"),
     "Missing column": (lambda m, t: text_zoo(m).evaluate([{"review": "good", "label": "positive"}]), DataError,
                        r"no column 'text' .*Columns present: \['review', 'label'\].*columns=\{'your_column': 'text'\}"),
