@@ -262,3 +262,11 @@ def load_audio(audio: Any, sampling_rate: int):
         divisor = gcd(int(rate), int(sampling_rate))
         waveform = resample_poly(waveform, sampling_rate // divisor, int(rate) // divisor).astype(np.float32)
     return waveform
+
+
+def check_transcribed_audio(waveform, text: str, source) -> None:
+    """A silent clip with a transcript is a data bug (a wrong file, a failed recording): refuse it rather
+    than teach a model to hear words in silence."""
+    if text.strip() and not np.abs(waveform).max() > 1e-6:
+        name = source if isinstance(source, str) else (source.get("path") if isinstance(source, Mapping) else None)
+        raise DataError(f"Audio {name or '<array>'} is silent (every sample is 0) but its transcript is {text!r:.60}.")

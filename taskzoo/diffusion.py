@@ -77,6 +77,13 @@ class EMA:
         self.average.copy_to(self.parameters)
 
 
+def clip_scores(model, processor, images: list, prompts: list[str], device) -> list[float]:
+    """torchmetrics' CLIP score per image, max(100 * cos(image, text), 0), with a transformers CLIPModel."""
+    inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True, truncation=True)
+    output = model.to(device)(**inputs.to(device))  # projected, normalised embeddings
+    return (100 * (output.image_embeds * output.text_embeds).sum(-1)).clamp(min=0).tolist()
+
+
 def image_grid(images: list, captions: list[str], columns: int = 4):
     """PIL images in rows of ``columns``, each captioned underneath; small renders are enlarged pixel for pixel."""
     from PIL import Image, ImageDraw

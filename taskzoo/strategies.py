@@ -28,6 +28,13 @@ def head_modules(model: torch.nn.Module) -> list[str]:
             if name != prefix and any(True for _ in child.parameters())]
 
 
+def single_head(model: torch.nn.Module) -> str | None:
+    """The head's module name when the head is one module (a classifier): its input can then be cached
+    with a frozen body (see feature_cache.py). None otherwise."""
+    head = head_modules(model)
+    return head[0] if len(head) == 1 else None
+
+
 def is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
 

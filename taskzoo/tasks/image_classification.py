@@ -76,11 +76,8 @@ class ImageClassification(Task):
     default_batch_size = 32
     demo_config = dict(train_size=256, eval_size=64, epochs=4, learning_rate=3e-3, batch_size=16)
 
-    @property
-    def cached_head(self) -> str | None:
-        """With a frozen body the classifier's input (the pooled features) can be cached: one module."""
-        head = strategies.head_modules(self.model)
-        return head[0] if len(head) == 1 else None
+    # With a frozen body, the classifier's input can be cached (strategy="freeze"): a one-module head.
+    cached_head = property(lambda self: strategies.single_head(self.model))
 
     def __init__(self, model, processor, *, head_trained: bool = True, **kwargs):
         super().__init__(model, processor, **kwargs)

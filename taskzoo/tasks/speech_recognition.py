@@ -206,13 +206,8 @@ class SpeechRecognition(Task):
     def collate(self, examples: list[dict]) -> dict:
         texts = [row["text"] for row in examples]
         audio = [self._audio(row["audio"]) for row in examples]
-        for row, waveform, text in zip(examples, audio, texts):
-            # A silent clip with a transcript is a data bug (a wrong file, a failed recording): refuse it
-            # rather than teach the model to hear words in silence. Predict accepts silence (-> "").
-            if text.strip() and not np.abs(waveform).max() > 1e-6:
-                source = row["audio"] if isinstance(row["audio"], str) else (row["audio"] or {}).get("path")
-                raise DataError(f"Audio {source or '<array>'} is silent (every sample is 0) but its transcript "
-                                f"is {text!r:.60}.")
+        for row, waveform, text in zip(examples, audio, texts):  # predict, by contrast, accepts silence
+            data_utils.check_transcribed_audio(waveform, text, row["audio"])
         return {"inputs": self._inputs(audio), "labels": self._labels(texts), "text": texts,
                 "lengths": torch.tensor([len(a) for a in audio])}
 

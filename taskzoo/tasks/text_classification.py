@@ -27,11 +27,8 @@ class TextClassification(Task):
     required_columns = ("text", "label")
     default_batch_size = 32
 
-    @property
-    def cached_head(self) -> str | None:
-        """With a frozen body, the classifier's input can be cached: BERT-style heads are one module."""
-        head = strategies.head_modules(self.model)
-        return head[0] if len(head) == 1 else None
+    # With a frozen body, the classifier's input can be cached (strategy="freeze"): a one-module head.
+    cached_head = property(lambda self: strategies.single_head(self.model))
 
     def __init__(self, model, tokenizer, *, head_trained: bool = True, **kwargs):
         super().__init__(model, tokenizer, **kwargs)

@@ -26,7 +26,7 @@ from datasets import Dataset
 
 from taskzoo import data as data_utils
 from taskzoo.errors import DataError, ModelNotFoundError
-from taskzoo.diffusion import EMA, DiffusionModel, image_grid
+from taskzoo.diffusion import EMA, DiffusionModel, clip_scores, image_grid
 from taskzoo.task import Task
 
 EVAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # fractions of num_train_timesteps; every row is scored at each
@@ -272,17 +272,11 @@ class TextToImage(Task):
                 losses += F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
             results = [{"loss": loss / len(EVAL_TIMESTEPS)} for loss in losses.tolist()]
             if self.clip is not None:
-                for result, score in zip(results, self._clip_scores(batch["text"], batch["row"].tolist())):
+                for result, score in zip(results, clip_scores(
+                        *self.clip, self._render(batch["text"], self.clip_inference_steps, seeds=batch["row"].tolist()),
+                        batch["text"], self.pipeline.device)):
                     result["clip_score"] = score
         return results, [None] * len(results)
-
-    def _clip_scores(self, prompts: list[str], rows: list[int]) -> list[float]:
-        """torchmetrics' CLIP score, max(100 * cos(image, text), 0), of a render seeded by the row index."""
-        model, processor = self.clip
-        images = self._render(prompts, self.clip_inference_steps, seeds=rows)
-        inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True, truncation=True)
-        output = model.to(self.pipeline.device)(**inputs.to(self.pipeline.device))  # projected, normalised
-        return (100 * (output.image_embeds * output.text_embeds).sum(-1)).clamp(min=0).tolist()
 
     def compute_metrics(self, predictions, references):
         scores = {"eval_loss": float(np.mean([p["loss"] for p in predictions]))}
