@@ -2,22 +2,23 @@
 
 All three train the same MiniLM classifier (fresh copy each) on the same sentences with the same
 collate function (tokenisation inside, as taskzoo does), batch size, learning rate, steps and precision,
-back to back in one process. Prints samples/s, the ratios and each side's final training loss.
+back to back in one process. Prints samples/s, the ratios, each side's final training loss and its
+peak memory (each side alone in a fresh run of this script, model loading included).
 
     python bench/finetune_speed.py [--steps 30] [--batch-size 32] [--precision no|bf16]
 """
 
 import argparse
+import os
 import tempfile
 import time
 
 import torch
-from accelerate import Accelerator
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
 import taskzoo
-from common import minilm_classifier, mixed_length_sentences
+from common import MEMORY_OF, PeakMemory, minilm_classifier, mixed_length_sentences, side_peak_memory
 from taskzoo.demo import quiet_libraries
 from taskzoo.training import new_accelerator
 
@@ -80,9 +81,16 @@ def run_trainer():
     return trainer.train().training_loss
 
 
+sides = {"minimal Accelerate loop": run_minimal_accelerate, "HF Trainer": run_trainer,
+         "taskzoo, group_by_length=False": lambda: run_taskzoo(False), "taskzoo finetune": run_taskzoo}
+if os.environ.get(MEMORY_OF):  # this run measures one side's memory (see common.side_peak_memory)
+    with PeakMemory() as memory:
+        sides[os.environ[MEMORY_OF]]()
+    print(f"peak MiB {memory.megabytes:.1f}")
+    raise SystemExit
+
 rows = []
-for name, run in [("minimal Accelerate loop", run_minimal_accelerate), ("HF Trainer", run_trainer),
-                  ("taskzoo, group_by_length=False", lambda: run_taskzoo(False)), ("taskzoo finetune", run_taskzoo)]:
+for name, run in sides.items():
     started = time.perf_counter()
     loss = run()
     rows.append((name, samples / (time.perf_counter() - started), loss))
@@ -91,4 +99,5 @@ print(f"{args.steps} steps x batch {args.batch_size}, MiniLM classifier, precisi
       f"torch threads {torch.get_num_threads()}")
 ours = rows[-1][1]
 for name, speed, loss in rows:
-    print(f"{name:32} {speed:8.1f} samples/s   taskzoo / this = {ours / speed:.2f}   last loss {loss:.4f}")
+    print(f"{name:32} {speed:8.1f} samples/s   taskzoo / this = {ours / speed:.2f}   last loss {loss:.4f}   "
+          f"peak {side_peak_memory(name):6.0f} MiB", flush=True)

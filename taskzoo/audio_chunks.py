@@ -51,6 +51,19 @@ def split(item: int, audio: np.ndarray, window: int, stride: int) -> list[Window
     return windows
 
 
+def batches(windows: list[Window], size: int, same_length: bool) -> list[list[Window]]:
+    """Windows in groups of at most ``size``. ``same_length``: only windows of equal length share a
+    group, for models that cannot mask padding (wav2vec2-base's group-normalised front end normalises
+    over padding too, so a padded clip would transcribe differently from the same clip alone). The
+    windows of long inputs all have one length, so they still batch."""
+    if not same_length:
+        return [windows[start:start + size] for start in range(0, len(windows), size)]
+    by_length: dict[int, list[Window]] = {}
+    for window in windows:
+        by_length.setdefault(len(window.audio), []).append(window)
+    return [group[start:start + size] for group in by_length.values() for start in range(0, len(group), size)]
+
+
 def ctc_frames(logits: torch.Tensor, window: Window, valid_frames: int, align_to: int) -> torch.Tensor:
     """The frames of one window's logits that belong to it alone (the strides cut off).
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset, DatasetDict
+from datasets import Image as ImageFeature
 
 from taskzoo.errors import DataError
 
@@ -25,6 +26,7 @@ TABLE_READERS = {
     ".parquet": Dataset.from_parquet,
 }
 EVAL_SPLIT_NAMES = ("validation", "valid", "val", "eval", "dev", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def read_table(path: str | os.PathLike) -> Dataset:
@@ -190,6 +192,40 @@ def encode_labels(dataset: Dataset, column: str, label2id: Mapping[str, int]) ->
 # ----------------------------------------------------------------------------------------------- images
 
 
+def cast_images(dataset: Dataset, column: str) -> Dataset:
+    """Keep datasets' Image columns undecoded, so that data.load_image decodes them and names a broken file."""
+    if isinstance(dataset.features[column], ImageFeature) and dataset.features[column].decode:
+        return dataset.cast_column(column, ImageFeature(decode=False))
+    if is_text(dataset.features[column]):
+        missing = [p for p in dataset[column] if p is None or not Path(p).is_file()]
+        if missing:
+            raise DataError(f"Image file {missing[0]} does not exist ({len(missing)} missing in column {column!r}).")
+    return dataset
+
+
+def is_text(feature) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")  # CSV columns read as large_string
+
+
+def resolve_paths(dataset: Dataset, folder: Path) -> Dataset:
+    """Relative file paths in a CSV/JSONL are taken relative to the file's folder: each text column whose
+    first value names a file there (any column: columns= may rename it to image or mask afterwards)."""
+    if not len(dataset):
+        return dataset
+    first = dataset[0]
+    columns = [c for c in dataset.column_names if is_text(dataset.features[c]) and isinstance(first[c], str)
+               and not os.path.isabs(first[c]) and (folder / first[c]).is_file()]
+
+    def resolve(row):
+        return {c: str(folder / row[c]) if isinstance(row[c], str) and not os.path.isabs(row[c]) else row[c]
+                for c in columns}
+    return dataset.map(resolve, desc="Resolving file paths") if columns else dataset
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
 def load_image(image: Any):
     """A PIL RGB image from a PIL image, a path, a numpy array or a datasets image dict."""
     from PIL import Image, UnidentifiedImageError
@@ -220,6 +256,20 @@ def load_image(image: Any):
 
 
 # ------------------------------------------------------------------------------------------------ audio
+
+
+def audio_length(audio: Any) -> int:
+    """Samples in an audio input (path, dict, (array, rate) or array) without decoding it; 0 if unknown.
+    Only a sort key for batching: decoding later names a bad input."""
+    try:
+        if isinstance(audio, (str, os.PathLike)):
+            import soundfile
+
+            return soundfile.info(str(audio)).frames
+        array = audio.get("array") if isinstance(audio, Mapping) else audio[0] if isinstance(audio, tuple) else audio
+        return len(array) if array is not None else 0
+    except Exception:  # noqa: BLE001
+        return 0
 
 
 def load_audio(audio: Any, sampling_rate: int):

@@ -85,3 +85,11 @@ def _from_hub(repo_id: str, revision: str | None, tried: list[str]) -> Path:
         "To work offline, pass a local folder (model='/path/to/model'), as written by save_pretrained "
         "or by `hf download` on a machine with network access."
     )
+
+
+def load_image_processor(path, trust_remote_code: bool = False):
+    """The checkpoint's image processor, PIL backend: the default picks torchvision where it is installed,
+    and torchvision does not import beside the CPU build of torch."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(path, backend="pil", trust_remote_code=trust_remote_code)

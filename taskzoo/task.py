@@ -10,7 +10,9 @@ A task file subclasses :class:`Task` and fills in:
 - ``training_step(model, batch)`` -> ``{"loss": tensor, "output": ...}``: the only thing the loop calls;
 - ``eval_step(model, batch)`` -> ``(predictions, references)``, two lists with one item per sample;
 - ``compute_metrics(predictions, references)`` -> ``{metric: float}``, the primary metric included;
-- ``is_single(x)`` and ``predict_batch(inputs, **options)``: preprocess -> forward -> postprocess;
+- ``is_single(x)`` and ``predict_batch(batch, **options)``: forward -> postprocess, on what
+  ``preprocess_batch(inputs, **options)`` made of the inputs (optional: decode, resize; it may run in
+  worker processes); ``compile_target()`` names the module ``predict(compile=True)`` compiles;
 - ``tiny_model(path)`` and ``toy_dataset(n, seed)``: the testing kit (see taskzoo/testing.py).
 
 Everything else (predict's batching, evaluate, finetune) is shared and lives here, in evaluation.py
@@ -20,8 +22,10 @@ and in training.py.
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -64,7 +68,11 @@ class Task:
         raise NotImplementedError
 
     def save(self, path: str | os.PathLike) -> Path:
-        raise NotImplementedError
+        """Write a normal HF folder: the model (LoRA adapters merged unless save_merged=False) and its
+        processor, which the plain library loaders open. Tasks with more to write override this."""
+        self.model_to_save().save_pretrained(path)
+        self.processor.save_pretrained(path)
+        return Path(path)
 
     # --------------------------------------------------------------------------------------- data
     def read_path(self, path: str | os.PathLike):
@@ -120,12 +128,22 @@ class Task:
         """A cheap size estimate used to group similar inputs into batches (less padding)."""
         return 0
 
+    def preprocess_batch(self, inputs: list, **options) -> Any:
+        """Inputs -> what ``predict_batch`` takes (decoded, resized, as tensors). It gets the same options
+        as ``predict_batch``. With ``predict(num_workers=N)`` it runs in worker processes, a few batches
+        ahead of the model, so it must not touch the model. Default: the inputs unchanged."""
+        return inputs
+
     def predict(self, inputs: Any, batch_size: int | None = None, progress: bool | None = None,
-                mixed_precision: str = "no", **options) -> Any:
+                mixed_precision: str = "no", compile: bool = False, num_workers: int = 0, **options) -> Any:
         """Predict one input or a list of inputs. One input gives one output, a list gives a list.
 
         ``mixed_precision="bf16"`` (opt-in) runs the forward passes under bf16 autocast: several times
         faster on CPUs and GPUs with bf16 matrix units, with scores that differ in the third decimal.
+        ``compile=True`` (opt-in) runs them through ``torch.compile``: the first call spends tens of
+        seconds compiling, so it pays off on long runs (see :meth:`compiled`). ``num_workers=N`` decodes
+        and preprocesses the next batches in N processes while the model runs (images and audio): it
+        helps where decoding is a large share of the time and there are cores to spare.
         """
         autocast = self.autocast(mixed_precision)
         single = self.is_single(inputs)
@@ -133,26 +151,28 @@ class Task:
         if not items:
             return []
         batch_size = self.check_batch_size(batch_size)
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise ValueError(f"num_workers must be a non-negative integer; got {num_workers!r}.")
         if not single:
             self.check_inputs(items)
         # Length-sorted batches pad less; outputs are put back in input order below.
         order = sorted(range(len(items)), key=lambda i: self.input_length(items[i]), reverse=True)
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         outputs: list[Any] = [None] * len(items)
-        pending = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         bar = tqdm(total=len(items), desc=f"{self.name}: predict", unit="input",
-                   disable=not (progress if progress is not None else len(pending) > 10))
+                   disable=not (progress if progress is not None else len(batches) > 10))
+        prepared = PreparedBatches(self, items, batches, options, num_workers)
         self.model.eval()
-        with torch.inference_mode(), autocast:
-            while pending:
-                indices = pending.pop(0)
+        with torch.inference_mode(), autocast, self.compiled(compile):
+            for indices, batch in prepared:
                 try:
-                    results = self.predict_batch([items[i] for i in indices], **options)
+                    results = self.predict_batch(batch, **options)
                 except torch.OutOfMemoryError:
                     if len(indices) == 1:
                         raise
                     # Out of device memory: halve this batch and carry on, rather than lose the run.
                     half = len(indices) // 2
-                    pending[:0] = [indices[:half], indices[half:]]
+                    prepared.retry(indices[:half], indices[half:])
                     warnings.warn(f"{self.name}: out of memory with a batch of {len(indices)}; "
                                   f"retrying as two batches of {half} and {len(indices) - half}.")
                     if self.device.type == "cuda":
@@ -171,6 +191,41 @@ class Task:
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16'; got {mixed_precision!r}.")
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if mixed_precision == "bf16"
                               else torch.float16, enabled=mixed_precision != "no")
+
+    def compile_target(self) -> tuple[Any, str] | None:
+        """Where the module that predict's forward passes call sits, as ``(owner, attribute name)``, for
+        ``predict(compile=True)``; None where predict cannot be compiled. Default: ``self.model``."""
+        return self, "model"
+
+    @contextmanager
+    def compiled(self, enabled: bool = True):
+        """Within this context the compile target is its ``torch.compile``'d version (made once, then kept).
+
+        Inductor's freezing folds the weights into the compiled code as constants (bf16 weights are cast
+        once, CPU matrices are pre-packed), so the compiled version is dropped whenever the weights can
+        change: fine-tuning clears it, and a replaced model is compiled afresh.
+        """
+        if not enabled:
+            yield
+            return
+        target = self.compile_target()
+        if target is None:
+            raise ValueError(f"{self.name}: compile=True is not supported for this model: its predict generates "
+                             "step by step, which torch.compile would recompile for every length.")
+        owner, attribute = target
+        module = getattr(owner, attribute)
+        if self.device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++",
+                                                                            "clang++")):
+            raise RuntimeError("compile=True on CPU needs a C++ compiler (g++ or clang++), and none was found; "
+                               "install one or predict without compile.")
+        cached = self.__dict__.get("_compiled")
+        if cached is None or cached[0] is not module:
+            cached = self._compiled = (module, torch.compile(module, options={"freezing": True}))
+        setattr(owner, attribute, cached[1])
+        try:
+            yield
+        finally:
+            setattr(owner, attribute, module)
 
     def check_batch_size(self, batch_size: int | None) -> int:
         batch_size = self.default_batch_size if batch_size is None else batch_size
@@ -229,6 +284,7 @@ class Task:
 
         from taskzoo.training import TrainingConfig, train_task
 
+        self.__dict__.pop("_compiled", None)  # its frozen weights would go stale (see compiled())
         own = {key: config.pop(key) for key in list(config) if key in self.finetune_options}
         self.training_options = {**self.finetune_options, **own}
         config = TrainingConfig.from_kwargs(self, **config)
@@ -304,3 +360,31 @@ class Task:
         """A learnable synthetic dataset for this task, as a datasets.Dataset."""
         raise NotImplementedError
 
+
+class PreparedBatches:
+    """predict's batches as ``(indices, preprocessed batch)``, preprocessed in this process or, with
+    ``num_workers``, by a DataLoader's worker processes a few batches ahead. Batches halved after running
+    out of memory (:meth:`retry`) come next, preprocessed here."""
+
+    def __init__(self, task: Task, items: list, batches: list[list[int]], options: dict, num_workers: int):
+        self.task, self.items, self.options, self.retries = task, items, options, []
+        if num_workers:
+            from torch.utils.data import DataLoader
+
+            # batch_size=None: each element (a list of indices) goes to collate_fn whole.
+            self.stream = iter(DataLoader(batches, batch_size=None, num_workers=num_workers,
+                                          collate_fn=self.prepare, pin_memory=task.device.type == "cuda"))
+        else:
+            self.stream = map(self.prepare, batches)
+
+    def prepare(self, indices: list[int]) -> tuple[list[int], Any]:
+        return indices, self.task.preprocess_batch([self.items[i] for i in indices], **self.options)
+
+    def retry(self, *batches: list[int]) -> None:
+        self.retries[:0] = batches
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[list[int], Any]:
+        return self.prepare(self.retries.pop(0)) if self.retries else next(self.stream)

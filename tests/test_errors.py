@@ -120,6 +120,11 @@ CASES = {
                           ValueError, r"needs at least one prompt; got an empty list"),
     "Batch size of 0": (lambda m, t: text_zoo(m).predict(["good"], batch_size=0), ValueError,
                         r"batch_size must be a positive integer; got 0"),
+    "`compile=True` for a model that generates": (
+        lambda m, t: taskzoo.load("translation", model=m("translation")).predict("one", compile=True), ValueError,
+        r"^translation: compile=True is not supported for this model: its predict generates step by step"),
+    "Negative `num_workers`": (lambda m, t: text_zoo(m).predict(["good"], num_workers=-1), ValueError,
+                               r"num_workers must be a non-negative integer; got -1"),
     "Mixed input types in one list": (lambda m, t: text_zoo(m).predict(["good", ("a", "b")]), ValueError,
                                       r"mixes kinds of input: text \(first at position 0\), text pair \(first at position 1\)"),
     "Unknown fine-tuning option": (lambda m, t: text_zoo(m).finetune(toy_dataset("text-classification", 8),

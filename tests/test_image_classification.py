@@ -92,6 +92,21 @@ def test_a_corrupted_image_file_is_named(trained, tmp_path):
         zoo.evaluate(str(tmp_path / "data"))
 
 
+def test_worker_processes_preprocess_the_same_and_name_a_broken_file(trained, tmp_path):
+    zoo, _, _, held_out = trained
+    paths = []
+    for i, row in enumerate(held_out.select(range(10))):
+        row["image"].resize((40 + 7 * i, 90 - 5 * i)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    in_process = zoo.predict(paths, batch_size=3)
+    assert zoo.predict(paths, batch_size=3, num_workers=2) == in_process  # same order, same scores
+    (tmp_path / "broken.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"broken\.png is corrupted"):
+        zoo.predict(paths + [str(tmp_path / "broken.png")], batch_size=3, num_workers=2)
+    with pytest.raises(ValueError, match="num_workers must be a non-negative integer"):
+        zoo.predict(paths, num_workers=-1)
+
+
 def test_image_folders_and_tables_of_paths(tiny_model_path, tmp_path):
     write_class_folders(tmp_path / "folder" / "train", relabelled(32, 0))
     write_class_folders(tmp_path / "folder" / "validation", relabelled(16, 1))

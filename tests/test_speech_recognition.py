@@ -10,7 +10,7 @@ import taskzoo
 from taskzoo import metrics
 from taskzoo.data import load_audio
 from taskzoo.errors import DataError
-from taskzoo.tasks.speech_recognition import SpeechRecognition
+from taskzoo.tasks.speech_recognition import SpeechRecognition, ctc_tokenizer
 from taskzoo.testing import toy_dataset
 
 TASK = "automatic-speech-recognition"
@@ -104,6 +104,39 @@ def test_audio_inputs_and_resampling_from_22050_and_8000_hz(trained, held_out, t
     decoded = load_audio(str(tmp_path / "clip.ogg"), 16000)
     assert abs(len(decoded) - len(audio)) < 100 and np.corrcoef(decoded[:len(audio)], audio[:len(decoded)])[0, 1] > 0.9
     assert isinstance(zoo.predict(str(tmp_path / "clip.ogg"))["text"], str)
+
+
+def test_worker_processes_decode_and_resample_the_same(trained, held_out):
+    from scipy.signal import resample_poly
+
+    zoo = trained[0]
+    clips = [resample_poly(waveform(row["audio"]), 1, 2).astype(np.float32) for row in held_out.select(range(5))]
+    in_process = zoo.predict(clips, batch_size=2, sampling_rate=8000)
+    assert zoo.predict(clips, batch_size=2, sampling_rate=8000, num_workers=2) == in_process
+    assert in_process == [zoo.predict(clip, sampling_rate=8000) for clip in clips]
+
+
+def test_a_model_that_cannot_mask_padding_transcribes_batched_as_alone(tmp_path):
+    """wav2vec2-base's group norm normalises over padding, so clips of other lengths are not padded
+    into one batch with it: batched transcripts equal one-at-a-time ones (random weights: any change in
+    the input shows in the output)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    tokenizer = ctc_tokenizer(list("abcdefgh"))
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(Wav2Vec2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, hidden_size=32,
+                                  num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                  conv_dim=(32, 32), conv_kernel=(10, 4), conv_stride=(5, 4),
+                                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                                  feat_extract_norm="group")).save_pretrained(tmp_path)
+    extractor = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False)
+    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(tmp_path)
+    zoo = taskzoo.load("asr", model=tmp_path, device="cpu")
+    rng = np.random.default_rng(0)
+    clips = [rng.normal(size=n).astype(np.float32) for n in (16000, 9000, 16000, 4000, 12000)]
+    alone = [zoo.predict(clip) for clip in clips]
+    assert len({output["text"] for output in alone}) == len(clips)  # garbage, but each clip its own
+    assert zoo.predict(clips, batch_size=4) == alone
 
 
 def test_a_70_second_input_is_chunked_and_its_windows_batched(trained, long_input):

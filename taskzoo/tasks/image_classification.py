@@ -21,52 +21,10 @@ from datasets import Image as ImageFeature
 from taskzoo import data as data_utils
 from taskzoo import heads, metrics, strategies
 from taskzoo.errors import DataError
+from taskzoo.models import load_image_processor
 from taskzoo.task import Task
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_NAMES = ("train", *data_utils.EVAL_SPLIT_NAMES)
-
-
-def load_image_processor(path, trust_remote_code: bool = False):
-    """The checkpoint's image processor, PIL backend: the default picks torchvision where it is installed,
-    and torchvision does not import beside the CPU build of torch."""
-    from transformers import AutoImageProcessor
-
-    return AutoImageProcessor.from_pretrained(path, backend="pil", trust_remote_code=trust_remote_code)
-
-
-def cast_images(dataset: Dataset, column: str) -> Dataset:
-    """Keep datasets' Image columns undecoded, so that data.load_image decodes them and names a broken file."""
-    if isinstance(dataset.features[column], ImageFeature) and dataset.features[column].decode:
-        return dataset.cast_column(column, ImageFeature(decode=False))
-    if is_text(dataset.features[column]):
-        missing = [p for p in dataset[column] if p is None or not Path(p).is_file()]
-        if missing:
-            raise DataError(f"Image file {missing[0]} does not exist ({len(missing)} missing in column {column!r}).")
-    return dataset
-
-
-def is_text(feature) -> bool:
-    return getattr(feature, "dtype", None) in ("string", "large_string")  # CSV columns read as large_string
-
-
-def resolve_paths(dataset: Dataset, folder: Path) -> Dataset:
-    """Relative file paths in a CSV/JSONL are taken relative to the file's folder: each text column whose
-    first value names a file there (any column: columns= may rename it to image or mask afterwards)."""
-    if not len(dataset):
-        return dataset
-    first = dataset[0]
-    columns = [c for c in dataset.column_names if is_text(dataset.features[c]) and isinstance(first[c], str)
-               and not os.path.isabs(first[c]) and (folder / first[c]).is_file()]
-
-    def resolve(row):
-        return {c: str(folder / row[c]) if isinstance(row[c], str) and not os.path.isabs(row[c]) else row[c]
-                for c in columns}
-    return dataset.map(resolve, desc="Resolving file paths") if columns else dataset
-
-
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 class ImageClassification(Task):
@@ -93,11 +51,6 @@ class ImageClassification(Task):
             path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
         return cls(model, processor, head_trained=not info["missing_keys"], source=str(path), device=device)
 
-    def save(self, path):
-        self.model_to_save().save_pretrained(path)
-        self.processor.save_pretrained(path)
-        return Path(path)
-
     @property
     def labels(self) -> list[str]:
         return heads.model_labels(self.model)
@@ -112,7 +65,7 @@ class ImageClassification(Task):
             dataset = data_utils.read_metadata_folder(path, "image")
             if "file_name" in dataset.column_names and "image" not in dataset.column_names:
                 dataset = dataset.rename_column("file_name", "image")  # the imagefolder convention
-            return resolve_paths(dataset, path.parent)
+            return data_utils.resolve_paths(dataset, path.parent)
         if any((path / name).exists() for name in data_utils.METADATA_FILES):
             return data_utils.read_metadata_folder(path, "image")
         folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -121,10 +74,10 @@ class ImageClassification(Task):
         if not folders:
             raise DataError(f"Image folder {path} has no class sub-folders (one folder of images per class), "
                             f"no split folders ({', '.join(SPLIT_NAMES[:3])}) and no metadata.csv/jsonl.")
-        files = {folder.name: image_files(folder) for folder in folders}
+        files = {folder.name: data_utils.image_files(folder) for folder in folders}
         empty = [name for name, found in files.items() if not found]
         if empty:
-            raise DataError(f"Class folder {path / empty[0]} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+            raise DataError(f"Class folder {path / empty[0]} holds no images ({', '.join(data_utils.IMAGE_SUFFIXES)}).")
         features = Features({"image": Value("string"), "label": ClassLabel(names=list(files))})
         rows = [(str(file), name) for name, found in files.items() for file in found]
         return Dataset.from_dict({"image": [r[0] for r in rows], "label": [r[1] for r in rows]}, features=features)
@@ -138,7 +91,7 @@ class ImageClassification(Task):
             self.head_trained = True
 
     def prepare(self, dataset, training: bool):
-        dataset = cast_images(dataset, "image")
+        dataset = data_utils.cast_images(dataset, "image")
         return data_utils.encode_labels(dataset, "label", {name: i for i, name in enumerate(self.labels)})
 
     def _pixels(self, images: list) -> torch.Tensor:
@@ -172,10 +125,13 @@ class ImageClassification(Task):
     def input_of(self, row):
         return row["image"]
 
-    def predict_batch(self, inputs, top_k: int = 5):
+    def preprocess_batch(self, inputs, **options):
+        return self._pixels(inputs)
+
+    def predict_batch(self, pixels, top_k: int = 5):
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer; got {top_k!r}.")
-        logits = self.model(pixel_values=self._pixels(inputs).to(self.device)).logits.float()
+        logits = self.model(pixel_values=pixels.to(self.device)).logits.float()
         multi_label = self.model.config.problem_type == "multi_label_classification" or logits.shape[-1] == 1
         scores = logits.sigmoid() if multi_label else logits.softmax(-1)
         values, indices = scores.topk(min(top_k, scores.shape[-1]), dim=-1)

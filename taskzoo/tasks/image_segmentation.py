@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from taskzoo import data as data_utils
 from taskzoo import metrics, strategies
 from taskzoo.errors import DataError
+from taskzoo.models import load_image_processor
 from taskzoo.task import Task
-from taskzoo.tasks.image_classification import cast_images, image_files, load_image_processor, resolve_paths
 
 IGNORE_INDEX = 255
 MASK_COLUMNS = ("mask", "annotation", "label")  # accepted names of the mask column, in this order
@@ -124,11 +124,6 @@ class ImageSegmentation(Task):
                                                                  **model_kwargs)
         return cls(model, processor, reduce_labels=reduce_labels, source=str(path), device=device)
 
-    def save(self, path):
-        self.model_to_save().save_pretrained(path)
-        self.processor.save_pretrained(path)
-        return Path(path)
-
     @property
     def labels(self) -> list[str]:
         config = self.model.config
@@ -140,7 +135,7 @@ class ImageSegmentation(Task):
         folders (train/, validation/) holding those, or a CSV/JSONL table of image and mask paths."""
         path = Path(path)
         if not path.is_dir():
-            return resolve_paths(data_utils.read_table(path), path.parent)
+            return data_utils.resolve_paths(data_utils.read_table(path), path.parent)
         if (path / "images").is_dir():
             return self._read_pairs(path)
         splits = [sub for sub in sorted(path.iterdir()) if (sub / "images").is_dir()]
@@ -156,7 +151,7 @@ class ImageSegmentation(Task):
             raise DataError(f"{folder} has images/ but no {' or '.join(f'{n}/' for n in MASK_FOLDERS)} folder.")
         found = {}
         for kind, sub in (("image", folder / "images"), ("mask", masks_folder)):
-            files = image_files(sub)
+            files = data_utils.image_files(sub)
             found[kind] = {file.stem: file for file in files}
             if len(found[kind]) < len(files):
                 stems = [file.stem for file in files]
@@ -213,7 +208,7 @@ class ImageSegmentation(Task):
     def prepare(self, dataset, training: bool):
         """One pass over the masks before anything runs: every value a class of the model (or 255), and
         every mask the size of its image; errors name the value, the column and the row."""
-        dataset = cast_images(cast_images(dataset, "image"), "mask")
+        dataset = data_utils.cast_images(data_utils.cast_images(dataset, "image"), "mask")
         count = len(self.labels)
         rows = dataset.select_columns(["image", "mask"])
         for row_number, row in enumerate(tqdm(rows, desc=f"{self.name}: checking masks", leave=False,
@@ -276,15 +271,19 @@ class ImageSegmentation(Task):
     def input_of(self, row):
         return row["image"]
 
-    def predict_batch(self, inputs, return_label_map: bool = False):
+    def preprocess_batch(self, inputs, **options):
+        """(pixel values, (height, width) of each image): predict gives masks at the input's size."""
+        images = [data_utils.load_image(item) for item in inputs]
+        return self.processor(images=images, return_tensors="pt")["pixel_values"], [im.size[::-1] for im in images]
+
+    def predict_batch(self, batch, return_label_map: bool = False):
         from PIL import Image
 
-        images = [data_utils.load_image(item) for item in inputs]
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
-        logits = self.model(pixel_values=pixels).logits.float()
+        pixels, sizes = batch
+        logits = self.model(pixel_values=pixels.to(self.device)).logits.float()
         labels, results = self.labels, []
-        for logit, image in zip(logits, images):
-            upsampled = F.interpolate(logit[None], size=image.size[::-1], mode="bilinear", align_corners=False)[0]
+        for logit, size in zip(logits, sizes):
+            upsampled = F.interpolate(logit[None], size=size, mode="bilinear", align_corners=False)[0]
             score, label_map = upsampled.softmax(0).max(0)
             if return_label_map:
                 results.append(label_map.cpu().numpy())

@@ -33,6 +33,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Va
 from taskzoo import data as data_utils
 from taskzoo import heads, metrics, strategies
 from taskzoo.errors import DataError
+from taskzoo.models import load_image_processor
 from taskzoo.task import Task
 
 TOY_COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 230)}  # the toy data's two kinds of rectangle
@@ -82,17 +83,12 @@ class ObjectDetection(Task):
 
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, **model_kwargs):
-        from transformers import AutoImageProcessor, AutoModelForObjectDetection
+        from transformers import AutoModelForObjectDetection
 
-        processor = AutoImageProcessor.from_pretrained(path, backend="pil", trust_remote_code=trust_remote_code)
+        processor = load_image_processor(path, trust_remote_code)
         model, info = AutoModelForObjectDetection.from_pretrained(
             path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
         return cls(model, processor, head_trained=not info["missing_keys"], source=str(path), device=device)
-
-    def save(self, path):
-        self.model_to_save().save_pretrained(path)
-        self.processor.save_pretrained(path)
-        return Path(path)
 
     @property
     def labels(self) -> list[str]:
@@ -200,10 +196,12 @@ class ObjectDetection(Task):
     def input_of(self, row):
         return row["image"]
 
-    def predict_batch(self, inputs, threshold: float = 0.5):
+    def preprocess_batch(self, inputs, **options):
+        return [data_utils.load_image(item) for item in inputs]  # decoded, RGB
+
+    def predict_batch(self, images, threshold: float = 0.5):
         if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
             raise ValueError(f"threshold must be a number in [0, 1]; got {threshold!r}.")
-        images = [data_utils.load_image(item) for item in inputs]
         if not self.reads_mask and len({image.size for image in images}) > 1:
             # A model that cannot tell padding from image would see its frame change: one image at a time.
             return [self.predict_batch([image], threshold)[0] for image in images]

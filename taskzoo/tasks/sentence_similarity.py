@@ -139,7 +139,12 @@ class SentenceSimilarity(Task):
             raise ValueError(f"Sentences must be strings; got {sentences!r:.80}")
         return sentences
 
-    def predict(self, inputs, batch_size=None, progress=None, mixed_precision="no"):
+    def compile_target(self):
+        """The transformers model inside sentence-transformers' first module: encode() calls it."""
+        encoder = self.model[0]
+        return encoder, next(name for name, child in encoder.named_children() if hasattr(child, "config"))
+
+    def predict(self, inputs, batch_size=None, progress=None, mixed_precision="no", compile=False):
         """Scores pairs, or a source sentence against many. Each distinct sentence is encoded once, and
         all of them go through sentence-transformers' encode together, so that batches of similar
         length pad little (pairing a short and a long sentence in one batch would pad a lot).
@@ -151,7 +156,7 @@ class SentenceSimilarity(Task):
         if not unique:
             return []
         self.model.eval()
-        with torch.inference_mode(), self.autocast(mixed_precision):
+        with torch.inference_mode(), self.autocast(mixed_precision), self.compiled(compile):
             embeddings = self.model.encode(unique, batch_size=self.check_batch_size(batch_size),
                                            convert_to_tensor=True, show_progress_bar=bool(progress)).float()
         index = {sentence: i for i, sentence in enumerate(unique)}

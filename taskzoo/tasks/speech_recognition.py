@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -79,11 +78,6 @@ class SpeechRecognition(Task):
         head = not any(key.startswith("lm_head") for key in info["missing_keys"])
         return cls(model, processor, language=language, whisper_task=whisper_task, head_trained=head,
                    source=str(path), device=device)
-
-    def save(self, path):
-        self.model_to_save().save_pretrained(path)
-        self.processor.save_pretrained(path)
-        return Path(path)
 
     @property
     def feature_extractor(self):
@@ -300,15 +294,7 @@ class SpeechRecognition(Task):
         return row["audio"]
 
     def input_length(self, item) -> int:
-        try:
-            if isinstance(item, (str, os.PathLike)):
-                import soundfile
-
-                return soundfile.info(str(item)).frames
-            array = item.get("array") if isinstance(item, Mapping) else item[0] if isinstance(item, tuple) else item
-            return len(array) if array is not None else 0
-        except Exception:  # noqa: BLE001 - only a sort key; decoding later names the bad input
-            return 0
+        return data_utils.audio_length(item)
 
     def predict(self, inputs, batch_size=None, progress=None, **options):
         """Transcribe audio: a path (wav, flac, ogg, ...), a ``{"array", "sampling_rate"}`` dict, an
@@ -322,11 +308,16 @@ class SpeechRecognition(Task):
         return super().predict(inputs, batch_size=batch_size, progress=progress, window_batch=window_batch,
                                **options)
 
-    def predict_batch(self, inputs, window_batch=8, sampling_rate=None, return_timestamps=False,
+    def compile_target(self):
+        return (self, "model") if self.is_ctc else None  # Whisper generates token by token
+
+    def preprocess_batch(self, inputs, sampling_rate=None, **options):
+        return [self._audio(item, sampling_rate) for item in inputs]  # decoded, at the model's rate
+
+    def predict_batch(self, audio, window_batch=8, sampling_rate=None, return_timestamps=False,
                       chunk_length_s=None, stride_length_s=None, **generate_options):
         if self.is_ctc and generate_options:
             raise ValueError(f"{sorted(generate_options)} apply to Whisper models only; this is a CTC model.")
-        audio = [self._audio(item, sampling_rate) for item in inputs]
         limit = None if self.is_ctc else self.feature_extractor.chunk_length  # Whisper: its window at most
         if chunk_length_s is not None and not 0 < chunk_length_s <= (limit or chunk_length_s):
             raise ValueError(f"chunk_length_s must be positive{f' and at most the {limit} s window' if limit else ''}; "
@@ -338,8 +329,8 @@ class SpeechRecognition(Task):
         pieces = [[] for _ in audio]
         options = {} if self.is_ctc else self._generate_options(return_timestamps=bool(return_timestamps),
                                                                 **generate_options)
-        for start in range(0, len(windows), window_batch):
-            group = windows[start:start + window_batch]
+        masks_padding = not self.is_ctc or getattr(self.feature_extractor, "return_attention_mask", True)
+        for group in audio_chunks.batches(windows, window_batch, same_length=not masks_padding):
             inputs = _on(self.model, self._inputs([w.audio for w in group]))
             if self.is_ctc:
                 logits = self.model(**inputs).logits

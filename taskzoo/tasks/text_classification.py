@@ -44,11 +44,6 @@ class TextClassification(Task):
             path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
         return cls(model, tokenizer, head_trained=not info["missing_keys"], source=str(path), device=device)
 
-    def save(self, path):
-        self.model_to_save().save_pretrained(path)
-        self.processor.save_pretrained(path)
-        return Path(path)
-
     @property
     def labels(self) -> list[str]:
         return heads.model_labels(self.model)

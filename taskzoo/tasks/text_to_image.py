@@ -321,6 +321,9 @@ class TextToImage(Task):
                              f"{self.pipeline.vae_scale_factor}); got {value!r}.")
         return value
 
+    def compile_target(self):
+        return self.pipeline, "unet"  # where the time goes: one UNet pass per denoising step
+
     def predict_batch(self, prompts, negative_prompt=None, num_inference_steps=50, guidance_scale=7.5,
                       height=None, width=None, seed=None):
         bad = [prompt for prompt in prompts if not isinstance(prompt, str)]

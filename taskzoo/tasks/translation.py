@@ -252,6 +252,9 @@ class Translation(Task):
     def input_length(self, item) -> int:
         return len(item) if isinstance(item, str) else 0
 
+    def compile_target(self):
+        return None  # generation: the decoder runs once per token with a growing cache
+
     def predict_batch(self, inputs, num_beams: int | None = None, max_new_tokens: int | None = None,
                       src_lang: str | None = None, tgt_lang: str | None = None, prefix: str | None = None,
                       **generate_kwargs):
