@@ -73,15 +73,13 @@ class PeakMemory:
 
 
 def timed(function, repeat: int = 1):
-    """(best seconds over `repeat` runs, last result, peak extra resident MiB of the first run)."""
-    best, result, peak = float("inf"), None, None
+    """(best seconds over `repeat` runs, last result)."""
+    best, result = float("inf"), None
     for _ in range(repeat):
-        with PeakMemory() as memory:
-            started = time.perf_counter()
-            result = function()
-            best = min(best, time.perf_counter() - started)
-        peak = memory.megabytes if peak is None else peak
-    return best, result, peak
+        started = time.perf_counter()
+        result = function()
+        best = min(best, time.perf_counter() - started)
+    return best, result
 
 
 MEMORY_OF = "TASKZOO_BENCH_MEMORY_OF"  # set: this process measures the peak memory of that one side
@@ -113,7 +111,7 @@ def compare_with_pipeline(title: str, run_pipeline, run_taskzoo, agreement, batc
         return
 
     run_pipeline(default_batch_size)  # warm-up
-    default_seconds, reference, _ = timed(lambda: run_pipeline(default_batch_size), repeat=repeat)
+    default_seconds, reference = timed(lambda: run_pipeline(default_batch_size), repeat=repeat)
     best_size, best_seconds = default_batch_size, default_seconds  # batching may not help at all
     for batch_size in batch_sizes:
         seconds = timed(lambda: run_pipeline(batch_size), repeat=repeat)[0]
@@ -124,7 +122,7 @@ def compare_with_pipeline(title: str, run_pipeline, run_taskzoo, agreement, batc
             (f"pipeline:{best_size}", f"{baseline}, batch_size={best_size} (its best)", best_seconds, "")]
     for name, options in variants:
         run_taskzoo(**options)
-        seconds, ours, _ = timed(lambda: run_taskzoo(**options), repeat=repeat)
+        seconds, ours = timed(lambda: run_taskzoo(**options), repeat=repeat)
         rows.append((f"taskzoo:{name}", f"taskzoo predict, {name}", seconds, agreement(ours, reference)))
 
     print(f"{title}; torch threads {torch.get_num_threads()}")

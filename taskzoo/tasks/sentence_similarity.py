@@ -142,7 +142,8 @@ class SentenceSimilarity(Task):
     def compile_target(self):
         """The transformers model inside sentence-transformers' first module: encode() calls it."""
         encoder = self.model[0]
-        return encoder, next(name for name, child in encoder.named_children() if hasattr(child, "config"))
+        name = next((name for name, child in encoder.named_children() if hasattr(child, "config")), None)
+        return (encoder, name) if name else None
 
     def predict(self, inputs, batch_size=None, progress=None, mixed_precision="no", compile=False):
         """Scores pairs, or a source sentence against many. Each distinct sentence is encoded once, and
