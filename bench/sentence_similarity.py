@@ -40,6 +40,6 @@ def agreement(ours, theirs) -> str:
 
 compare_with_pipeline(
     f"{len(pairs)} mixed-length pairs, all-MiniLM-L6-v2",
-    encode_and_compare, lambda **options: zoo.predict(pairs, batch_size=64, **options), agreement,
-    batch_sizes=(32, 64, 128), baseline="sentence-transformers encode + cosine", default_batch_size=32,
-    variants=[("batch_size=64, fp32", {}), ("batch_size=64, bf16", {"mixed_precision": "bf16"})])
+    encode_and_compare, lambda **options: zoo.predict(pairs, batch_size=32, **options), agreement,
+    batch_sizes=(64, 128), baseline="sentence-transformers encode + cosine", default_batch_size=32,
+    variants=[("batch_size=32, fp32", {}), ("batch_size=32, bf16", {"mixed_precision": "bf16"})])
