@@ -226,23 +226,31 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def load_image(image: Any):
-    """A PIL RGB image from a PIL image, a path, a numpy array or a datasets image dict."""
+def open_image_file(value, kind: str = "Image"):
+    """Decode an image file (a path, a BytesIO, or datasets' undecoded ``{"bytes", "path"}``) into a PIL
+    image now, so that a missing, truncated or non-image file fails here with its name."""
     from PIL import Image, UnidentifiedImageError
 
-    source = image
-    if isinstance(image, Mapping):  # datasets' undecoded Image feature: {"bytes", "path"}
-        source = image.get("path") or "<image bytes>"
-        image = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
-    if isinstance(image, (str, os.PathLike, io.BytesIO)):
-        try:
-            with Image.open(image) as opened:
-                opened.load()  # force decoding now, so truncated files fail here and name the file
-                image = opened.copy()
-        except FileNotFoundError as error:
-            raise DataError(f"Image file {source} does not exist.") from error
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise DataError(f"Image {source} is corrupted or not an image: {error}") from error
+    source = str(value) if isinstance(value, (str, os.PathLike)) else f"<{kind.lower()} bytes>"
+    if isinstance(value, Mapping):
+        source = value.get("path") or source
+        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+    try:
+        with Image.open(value) as opened:
+            opened.load()
+            return opened.copy()
+    except FileNotFoundError as error:
+        raise DataError(f"{kind} file {source} does not exist.") from error
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DataError(f"{kind} {source} is corrupted or not an image: {error}") from error
+
+
+def load_image(image: Any):
+    """A PIL RGB image from a PIL image, a path, a numpy array or a datasets image dict."""
+    from PIL import Image
+
+    if isinstance(image, (Mapping, str, os.PathLike, io.BytesIO)):
+        image = open_image_file(image)
     elif isinstance(image, np.ndarray):
         array = image
         if array.dtype != np.uint8:

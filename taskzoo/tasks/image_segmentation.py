@@ -40,22 +40,13 @@ MASK_FOLDERS = ("masks", "annotations")
 def load_mask(value) -> np.ndarray:
     """A 2-D int64 array of class ids from a PIL image ("L", "P": palette indices are the ids, "I", "1";
     RGB only when grey), a path, image bytes (datasets' undecoded Image) or an array."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     source = "<array>"
-    if isinstance(value, Mapping):
-        source = value.get("path") or "<mask bytes>"
-        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-    if isinstance(value, (str, os.PathLike, io.BytesIO)):
-        source = source if isinstance(value, io.BytesIO) else str(value)
-        try:
-            with Image.open(value) as opened:
-                opened.load()
-                value = opened.copy()
-        except FileNotFoundError as error:
-            raise DataError(f"Mask file {source} does not exist.") from error
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise DataError(f"Mask {source} is corrupted or not an image: {error}") from error
+    if isinstance(value, (Mapping, str, os.PathLike, io.BytesIO)):
+        path = value.get("path") if isinstance(value, Mapping) else value
+        source = str(path) if isinstance(path, (str, os.PathLike)) and path else "<mask bytes>"
+        value = data_utils.open_image_file(value, "Mask")
     if isinstance(value, Image.Image):
         source = getattr(value, "filename", "") or source
         array = np.asarray(value)
