@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 import taskzoo
 from common import MEMORY_OF, PeakMemory, minilm_classifier, mixed_length_sentences, side_peak_memory
 from taskzoo.demo import quiet_libraries
-from taskzoo.training import new_accelerator
+from taskzoo.accelerators import new_accelerator
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=30)

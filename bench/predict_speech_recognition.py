@@ -24,7 +24,7 @@ from common import compare_with_pipeline, mixed_length_sentences
 from taskzoo.data import load_audio
 from taskzoo.demo import quiet_libraries
 from taskzoo.metrics import character_error_rate
-from taskzoo.tasks.speech_recognition import ctc_tokenizer
+from taskzoo.ctc import ctc_tokenizer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--clips", type=int, default=48)

@@ -3,7 +3,8 @@
 - ``best/`` and ``last/``: model folders that ``taskzoo.load`` and the plain loaders open;
 - ``checkpoints/step-N/``: full training state (model, optimizer, scheduler, RNG states, position in the
   data) for an exact resume, the newest ``keep_checkpoints`` kept;
-- ``log.jsonl``: one record per log line or evaluation.
+- ``log.jsonl``: one record per log line or evaluation (:class:`RunLog`, which also feeds Accelerate's trackers);
+- ``training_curves.png``: the loss and the evaluation metric per step (:func:`plot_history`).
 
 Every folder is written under a temporary name and then renamed into place, so a kill during a save
 leaves the previous version intact.
@@ -16,6 +17,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from taskzoo.errors import TrainingError
 
@@ -104,3 +107,48 @@ def find_checkpoint(output_dir: Path, resume_from: str | os.PathLike) -> Path:
 def load_training_state(accelerator, checkpoint: Path) -> dict:
     accelerator.load_state(str(checkpoint))
     return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+class RunLog:
+    """Log records to log.jsonl (main process only), to accelerate's trackers, and to a list."""
+
+    def __init__(self, path: Path, accelerator, records: list[dict]):
+        self.path, self.accelerator, self.records = path, accelerator, records
+        if accelerator.is_main_process and records:  # resumed: the log ends where the checkpoint was taken
+            path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if self.accelerator.trackers:
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def info(self, message: str) -> None:
+        if self.accelerator.is_local_main_process:
+            tqdm.write(message)
+
+
+def plot_history(records: list[dict], metric: str, path: Path) -> Path | None:
+    """A PNG of the training loss and the evaluation metric per step (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    scores = [(r["step"], r[f"eval_{metric}"]) for r in records if f"eval_{metric}" in r]
+    figure, axes = plt.subplots(1, 2 if scores else 1, figsize=(10 if scores else 5, 3.5), squeeze=False)
+    for axis, points, label in zip(axes[0], [losses, scores], ["training loss", f"eval {metric}"]):
+        if points:
+            axis.plot(*zip(*points), marker="." if len(points) < 50 else None)
+        axis.set_xlabel("optimizer step")
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

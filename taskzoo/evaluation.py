@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from taskzoo.accelerators import new_accelerator
+
 
 def run_evaluation(task, model: torch.nn.Module, loader: DataLoader, accelerator) -> dict[str, float]:
     """Run ``task.eval_step`` over a prepared loader and score the gathered results on every process."""
@@ -34,8 +36,6 @@ def run_evaluation(task, model: torch.nn.Module, loader: DataLoader, accelerator
 
 def evaluate_task(task, dataset, batch_size: int, mixed_precision: str = "no") -> dict[str, float]:
     """Evaluate ``task.model`` on a prepared dataset (standalone, outside fine-tuning)."""
-    from taskzoo.training import new_accelerator
-
     accelerator = new_accelerator(mixed_precision=mixed_precision)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate)
     # Only the loader is prepared: preparing the model would leave Accelerate's autocast wrapper on

@@ -8,7 +8,6 @@ precision and gradient accumulation, so the same call runs on a laptop CPU and o
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from taskzoo import checkpoints
+from taskzoo.accelerators import new_accelerator
 from taskzoo.errors import TrainingError
 from taskzoo.evaluation import run_evaluation
 
@@ -118,96 +118,169 @@ class TrainingResult:
     task: Any = field(default=None, repr=False)  # the fine-tuned task, ready to predict and save
 
 
-def new_accelerator(**kwargs):
-    """An Accelerator with these settings, even if an earlier call in this process used others.
-
-    Accelerate keeps its settings in a process-wide singleton that refuses to change; a library is
-    called many times per process, so the mixed-precision part is reset (the process group is kept).
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    return Accelerator(**kwargs)
-
-
 def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingResult:
-    from accelerate.utils import DataLoaderConfiguration, set_seed
-    from transformers import get_scheduler
+    """Fine-tune ``task.model`` on ``train_set``: set up, resume (or start fresh), the epoch loop, finish."""
+    run = _Run(task, train_set, eval_set, config)
+    run.resume_or_start_fresh(len(train_set))
+    run.train()
+    return run.finish()
 
-    output_dir = Path(config.output_dir or tempfile.mkdtemp(prefix=f"taskzoo-{task.name}-"))
-    checkpoints.check_output_dir(output_dir, config.overwrite, resuming=config.resume_from is not None)
-    accelerator = new_accelerator(
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with=config.log_with,
-        project_dir=str(output_dir),
-        step_scheduler_with_optimizer=False,  # stepped below, once per optimizer step
-        # The shuffle order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
-    )
-    set_seed(config.seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
 
-    model = task.model
-    model.train()
-    # A generator of its own keeps the loader from drawing on the global RNG each epoch, which would
-    # shift dropout masks between a straight run and a resumed one.
-    lengths = task.train_lengths(train_set) if config.group_by_length else None
-    order = {"shuffle": True} if lengths is None else \
-        {"sampler": LengthGroupedSampler(lengths, config.batch_size, config.seed)}
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, collate_fn=task.collate, **order,
-                              num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed))
-    eval_loader = None
-    if eval_set is not None:
-        eval_loader = DataLoader(eval_set, batch_size=config.eval_batch_size or config.batch_size,
-                                 shuffle=False, collate_fn=task.collate, num_workers=config.num_workers)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.learning_rate)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
+class _Run:
+    """One fine-tuning run; its phases are the methods, in the order train_task calls them."""
 
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / config.gradient_accumulation_steps))
-    total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
-    warmup = config.warmup_steps or int(config.warmup_ratio * total_steps)
-    scheduler_name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
-    scheduler = accelerator.prepare(
-        get_scheduler(scheduler_name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps))
+    def __init__(self, task, train_set, eval_set, config: TrainingConfig):
+        """Set-up: output folder, Accelerator, data loaders, optimizer and learning-rate schedule."""
+        from accelerate.utils import DataLoaderConfiguration, set_seed
+        from transformers import get_scheduler
 
-    # Where the run stands; saved with every checkpoint and restored on resume.
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_step": None,
-             "bad_evaluations": 0, "history": []}
-    if config.resume_from is not None:
-        state = checkpoints.load_training_state(accelerator, checkpoints.find_checkpoint(output_dir, config.resume_from))
-    elif accelerator.is_main_process:  # a fresh run: forget an earlier run's log and checkpoints
-        (output_dir / "log.jsonl").unlink(missing_ok=True)
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
-    if config.log_with:
-        accelerator.init_trackers("taskzoo", config={k: v for k, v in asdict(config).items()
-                                                     if isinstance(v, (int, float, str, bool))})
-    log = _Log(output_dir / "log.jsonl", accelerator, state["history"])
-    result = TrainingResult(output_dir=output_dir, metric=config.metric_for_best, task=task)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    log.info(f"Fine-tuning {task.name}: {len(train_set)} samples, {total_steps} optimizer steps, "
-             f"{sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in model.parameters()):,} "
-             f"parameters trainable ({config.strategy}), output in {output_dir}"
-             + (f", resumed at step {state['step']}" if state["step"] else ""))
-    best_weights = None  # an in-memory copy for restore_best
-
-    evaluated_at = None
-
-    def evaluate(step: int) -> bool:
-        """Evaluate, keep the best model; returns True when early stopping says stop."""
-        nonlocal best_weights, evaluated_at
-        evaluated_at = step
-        metrics = run_evaluation(task, model, eval_loader, accelerator)
-        result.final_metrics = metrics
-        log.write({"step": step, "epoch": round(step / steps_per_epoch, 3),
-                   **{f"eval_{k}": v for k, v in metrics.items()}})
+        self.task, self.config = task, config
+        self.output_dir = output_dir = Path(config.output_dir or tempfile.mkdtemp(prefix=f"taskzoo-{task.name}-"))
+        checkpoints.check_output_dir(output_dir, config.overwrite, resuming=config.resume_from is not None)
+        self.accelerator = accelerator = new_accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=config.log_with,
+            project_dir=str(output_dir),
+            step_scheduler_with_optimizer=False,  # stepped below, once per optimizer step
+            # The shuffle order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        )
+        set_seed(config.seed)
         if accelerator.is_main_process:
-            task.on_evaluate(accelerator.unwrap_model(model), output_dir, step)
+            output_dir.mkdir(parents=True, exist_ok=True)
+
+        model = task.model
+        model.train()
+        # A generator of its own keeps the loader from drawing on the global RNG each epoch, which would
+        # shift dropout masks between a straight run and a resumed one.
+        lengths = task.train_lengths(train_set) if config.group_by_length else None
+        order = {"shuffle": True} if lengths is None else \
+            {"sampler": LengthGroupedSampler(lengths, config.batch_size, config.seed)}
+        train_loader = DataLoader(train_set, batch_size=config.batch_size, collate_fn=task.collate, **order,
+                                  num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed))
+        eval_loader = None
+        if eval_set is not None:
+            eval_loader = DataLoader(eval_set, batch_size=config.eval_batch_size or config.batch_size,
+                                     shuffle=False, collate_fn=task.collate, num_workers=config.num_workers)
+        optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.learning_rate)
+        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
+        self.eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
+
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / config.gradient_accumulation_steps))
+        self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
+        warmup = config.warmup_steps or int(config.warmup_ratio * self.total_steps)
+        scheduler_name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
+        self.scheduler = accelerator.prepare(get_scheduler(scheduler_name, self.optimizer, num_warmup_steps=warmup,
+                                                           num_training_steps=self.total_steps))
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.best_weights = None  # an in-memory copy of the best model, for restore_best
+        self.evaluated_at = None  # the step of the latest evaluation
+        self.losses = []  # training losses since the last log line
+
+    def resume_or_start_fresh(self, train_size: int) -> None:
+        """Restore where a checkpointed run stood, or clear an earlier run's log and checkpoints."""
+        config, accelerator, output_dir = self.config, self.accelerator, self.output_dir
+        # Where the run stands; saved with every checkpoint and restored on resume.
+        self.state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_step": None,
+                      "bad_evaluations": 0, "history": []}
+        if config.resume_from is not None:
+            self.state = checkpoints.load_training_state(
+                accelerator, checkpoints.find_checkpoint(output_dir, config.resume_from))
+        elif accelerator.is_main_process:
+            (output_dir / "log.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+        if config.log_with:
+            accelerator.init_trackers("taskzoo", config={k: v for k, v in asdict(config).items()
+                                                         if isinstance(v, (int, float, str, bool))})
+        self.log = checkpoints.RunLog(output_dir / "log.jsonl", accelerator, self.state["history"])
+        self.result = TrainingResult(output_dir=output_dir, metric=config.metric_for_best, task=self.task)
+        self.log.info(f"Fine-tuning {self.task.name}: {train_size} samples, {self.total_steps} optimizer steps, "
+                      f"{sum(p.numel() for p in self.trainable):,} of "
+                      f"{sum(p.numel() for p in self.model.parameters()):,} parameters trainable "
+                      f"({config.strategy}), output in {output_dir}"
+                      + (f", resumed at step {self.state['step']}" if self.state["step"] else ""))
+
+    def train(self) -> None:
+        """The epoch loop: batches until total_steps optimizer steps, or until early stopping says stop."""
+        config, state, accelerator = self.config, self.state, self.accelerator
+        self.progress = tqdm(total=self.total_steps, initial=state["step"], desc=f"{self.task.name}: fine-tune",
+                             unit="step", disable=not (config.progress and accelerator.is_local_main_process))
+        self.started, self.start_step, stop = time.perf_counter(), state["step"], False
+        while state["step"] < self.total_steps and not stop:
+            self.train_loader.set_epoch(state["epoch"])
+            # On resume, skip the batches of this epoch that were already trained on.
+            loader = accelerator.skip_first_batches(self.train_loader, state["batches_in_epoch"]) \
+                if state["batches_in_epoch"] else self.train_loader
+            for batch in loader:
+                state["batches_in_epoch"] += 1
+                self.learn(batch)
+                if not accelerator.sync_gradients:
+                    continue  # gradients are still accumulating
+                stop = self.after_optimizer_step()
+                if state["step"] >= self.total_steps or stop:
+                    break
+            else:  # the epoch ran to its end
+                state["epoch"] += 1
+                state["batches_in_epoch"] = 0
+                if self.eval_loader is not None and config.eval_every == "epoch":
+                    stop = self.evaluate(state["step"])
+        if self.eval_loader is not None and not stop and self.evaluated_at != state["step"]:
+            self.evaluate(state["step"])  # the run ended between evaluations: score the final model too
+        self.progress.close()
+        if stop:
+            self.log.info(f"Early stopping at step {state['step']}: no improvement of {config.metric_for_best} in "
+                          f"{config.early_stopping_patience} evaluations (best {state['best_metric']:.4f} at step "
+                          f"{state['best_step']}).")
+
+    def learn(self, batch) -> None:
+        """Forward and backward on one batch; the optimizer steps once gradients are accumulated."""
+        accelerator, model, optimizer = self.accelerator, self.model, self.optimizer
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss = self.task.training_step(model, batch)["loss"]
+            if not torch.isfinite(loss.detach()).all():
+                raise TrainingError(
+                    f"The loss became {loss.item()} at step {self.state['step'] + 1} "
+                    f"(epoch {self.state['epoch'] + 1}). Try a lower learning_rate, or mixed_precision='no'. "
+                    f"The checkpoints in {self.output_dir} are untouched.")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and self.config.max_grad_norm:
+                accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.losses.append(loss.detach().float())
+
+    def after_optimizer_step(self) -> bool:
+        """Schedule, log, evaluate and checkpoint as configured; returns True when early stopping says stop."""
+        config, state = self.config, self.state
+        self.scheduler.step()
+        self.task.on_optimizer_step(self.model)
+        state["step"] += 1
+        step, stop = state["step"], False
+        self.progress.update(1)
+        if step % config.log_every == 0 or step == self.total_steps:
+            mean_loss = self.accelerator.reduce(torch.stack(self.losses).mean(), reduction="mean").item()
+            self.losses = []
+            self.progress.set_postfix(loss=f"{mean_loss:.4f}")
+            self.log.write({"step": step, "epoch": round(step / self.steps_per_epoch, 3), "loss": mean_loss,
+                            "learning_rate": self.scheduler.get_last_lr()[0]})
+        if self.eval_loader is not None and config.eval_every != "epoch" and step % config.eval_every == 0:
+            stop = self.evaluate(step)
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            checkpoints.save_training_state(self.accelerator, self.output_dir, step, state, config.keep_checkpoints)
+        return stop
+
+    def evaluate(self, step: int) -> bool:
+        """Evaluate, keep the best model; returns True when early stopping says stop."""
+        config, state, accelerator, task = self.config, self.state, self.accelerator, self.task
+        self.evaluated_at = step
+        metrics = run_evaluation(task, self.model, self.eval_loader, accelerator)
+        self.result.final_metrics = metrics
+        self.log.write({"step": step, "epoch": round(step / self.steps_per_epoch, 3),
+                        **{f"eval_{k}": v for k, v in metrics.items()}})
+        if accelerator.is_main_process:
+            task.on_evaluate(accelerator.unwrap_model(self.model), self.output_dir, step)
         if config.metric_for_best not in metrics:
             raise TrainingError(f"metric_for_best={config.metric_for_best!r} is not among the "
                                 f"metrics {list(metrics)}.")
@@ -216,92 +289,38 @@ def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingRes
         if best is None or sign * (value - best) > config.early_stopping_min_delta:
             state.update(best_metric=value, best_step=step, bad_evaluations=0)
             if config.save_checkpoints:
-                checkpoints.save_model(task, accelerator, output_dir / "best")
+                checkpoints.save_model(task, accelerator, self.output_dir / "best")
             if config.restore_best:
-                best_weights = {k: v.detach().to("cpu", copy=True)
-                                for k, v in accelerator.unwrap_model(model).state_dict().items()}
+                self.best_weights = {k: v.detach().to("cpu", copy=True)
+                                     for k, v in accelerator.unwrap_model(self.model).state_dict().items()}
         else:
             state["bad_evaluations"] += 1
         patience = config.early_stopping_patience
         return patience is not None and state["bad_evaluations"] >= patience
 
-    progress = tqdm(total=total_steps, initial=state["step"], desc=f"{task.name}: fine-tune", unit="step",
-                    disable=not (config.progress and accelerator.is_local_main_process))
-    losses, started, stop = [], time.perf_counter(), False
-    start_step = state["step"]
-    while state["step"] < total_steps and not stop:
-        train_loader.set_epoch(state["epoch"])
-        # On resume, skip the batches of this epoch that were already trained on.
-        loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"]) \
-            if state["batches_in_epoch"] else train_loader
-        for batch in loader:
-            state["batches_in_epoch"] += 1
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss = task.training_step(model, batch)["loss"]
-                if not torch.isfinite(loss.detach()).all():
-                    raise TrainingError(
-                        f"The loss became {loss.item()} at step {state['step'] + 1} (epoch {state['epoch'] + 1}). "
-                        "Try a lower learning_rate, or mixed_precision='no'. "
-                        f"The checkpoints in {output_dir} are untouched.")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm:
-                    accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach().float())
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            task.on_optimizer_step(model)
-            state["step"] += 1
-            step = state["step"]
-            progress.update(1)
-            if step % config.log_every == 0 or step == total_steps:
-                mean_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
-                losses = []
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
-                log.write({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": mean_loss,
-                           "learning_rate": scheduler.get_last_lr()[0]})
-            if eval_loader is not None and config.eval_every != "epoch" and step % config.eval_every == 0:
-                stop = evaluate(step)
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                checkpoints.save_training_state(accelerator, output_dir, step, state, config.keep_checkpoints)
-            if step >= total_steps or stop:
-                break
-        else:  # the epoch ran to its end
-            state["epoch"] += 1
-            state["batches_in_epoch"] = 0
-            if eval_loader is not None and config.eval_every == "epoch":
-                stop = evaluate(state["step"])
-    if eval_loader is not None and not stop and evaluated_at != state["step"]:
-        evaluate(state["step"])  # the run ended between evaluations: score the final model too
-    progress.close()
-    if stop:
-        log.info(f"Early stopping at step {state['step']}: no improvement of {config.metric_for_best} in "
-                 f"{config.early_stopping_patience} evaluations (best {state['best_metric']:.4f} at step "
-                 f"{state['best_step']}).")
-
-    result.seconds = time.perf_counter() - started
-    result.steps = state["step"]
-    samples = (state["step"] - start_step) * config.batch_size * config.gradient_accumulation_steps \
-        * accelerator.num_processes
-    result.samples_per_second = samples / max(result.seconds, 1e-9)
-    result.best_metric, result.best_step = state["best_metric"], state["best_step"]
-    task.model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    if best_weights is not None:
-        task.model.load_state_dict(best_weights)
-    task.model.eval()
-    if config.save_checkpoints:
-        checkpoints.save_model(task, accelerator, output_dir / "last")
-    result.history = log.records
-    if config.plot and accelerator.is_main_process:
-        plot_history(log.records, config.metric_for_best, output_dir / "training_curves.png")
-    # Not accelerator.end_training(): it also destroys the process group, and a user may evaluate or
-    # fine-tune again in the same launched processes.
-    for tracker in accelerator.trackers:
-        tracker.finish()
-    return result
+    def finish(self) -> TrainingResult:
+        """Unwrap the model (the best weights restored if asked), save last/, plot, and fill in the result."""
+        config, state, accelerator, task, result = self.config, self.state, self.accelerator, self.task, self.result
+        result.seconds = time.perf_counter() - self.started
+        result.steps = state["step"]
+        samples = (state["step"] - self.start_step) * config.batch_size * config.gradient_accumulation_steps \
+            * accelerator.num_processes
+        result.samples_per_second = samples / max(result.seconds, 1e-9)
+        result.best_metric, result.best_step = state["best_metric"], state["best_step"]
+        task.model = accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+        if self.best_weights is not None:
+            task.model.load_state_dict(self.best_weights)
+        task.model.eval()
+        if config.save_checkpoints:
+            checkpoints.save_model(task, accelerator, self.output_dir / "last")
+        result.history = self.log.records
+        if config.plot and accelerator.is_main_process:
+            checkpoints.plot_history(self.log.records, config.metric_for_best, self.output_dir / "training_curves.png")
+        # Not accelerator.end_training(): it also destroys the process group, and a user may evaluate or
+        # fine-tune again in the same launched processes.
+        for tracker in accelerator.trackers:
+            tracker.finish()
+        return result
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler):
@@ -341,48 +360,3 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]
             continue
         (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class _Log:
-    """Log records to log.jsonl (main process only), to accelerate's trackers, and to a list."""
-
-    def __init__(self, path: Path, accelerator, records: list[dict]):
-        self.path, self.accelerator, self.records = path, accelerator, records
-        if accelerator.is_main_process and records:  # resumed: the log ends where the checkpoint was taken
-            path.write_text("".join(json.dumps(record) + "\n" for record in records))
-
-    def write(self, record: dict) -> None:
-        self.records.append(record)
-        if self.accelerator.is_main_process:
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-        if self.accelerator.trackers:
-            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
-
-    def info(self, message: str) -> None:
-        if self.accelerator.is_local_main_process:
-            tqdm.write(message)
-
-
-def plot_history(records: list[dict], metric: str, path: Path) -> Path | None:
-    """A PNG of the training loss and the evaluation metric per step (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    scores = [(r["step"], r[f"eval_{metric}"]) for r in records if f"eval_{metric}" in r]
-    figure, axes = plt.subplots(1, 2 if scores else 1, figsize=(10 if scores else 5, 3.5), squeeze=False)
-    for axis, points, label in zip(axes[0], [losses, scores], ["training loss", f"eval {metric}"]):
-        if points:
-            axis.plot(*zip(*points), marker="." if len(points) < 50 else None)
-        axis.set_xlabel("optimizer step")
-        axis.set_title(label)
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path

@@ -8,9 +8,10 @@ from datasets import Audio, Dataset
 
 import taskzoo
 from taskzoo import metrics
+from taskzoo.ctc import ctc_tokenizer
 from taskzoo.data import load_audio
 from taskzoo.errors import DataError
-from taskzoo.tasks.speech_recognition import SpeechRecognition, ctc_tokenizer
+from taskzoo.tasks.speech_recognition import SpeechRecognition
 from taskzoo.testing import toy_dataset
 
 TASK = "automatic-speech-recognition"

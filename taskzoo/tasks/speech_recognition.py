@@ -12,10 +12,8 @@ builds a character vocabulary from the training transcripts and a new output lay
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from datasets import Audio, Dataset, DatasetDict, Value
 
 from taskzoo import audio_chunks, metrics, strategies
 from taskzoo import data as data_utils
+from taskzoo.ctc import ctc_tokenizer
 from taskzoo.errors import DataError
 from taskzoo.task import Task
 
@@ -376,13 +375,3 @@ def _on(model, inputs: dict) -> dict:
 def _resolve(value, folder: Path):
     return str(folder / value) if isinstance(value, str) and value and not os.path.isabs(value) else value
 
-
-def ctc_tokenizer(characters: list[str]):
-    """A character tokenizer for CTC: [PAD] (also the CTC blank), [UNK], the word delimiter | and the characters."""
-    from transformers import Wav2Vec2CTCTokenizer
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "|": 2, **{c: i + 3 for i, c in enumerate(c for c in characters if c != "|")}}
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
-        return Wav2Vec2CTCTokenizer(str(Path(folder) / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]",
-                                    word_delimiter_token="|", bos_token=None, eos_token=None)

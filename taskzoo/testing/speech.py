@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset
 
 from taskzoo import data as data_utils
-from taskzoo.tasks.speech_recognition import ctc_tokenizer
+from taskzoo.ctc import ctc_tokenizer
 
 TOY_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TOY_MAX_WORDS = 3  # words per utterance
