@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from taskzoo import data as data_utils
 from taskzoo import strategies
+from taskzoo.batching import PreparedBatches, halving_on_oom
 from taskzoo.errors import DataError
 
 
@@ -164,20 +165,7 @@ class Task:
         prepared = PreparedBatches(self, items, batches, options, num_workers)
         self.model.eval()
         with torch.inference_mode(), autocast, self.compiled(compile):
-            for indices, batch in prepared:
-                try:
-                    results = self.predict_batch(batch, **options)
-                except torch.OutOfMemoryError:
-                    if len(indices) == 1:
-                        raise
-                    # Out of device memory: halve this batch and carry on, rather than lose the run.
-                    half = len(indices) // 2
-                    prepared.retry(indices[:half], indices[half:])
-                    warnings.warn(f"{self.name}: out of memory with a batch of {len(indices)}; "
-                                  f"retrying as two batches of {half} and {len(indices) - half}.")
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    continue
+            for indices, results in halving_on_oom(self, prepared, lambda batch: self.predict_batch(batch, **options)):
                 for index, result in zip(indices, results):
                     outputs[index] = result
                 bar.update(len(indices))
@@ -237,12 +225,22 @@ class Task:
         """Tasks call this when they cut inputs to the model's maximum length."""
         self._truncated = getattr(self, "_truncated", 0) + count
 
+    def count_cut_outputs(self, count: int, limit: int) -> None:
+        """taskzoo.generation calls this when generated outputs stop at the length limit, not at their end."""
+        cut, most = getattr(self, "_cut_outputs", (0, 0))
+        self._cut_outputs = (cut + count, max(most, limit))
+
     def warn_truncated(self, during: str) -> None:
-        """One warning per call, counting the truncated inputs, instead of one per input."""
+        """One warning per call, counting the truncated inputs (and cut outputs), instead of one per input."""
         count = self.__dict__.pop("_truncated", 0)
         if count:
             warnings.warn(f"{self.name}: {count} input(s) were longer than the model's maximum length and "
                           f"were truncated during {during}.", stacklevel=3)
+        cut, limit = self.__dict__.pop("_cut_outputs", (0, 0))
+        if cut:
+            warnings.warn(f"{self.name}: {cut} output(s) stopped at the length limit ({limit} new tokens) rather "
+                          f"than at their end token during {during}, so they may be cut short; pass a larger "
+                          "max_new_tokens.", stacklevel=3)
 
     def input_kind(self, item: Any) -> str:
         """What kind of input ``item`` is; a list that mixes kinds is refused. Default: one kind."""
@@ -359,32 +357,3 @@ class Task:
     def toy_dataset(n: int = 64, seed: int = 0):
         """A learnable synthetic dataset for this task, as a datasets.Dataset."""
         raise NotImplementedError
-
-
-class PreparedBatches:
-    """predict's batches as ``(indices, preprocessed batch)``, preprocessed in this process or, with
-    ``num_workers``, by a DataLoader's worker processes a few batches ahead. Batches halved after running
-    out of memory (:meth:`retry`) come next, preprocessed here."""
-
-    def __init__(self, task: Task, items: list, batches: list[list[int]], options: dict, num_workers: int):
-        self.task, self.items, self.options, self.retries = task, items, options, []
-        if num_workers:
-            from torch.utils.data import DataLoader
-
-            # batch_size=None: each element (a list of indices) goes to collate_fn whole.
-            self.stream = iter(DataLoader(batches, batch_size=None, num_workers=num_workers,
-                                          collate_fn=self.prepare, pin_memory=task.device.type == "cuda"))
-        else:
-            self.stream = map(self.prepare, batches)
-
-    def prepare(self, indices: list[int]) -> tuple[list[int], Any]:
-        return indices, self.task.preprocess_batch([self.items[i] for i in indices], **self.options)
-
-    def retry(self, *batches: list[int]) -> None:
-        self.retries[:0] = batches
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[list[int], Any]:
-        return self.prepare(self.retries.pop(0)) if self.retries else next(self.stream)

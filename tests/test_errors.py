@@ -9,7 +9,7 @@ import pytest
 
 import taskzoo
 from taskzoo import data
-from taskzoo.errors import DataError, ModelNotFoundError, UnknownTaskError
+from taskzoo.errors import DataError, ModelNotFoundError, TrainingError, UnknownTaskError
 from taskzoo.testing import toy_dataset
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
@@ -34,6 +34,14 @@ def long_text(tiny_model_path, tmp_path):
         warnings.simplefilter("always")
         text_zoo(tiny_model_path).predict(["good " * 500, "bad " * 500, "fine"])
     raise UserWarning(" | ".join(str(w.message) for w in caught if "truncated" in str(w.message)))
+
+
+def cut_translation(tiny_model_path):
+    zoo = taskzoo.load("translation", model=tiny_model_path("translation"), device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        zoo.predict(["the cat", "a dog", "the red bird"], batch_size=1, max_new_tokens=1)
+    raise UserWarning(" | ".join(str(w.message) for w in caught if "length limit" in str(w.message)))
 
 
 def bad_mask(tiny_model_path):
@@ -131,13 +139,19 @@ CASES = {
                                                                      learnig_rate=1e-3),
                                    TypeError, r"unknown option 'learnig_rate'. Did you mean 'learning_rate'\?"),
     "Output folder holding other files": (lambda m, t: (t.joinpath("notes.txt").write_text("mine"), text_zoo(m).finetune(
-        toy_dataset("text-classification", 8), output_dir=str(t))), Exception, r"already holds files that taskzoo did not write \(notes.txt\)"),
+        toy_dataset("text-classification", 8), output_dir=str(t))), TrainingError,
+        r"already holds files that taskzoo did not write \(notes.txt\)"),
+    "Generated text that reaches the length limit": (
+        lambda m, t: cut_translation(m), UserWarning,
+        r"^translation: 3 output\(s\) stopped at the length limit \(1 new tokens\) rather than at their end token "
+        r"during predict, so they may be cut short; pass a larger max_new_tokens.$"),
 }
 
 
-def documented_rows() -> list[str]:
-    rows = re.findall(r"^\| ([^|]+?) \|", DOC.read_text(), re.M)
-    return [row for row in rows if row not in ("Bad input", "---")]
+def documented_rows() -> dict[str, str]:
+    """Each row's first cell -> the exception it documents (``warning``: a UserWarning)."""
+    rows = dict(re.findall(r"^\| ([^|]+?) \| `?([^|`]+?)`? \|", DOC.read_text(), re.M))
+    return {row: kind for row, kind in rows.items() if row not in ("Bad input", "---")}
 
 
 @pytest.mark.parametrize("row", sorted(CASES))
@@ -148,9 +162,12 @@ def test_documented_error(row, tiny_model_path, tmp_path, monkeypatch):
     run, error, pattern = CASES[row]
     with pytest.raises(error) as raised:
         run(tiny_model_path, tmp_path)
+    assert type(raised.value) is error  # the documented type itself, not merely a base class of it
     assert re.search(pattern, str(raised.value), re.S), str(raised.value)
 
 
-def test_every_documented_row_is_tested():
+def test_every_documented_row_is_tested_with_its_documented_type():
     rows = documented_rows()
     assert sorted(rows) == sorted(CASES), set(rows) ^ set(CASES)
+    tested = {row: "warning" if error is UserWarning else error.__name__ for row, (_, error, _) in CASES.items()}
+    assert rows == tested

@@ -78,3 +78,29 @@ def test_bad_inputs_are_refused(tiny_model_path):
         zoo.predict({"query": "x"})
     with pytest.raises(ValueError, match="a pair"):
         zoo.predict(["just one sentence"])
+
+
+def test_out_of_memory_halves_the_batch_and_retries(tiny_model_path, monkeypatch):
+    zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu")
+    pairs = [(f"the cat and dog {i}", f"rain and snow today {i}") for i in range(5)]  # 10 distinct sentences
+    expected = zoo.predict(pairs, batch_size=8)
+    real = type(zoo).predict_batch
+    sizes = []
+
+    def small_memory(self, sentences):  # a device that fits at most 3 sentences, none longer than 30 characters
+        sizes.append(len(sentences))
+        if len(sentences) > 3 or max(map(len, sentences)) > 30:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(self, sentences)
+
+    monkeypatch.setattr(type(zoo), "predict_batch", small_memory)
+    with pytest.warns(UserWarning, match="sentence-similarity: out of memory with a batch of 8; retrying as two "
+                                         "batches of 4 and 4"):
+        results = zoo.predict(pairs, batch_size=8)
+    assert [r["score"] for r in results] == pytest.approx([r["score"] for r in expected], abs=1e-5)
+    assert sizes[0] == 8 and max(s for s in sizes if s <= 3) <= 3
+    assert sum(s for s in sizes if s <= 3) == 10  # every sentence encoded exactly once in the end
+    sizes.clear()
+    with pytest.raises(torch.OutOfMemoryError):  # a sentence that does not fit alone cannot be halved
+        zoo.predict(("a long sentence about the cat and the dog", "rain"), batch_size=8)
+    assert sizes == [2, 1]

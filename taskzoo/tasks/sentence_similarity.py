@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
+from tqdm.auto import tqdm
 
 from taskzoo import metrics, strategies
+from taskzoo.batching import PreparedBatches, halving_on_oom
 from taskzoo.errors import DataError
 from taskzoo.task import Task
 
@@ -139,6 +141,11 @@ class SentenceSimilarity(Task):
             raise ValueError(f"Sentences must be strings; got {sentences!r:.80}")
         return sentences
 
+    def predict_batch(self, sentences: list[str]) -> torch.Tensor:
+        """One embedding per sentence, by sentence-transformers' own encode."""
+        return self.model.encode(sentences, batch_size=len(sentences), convert_to_tensor=True,
+                                 show_progress_bar=False)
+
     def compile_target(self):
         """The transformers model inside sentence-transformers' first module: encode() calls it."""
         encoder = self.model[0]
@@ -146,20 +153,29 @@ class SentenceSimilarity(Task):
         return (encoder, name) if name else None
 
     def predict(self, inputs, batch_size=None, progress=None, mixed_precision="no", compile=False):
-        """Scores pairs, or a source sentence against many. Each distinct sentence is encoded once, and
-        all of them go through sentence-transformers' encode together, so that batches of similar
-        length pad little (pairing a short and a long sentence in one batch would pad a lot).
-        ``batch_size`` counts sentences."""
+        """Scores pairs, or a source sentence against many. Each distinct sentence is encoded once, in
+        batches of similar length (pairing a short and a long sentence in one batch would pad a lot).
+        ``batch_size`` counts sentences; a batch that runs out of device memory is halved, as in every task."""
         single = self.is_single(inputs)
         items = [inputs] if single else list(inputs)
         groups = [self._sentences(item) for item in items]
         unique = list(dict.fromkeys(sentence for group in groups for sentence in group))
         if not unique:
             return []
+        size = self.check_batch_size(batch_size)
+        order = sorted(range(len(unique)), key=lambda i: len(unique[i]), reverse=True)
+        batches = [order[start:start + size] for start in range(0, len(order), size)]
+        prepared, rows = PreparedBatches(self, unique, batches, {}, num_workers=0), [None] * len(unique)
+        bar = tqdm(total=len(unique), desc=f"{self.name}: encode", unit="sentence",
+                   disable=not (progress if progress is not None else len(batches) > 10))
         self.model.eval()
         with torch.inference_mode(), self.autocast(mixed_precision), self.compiled(compile):
-            embeddings = self.model.encode(unique, batch_size=self.check_batch_size(batch_size),
-                                           convert_to_tensor=True, show_progress_bar=bool(progress)).float()
+            for indices, encoded in halving_on_oom(self, prepared, self.predict_batch):
+                for i, row in zip(indices, encoded):
+                    rows[i] = row
+                bar.update(len(indices))
+        bar.close()
+        embeddings = torch.stack(rows).float()
         index = {sentence: i for i, sentence in enumerate(unique)}
         results = []
         for item, group in zip(items, groups):

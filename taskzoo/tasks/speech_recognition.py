@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from datasets import Audio, Dataset, DatasetDict, Value
 
-from taskzoo import audio_chunks, metrics, strategies
+from taskzoo import audio_chunks, generation, metrics, strategies
 from taskzoo import data as data_utils
 from taskzoo.ctc import ctc_tokenizer
 from taskzoo.errors import DataError
@@ -224,7 +224,7 @@ class SpeechRecognition(Task):
             frames = self._valid_frames(model, inputs, batch["lengths"].tolist())
             texts = [self._decode_ctc(row[:n].argmax(-1))["text"] for row, n in zip(logits, frames)]
         else:
-            tokens = model.generate(**inputs, **self._generate_options())
+            tokens = self._whisper_generate(model, inputs, self._generate_options())
             texts = [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
         return texts, list(batch["text"])
 
@@ -283,6 +283,15 @@ class SpeechRecognition(Task):
             raise ValueError("This Whisper model is English-only: it takes no language or task.")
         return {key: value for key, value in options.items() if value is not None}
 
+    def _whisper_generate(self, model, inputs: dict, options: dict) -> torch.Tensor:
+        """Whisper's generate with taskzoo's length limit (see taskzoo/generation.py). Its prompt is
+        <|startoftranscript|>, the language and task (multilingual models) and <|notimestamps|> unless
+        timestamps are predicted; the tokens it returns hold neither the prompt nor the end token."""
+        options = dict(options)
+        prompt = 1 + 2 * self._is_multilingual() + (not options.get("return_timestamps"))
+        return generation.generate(self, model, max_new_tokens=options.pop("max_new_tokens", None),
+                                   prompt_length=prompt, prompt_in_output=False, **inputs, **options)
+
     # -------------------------------------------------------------------------------------- predict
     def is_single(self, inputs) -> bool:
         if isinstance(inputs, tuple):  # (array, sampling_rate)
@@ -337,7 +346,7 @@ class SpeechRecognition(Task):
                 for w, rows, n in zip(group, logits, frames):
                     pieces[w.item].append(audio_chunks.ctc_frames(rows, w, n, align))
             else:
-                for w, tokens in zip(group, self.model.generate(**inputs, **options)):
+                for w, tokens in zip(group, self._whisper_generate(self.model, inputs, options)):
                     chunked = len(audio[w.item]) > window
                     pieces[w.item].append(audio_chunks.whisper_output(tokens, w, self.sampling_rate, chunked))
         if self.is_ctc:

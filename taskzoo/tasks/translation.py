@@ -18,12 +18,11 @@ from pathlib import Path
 from datasets import Dataset
 
 from taskzoo import data as data_utils
-from taskzoo import metrics
+from taskzoo import generation, metrics
 from taskzoo.errors import DataError
 from taskzoo.task import Task
 
 SETTINGS_FILE = "taskzoo.json"
-DEFAULT_MAX_NEW_TOKENS = 256  # when the checkpoint sets no length: generate's own default (20) cuts sentences
 
 
 class Translation(Task):
@@ -215,21 +214,18 @@ class Translation(Task):
     def _generate(self, model, encoded, num_beams=None, max_new_tokens=None, forced_bos_token_id=None,
                   **generate_kwargs) -> list[str]:
         model = getattr(model, "module", model)  # under DDP, generate() lives on the wrapped model
-        config = model.generation_config
         options = dict(generate_kwargs)
         options.update({} if num_beams is None else {"num_beams": num_beams})
-        if max_new_tokens is not None:  # it replaces the checkpoint's max_length (else generate warns: both set)
-            options.update(max_new_tokens=max_new_tokens, max_length=None)
-        elif config.max_new_tokens is None and config.max_length is None:
-            limit = getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_NEW_TOKENS
-            options["max_new_tokens"] = min(DEFAULT_MAX_NEW_TOKENS, limit)
         options.update({} if forced_bos_token_id is None else {"forced_bos_token_id": forced_bos_token_id})
         device = next(model.parameters()).device
-        output = model.generate(input_ids=encoded["input_ids"].to(device),
-                                attention_mask=encoded["attention_mask"].to(device), **options)
+        # The length limit: max_new_tokens, else the checkpoint's, else the decoder's positions (never
+        # generate's default of 20 tokens); outputs cut by it are counted for one warning per call.
+        output = generation.generate(self, model, input_ids=encoded["input_ids"].to(device),
+                                     attention_mask=encoded["attention_mask"].to(device),
+                                     max_new_tokens=max_new_tokens, **options)
         # The decoder's start token and a forced language code are a prompt, not text. Cut them off: M2M100's
         # tokenizer (transformers 5) does not count its language codes as special, so decoding would keep them.
-        forced = options.get("forced_bos_token_id", config.forced_bos_token_id)
+        forced = options.get("forced_bos_token_id", model.generation_config.forced_bos_token_id)
         return self.processor.batch_decode(output[:, 1 + (forced is not None):], skip_special_tokens=True)
 
     def eval_step(self, model, batch):
