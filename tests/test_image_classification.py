@@ -164,17 +164,31 @@ def test_save_load_round_trip_and_the_plain_transformers_pipeline(trained, tmp_p
     assert classifier(images[0])[0]["label"] == zoo.predict(images[0])[0]["label"]
 
 
+def rows_through(module: torch.nn.Module) -> list[int]:
+    """The batch size of every forward pass through ``module`` from now on."""
+    rows = []
+    module.register_forward_hook(lambda _, args, kwargs, output: rows.append(output[0].shape[0]), with_kwargs=True)
+    return rows
+
+
 def test_freeze_trains_the_head_from_cached_features(trained, tmp_path):
     trained[0].save(tmp_path / "pretrained")
     zoo = taskzoo.load(TASK, model=tmp_path / "pretrained", device="cpu")
+    zoo.prepare_for_training(relabelled(128, 0))  # the new head now, so that the body can be watched
     body = {k: v.clone() for k, v in zoo.model.vit.state_dict().items()}
+    body_rows = rows_through(zoo.model.vit)
     zoo.finetune(relabelled(128, 0), epochs=3, learning_rate=5e-2, batch_size=16, strategy="freeze",
                  progress=False, save_checkpoints=False)
+    assert sum(body_rows) == 128  # one pass to fill the cache, not one per epoch
     assert zoo.cached_head == "classifier"
     trainable, total = count_parameters(zoo.model)
     assert trainable == sum(p.numel() for p in zoo.model.classifier.parameters()) < total / 10
     assert all(torch.equal(v, body[k]) for k, v in zoo.model.vit.state_dict().items())
     assert zoo.evaluate(relabelled(64, 1))["accuracy"] >= 0.9
+    body_rows.clear()
+    zoo.finetune(relabelled(32, 0), epochs=2, batch_size=16, strategy="freeze", cache_features=False,
+                 progress=False, save_checkpoints=False)
+    assert sum(body_rows) == 2 * 32  # without the cache, the body runs every epoch
 
 
 def test_convnext_family_fine_tunes_and_predicts(tmp_path):

@@ -59,7 +59,10 @@ def test_finetuning_halves_the_loss_and_lowers_the_wer(trained, held_out):
     losses = [r["loss"] for r in result.history if "loss" in r]
     assert losses[-1] <= losses[0] / 2
     after = zoo.evaluate(held_out)
-    assert after["wer"] < min(before["wer"], 1.0) - 0.1 and after["cer"] < before["cer"] / 2
+    # With these demo settings the tiny CTC model ends at WER 0.44-0.64 and CER 0.11-0.14 over training seeds
+    # 1, 2, 3, 7 and 42 (the one used here: 0.44 / 0.11), from WER 1.7 and CER 3.6 untrained. The bars leave
+    # margin for other CPUs' arithmetic; the slow test below trains longer for WER <= 0.3.
+    assert before["wer"] > 1.0 and after["wer"] <= 0.7 and after["cer"] <= 0.2
     assert set(after) == {"wer", "cer", "wer_normalized", "cer_normalized"}
     assert result.metric == "wer" and result.best_metric == min(r["eval_wer"] for r in result.history
                                                                   if "eval_wer" in r)

@@ -89,6 +89,13 @@ def test_unknown_strategy(tiny_model_path):
         zoo.finetune(toy_dataset("text-classification", 16), strategy="prefix-tuning")
 
 
+def rows_through(module: torch.nn.Module) -> list[int]:
+    """The batch size of every forward pass through ``module`` from now on."""
+    rows = []
+    module.register_forward_hook(lambda _, args, kwargs, output: rows.append(output[0].shape[0]), with_kwargs=True)
+    return rows
+
+
 def test_cached_features_train_the_same_head_as_running_the_body(pretrained_body):
     results = []
     for cache in (True, False):
@@ -98,8 +105,11 @@ def test_cached_features_train_the_same_head_as_running_the_body(pretrained_body
         for module in zoo.model.modules():  # ...turned off: then the body's output is the same in both runs
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+        body_rows = rows_through(zoo.model.bert)
         zoo.finetune(relabelled(64, 0), epochs=2, learning_rate=5e-2, batch_size=16, strategy="freeze",
                      cache_features=cache, group_by_length=False, progress=False, save_checkpoints=False)
+        # The body reads the 64 rows once to fill the cache, or once per epoch without one.
+        assert sum(body_rows) == (64 if cache else 2 * 64)
         results.append((zoo.model.classifier.weight.detach().clone(), zoo.evaluate(relabelled(64, 1))))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
     assert results[0][1]["accuracy"] >= 0.9 and results[0][1] == pytest.approx(results[1][1])

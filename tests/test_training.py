@@ -100,8 +100,18 @@ def test_bad_options_are_refused(fresh_classifier, toy):
         fresh_classifier.predict(["a"], batch_size=0)
 
 
-def test_tensorboard_tracker_writes_event_files(fresh_classifier, toy, tmp_path):
+def test_tensorboard_receives_the_logged_losses_and_metrics(fresh_classifier, toy, tmp_path):
     pytest.importorskip("tensorboard")
-    fresh_classifier.finetune(toy[0], max_steps=2, log_every=1, log_with="tensorboard", progress=False,
-                              output_dir=str(tmp_path), save_checkpoints=False)
-    assert list(tmp_path.rglob("events.out.tfevents*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = fresh_classifier.finetune(toy[0], eval=toy[1], max_steps=3, log_every=1, eval_every=2,
+                                       log_with="tensorboard", progress=False, output_dir=str(tmp_path),
+                                       save_checkpoints=False)
+    board = EventAccumulator(str(tmp_path / "taskzoo"))  # accelerate's run name (its hparams sit in a subfolder)
+    board.Reload()
+    for name in ("loss", "learning_rate", "eval_accuracy"):
+        logged = [(r["step"], r[name]) for r in result.history if name in r]
+        scalars = [(event.step, event.value) for event in board.Scalars(name)]
+        assert [step for step, _ in scalars] == [step for step, _ in logged], name
+        assert [value for _, value in scalars] == pytest.approx([value for _, value in logged], rel=1e-6), name
+    assert [step for step, _ in logged] == [2, 3]  # eval_accuracy: every 2 steps and at the end

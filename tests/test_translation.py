@@ -132,6 +132,19 @@ def tiny_nllb(tmp_path_factory):
     return path
 
 
+def recording_generate(zoo) -> list[tuple[dict, torch.Tensor]]:
+    """Record what taskzoo's predict passes to the model's generate() and what it returns."""
+    calls, real = [], zoo.model.generate
+
+    def generate(**kwargs):
+        calls.append((kwargs, real(**kwargs)))
+        return calls[-1][1]
+
+    zoo.model.generate = generate
+    return calls
+
+
+@pytest.mark.filterwarnings("ignore:translation. .* stopped at the length limit")  # short outputs on purpose
 def test_multilingual_language_codes_force_the_target_language(tiny_nllb, tmp_path):
     with pytest.raises(ValueError, match="'fr' is not a language code.*ace_Arab"):
         taskzoo.load("translation", model=tiny_nllb, device="cpu", tgt_lang="fr")
@@ -141,38 +154,55 @@ def test_multilingual_language_codes_force_the_target_language(tiny_nllb, tmp_pa
         undecided.predict("hallo")
     with pytest.raises(ValueError, match="multilingual: pass tgt_lang="):
         undecided.evaluate([{"source": "hallo", "target": "salut"}])
-    assert undecided.predict("hallo", tgt_lang="fra_Latn", max_new_tokens=1) is not None
+    tokenizer = undecided.processor
+    english, french, spanish, german = tokenizer.convert_tokens_to_ids(["eng_Latn", "fra_Latn", "spa_Latn",
+                                                                        "deu_Latn"])
+    calls = recording_generate(undecided)
+    assert isinstance(undecided.predict("hallo", tgt_lang="fra_Latn", max_new_tokens=1)["translation_text"], str)
+    (options, output), = calls
+    # The per-call target language reaches generate and starts the output; the source code starts the input.
+    assert options["forced_bos_token_id"] == french and output[0, 1].item() == french
+    assert options["input_ids"][0, 0].item() == english  # the tokenizer's own source language
+
     zoo = taskzoo.load("translation", model=tiny_nllb, device="cpu", src_lang="deu_Latn", tgt_lang="fra_Latn")
-    tokenizer = zoo.processor
-    french, spanish = tokenizer.convert_tokens_to_ids("fra_Latn"), tokenizer.convert_tokens_to_ids("spa_Latn")
     assert zoo.forced_bos_token_id == french
     inputs = zoo.collate([{"source": "hallo", "target": "salut"}])
-    assert inputs["input_ids"][0, 0] == tokenizer.convert_tokens_to_ids("deu_Latn")
+    assert inputs["input_ids"][0, 0] == german
     assert inputs["labels"][0, 0] == french
+    # Saved in the generation config, so that plain transformers' generate() starts in the target language too.
+    encoded = zoo.processor(["hallo"], return_tensors="pt")
+    assert zoo.model.generate(**encoded, max_new_tokens=2)[0, 1].item() == french
 
-    def first_token(**options):
-        encoded = zoo.processor(["hallo"], return_tensors="pt")
-        return zoo.model.generate(**encoded, max_new_tokens=2, **options)[0, 1].item()
-
-    assert first_token() == french  # from the generation config, as plain transformers would do
+    calls = recording_generate(zoo)
     assert "fra_Latn" not in zoo.predict("hallo", max_new_tokens=3)["translation_text"]  # a prompt, not text
-    assert zoo.predict("hallo", tgt_lang="spa_Latn", max_new_tokens=2) is not None
-    assert first_token(forced_bos_token_id=spanish) == spanish
-    assert tokenizer.src_lang == "deu_Latn"  # a per-call src_lang does not stick
-    zoo.predict("hello", src_lang="eng_Latn", max_new_tokens=1)
-    assert tokenizer.src_lang == "deu_Latn"
+    assert calls[-1][1][0, 1].item() == french
+    zoo.predict("hallo", tgt_lang="spa_Latn", max_new_tokens=2)  # another target for this call only
+    assert calls[-1][0]["forced_bos_token_id"] == spanish and calls[-1][1][0, 1].item() == spanish
+    zoo.predict("hello", src_lang="eng_Latn", max_new_tokens=1)  # another source for this call only
+    assert calls[-1][0]["input_ids"][0, 0].item() == english and calls[-1][1][0, 1].item() == french
+    assert zoo.processor.src_lang == "deu_Latn"  # the per-call src_lang does not stick
+    zoo.predict("hallo", max_new_tokens=1)
+    assert calls[-1][0]["input_ids"][0, 0].item() == german and calls[-1][1][0, 1].item() == french
     zoo.save(tmp_path / "saved")
     assert json.loads((tmp_path / "saved" / "taskzoo.json").read_text())["tgt_lang"] == "fra_Latn"
     again = taskzoo.load("translation", model=tmp_path / "saved", device="cpu")
     assert (again.src_lang, again.tgt_lang, again.forced_bos_token_id) == ("deu_Latn", "fra_Latn", french)
 
 
+@pytest.mark.filterwarnings("ignore:translation. .* stopped at the length limit")
 def test_t5_style_prefix_comes_from_the_languages(tmp_path):
-    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-    tokenizer = T5Tokenizer()
-    config = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-                      decoder_start_token_id=tokenizer.pad_token_id)
+    # A word-level tokenizer that knows the prefixes' words, so that the ids show which prefix was used.
+    words = ["<pad>", "</s>", "<unk>", *"translate English to German French summarize : hello".split()]
+    backend = Tokenizer(models.WordLevel(vocab={word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<pad>")
+    config = T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     config.task_specific_params = {"translation_en_to_de": {"prefix": "translate English to German: "},
                                    "translation_en_to_fr": {"prefix": "translate English to French: "}}
     T5ForConditionalGeneration(config).save_pretrained(tmp_path)
@@ -182,4 +212,16 @@ def test_t5_style_prefix_comes_from_the_languages(tmp_path):
     zoo = taskzoo.load("translation", model=tmp_path, device="cpu", src_lang="en", tgt_lang="fr")
     assert zoo.prefix == "translate English to French: "
     assert taskzoo.load("translation", model=tmp_path, device="cpu", prefix="").prefix == ""
-    assert zoo.predict("hello", tgt_lang="de", max_new_tokens=1) is not None
+    calls = recording_generate(zoo)
+
+    def given(text: str) -> bool:  # whether the model's encoder got this text in the latest call
+        return calls[-1][0]["input_ids"][0].tolist() == tokenizer(text).input_ids
+
+    zoo.predict("hello", max_new_tokens=1)
+    assert given("translate English to French: hello")
+    zoo.predict("hello", tgt_lang="de", max_new_tokens=1)  # the per-call language picks its own prefix
+    assert given("translate English to German: hello")
+    zoo.predict("hello", prefix="summarize: ", max_new_tokens=1)
+    assert given("summarize: hello")
+    zoo.predict("hello", max_new_tokens=1)  # and none of them sticks
+    assert given("translate English to French: hello")
