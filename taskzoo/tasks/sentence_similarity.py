@@ -21,6 +21,7 @@ from datasets import Dataset
 
 from taskzoo import metrics, strategies
 from taskzoo.errors import DataError
+from taskzoo.models import library_bars_hidden
 from taskzoo.task import Task
 
 LOSSES = ("cosine", "cosent")
@@ -47,6 +48,7 @@ class SentenceSimilarity(Task):
                                     trust_remote_code=trust_remote_code)
         return cls(model, loss=loss, source=str(path), device=device or model.device)
 
+    @library_bars_hidden()
     def save(self, path):
         self.model_to_save().save(str(path))
         return Path(path)
