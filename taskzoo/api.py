@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from taskzoo.errors import ModelNotFoundError, TaskzooError
-from taskzoo.models import resolve_model
+from taskzoo.models import library_bars_hidden, resolve_model
 from taskzoo.registry import TASKS, get_task
 
 
@@ -27,7 +27,8 @@ def load(task: str, model: str | os.PathLike | None = None, *, revision: str | N
     path = resolve_model(model, revision)
     task_class = entry.load_class()
     try:
-        return task_class.from_pretrained(path, device=device, trust_remote_code=trust_remote_code, **options)
+        with library_bars_hidden():
+            return task_class.from_pretrained(path, device=device, trust_remote_code=trust_remote_code, **options)
     except TaskzooError:
         raise
     except (OSError, KeyError, ValueError) as error:

@@ -1,7 +1,9 @@
-"""The command line: ``taskzoo tasks | predict | finetune | evaluate | demo``.
+"""The command line: taskzoo tasks | predict | finetune | evaluate | tiny-model | demo.
 
-Outputs are JSON (one line per input for predict), so they pipe into other tools.
-Fine-tuning runs unchanged under ``accelerate launch -m taskzoo.cli finetune ...``.
+Outputs are JSON (one line per input for predict), so they pipe into other tools; messages go to
+standard error. Fine-tuning runs unchanged under `accelerate launch -m taskzoo.cli finetune ...`.
+Nothing heavy (torch, transformers) is imported before a command needs it: `taskzoo tasks` and
+`taskzoo --help` answer at once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ import os
 import sys
 from pathlib import Path
 
-from taskzoo.errors import TaskzooError
+from taskzoo.errors import TaskzooError, in_cli_syntax
+
+
+class UsageError(TaskzooError, ValueError):
+    """A command line that cannot work (a missing file, an unknown option): printed as one line."""
 
 
 def _value(text: str):
@@ -24,13 +30,49 @@ def _value(text: str):
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict:
+    example = "--columns review=text" if flag == "--columns" else f"{flag} top_k=2"
     result = {}
     for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"error: {flag} expects KEY=VALUE; got {item!r}")
-        key, value = item.split("=", 1)
+        key, _, value = item.partition("=")
+        if not key.strip() or not value.strip():
+            raise UsageError(f"{flag} expects KEY=VALUE (e.g. {example}); got {item!r}.")
         result[key.strip()] = value.strip() if flag == "--columns" else _value(value)
     return result
+
+
+def _existing(path: str | None, flag: str) -> str | None:
+    """``path`` when it exists; a one-line error naming the flag when it does not (before a model loads)."""
+    if path is not None and not Path(path).exists():
+        raise UsageError(f"{flag} {path}: no such file or folder.")
+    return path
+
+
+def _check_options(given: dict, known: list[str] | None, flag: str, command: str) -> None:
+    """Refuse an unknown ``--set`` option early, listing those that exist (None: any option is accepted)."""
+    import difflib
+
+    for key in given:
+        if known is not None and key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"unknown {flag} option {key!r} for taskzoo {command}.{hint} "
+                             f"Options: {', '.join(sorted(known))}.")
+
+
+def _predict_options(task_class) -> list[str] | None:
+    """What ``predict --set`` accepts for a task: predict's own options and those of the task's
+    preprocess_batch / predict_batch; None when predict_batch passes any keyword on (to generate())."""
+    import inspect
+
+    names = []
+    for function in (task_class.predict, task_class.preprocess_batch, task_class.predict_batch):
+        for parameter in list(inspect.signature(function).parameters.values())[2:]:  # self, inputs
+            if parameter.kind is parameter.VAR_KEYWORD:
+                if function is task_class.predict_batch:
+                    return None
+            elif parameter.name not in names:
+                names.append(parameter.name)
+    return names
 
 
 def _input(value):
@@ -72,29 +114,39 @@ def _save_images(value, folder: Path, stem: str):
 
 
 def cmd_tasks(args) -> None:
+    from taskzoo.models import PACKAGED_MODELS
     from taskzoo.registry import ALIASES, TASKS
 
+    rows = [("task", "default model", "revision", "aliases")]
     for name, entry in sorted(TASKS.items()):
-        aliases = [alias for alias, target in ALIASES.items() if target == name]
-        also = f"  (also: {', '.join(aliases)})" if aliases else ""
-        print(f"{name:32} default model: {entry.default_model}{also}")
+        packaged = entry.default_model.lower().removeprefix("sentence-transformers/") in PACKAGED_MODELS
+        rows.append((name, entry.default_model, "packaged" if packaged else entry.default_revision or "latest",
+                     ", ".join(alias for alias, target in ALIASES.items() if target == name)))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print(("  ".join(value.ljust(width) for value, width in zip(row, widths)) + "  " + row[3]).rstrip())
 
 
 def cmd_predict(args) -> None:
     import taskzoo
+    from taskzoo.registry import get_task
 
     inputs = [_input(item) for item in args.inputs]
     if args.input_file:
+        if not Path(args.input_file).is_file():
+            raise UsageError(f"--input-file {args.input_file}: no such file.")
         inputs += _read_inputs(args.input_file)
     if not inputs:
-        raise SystemExit("error: give inputs as arguments or with --input-file")
+        raise UsageError("give inputs as arguments or with --input-file.")
     if args.resume and not args.output:
-        raise SystemExit("error: --resume needs --output (the JSON lines file to continue)")
-    zoo = taskzoo.load(args.task, args.model, device=args.device)
+        raise UsageError("--resume needs --output (the JSON lines file to continue).")
     options = _pairs(args.set, "--set")
+    _check_options(options, _predict_options(get_task(args.task).load_class()), "--set", "predict")
+    batch_size = args.batch_size or options.pop("batch_size", None)
+    zoo = taskzoo.load(args.task, args.model, device=args.device)
     draw = zoo.name in DRAWN_TASKS
     if not args.output:
-        outputs = zoo.predict(inputs, batch_size=args.batch_size, **options)
+        outputs = zoo.predict(inputs, batch_size=batch_size, **options)
         for index, (item, output) in enumerate(zip(inputs, outputs)):
             sys.stdout.write(_line(index, item, output, args.save_visuals, draw))
         return
@@ -102,11 +154,12 @@ def cmd_predict(args) -> None:
     if done:
         print(f"resuming: {done} of {len(inputs)} inputs already in {args.output}", file=sys.stderr)
     # Results are appended block by block and flushed, so an interrupted run loses one block at most.
-    block = max(256, 8 * (args.batch_size or 32))
+    options["progress"] = False
+    block = max(256, 8 * (batch_size or 32))
     with open(args.output, "a" if done else "w") as handle:
         for start in range(done, len(inputs), block):
             items = inputs[start:start + block]
-            outputs = zoo.predict(items, batch_size=args.batch_size, progress=False, **options)
+            outputs = zoo.predict(items, batch_size=batch_size, **options)
             handle.write("".join(_line(start + i, item, out, args.save_visuals, draw)
                                  for i, (item, out) in enumerate(zip(items, outputs))))
             handle.flush()
@@ -142,7 +195,7 @@ def _finished_lines(path: Path) -> int:
         except json.JSONDecodeError:
             break
         if record.get("index") != number:
-            raise SystemExit(f"error: {path} line {number + 1} is not result {number}; cannot resume from it")
+            raise UsageError(f"{path} line {number + 1} is not result {number}; cannot resume from it.")
         complete.append(line)
     path.write_text("".join(line + "\n" for line in complete))
     return len(complete)
@@ -150,25 +203,66 @@ def _finished_lines(path: Path) -> int:
 
 def cmd_finetune(args) -> None:
     import taskzoo
+    from taskzoo.registry import get_task
+    from taskzoo.training import TrainingConfig
 
+    _existing(args.train, "--train")
+    _existing(args.eval, "--eval")
+    columns = _pairs(args.columns, "--columns")
     flags = dict(output_dir=args.output_dir, epochs=args.epochs, max_steps=args.max_steps,
                  batch_size=args.batch_size, learning_rate=args.learning_rate,
                  mixed_precision=args.mixed_precision, seed=args.seed)
     # Dedicated flags win over the same option given with --set.
     config = {**_pairs(args.set, "--set"), **{key: value for key, value in flags.items() if value is not None}}
+    known = [*TrainingConfig.__dataclass_fields__, *get_task(args.task).load_class().finetune_options]
+    _check_options(config, known, "--set", "finetune")
+    # A line per evaluation on standard error, through the trackers' hook (the user's trackers still log).
+    trackers = config.get("log_with") or []
+    config["log_with"] = [*([trackers] if isinstance(trackers, str) else trackers), evaluation_printer()]
     zoo = taskzoo.load(args.task, args.model)
-    result = zoo.finetune(args.train, eval=args.eval, columns=_pairs(args.columns, "--columns"), **config)
+    result = zoo.finetune(args.train, eval=args.eval, columns=columns, **config)
     print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, "metric": result.metric,
                       "best_metric": result.best_metric, "final_metrics": result.final_metrics,
                       "seconds": round(result.seconds, 2)}))
 
 
+def evaluation_printer():
+    """An Accelerate tracker that prints one line per evaluation: step, the last training loss, metrics."""
+    from accelerate.tracking import GeneralTracker
+    from tqdm.auto import tqdm
+
+    class EvaluationPrinter(GeneralTracker):
+        name, requires_logging_directory, tracker = "taskzoo-cli", False, None
+
+        def __init__(self):
+            super().__init__()
+            self.loss = None
+
+        def log(self, values: dict, step: int | None = None, **kwargs):
+            self.loss = values.get("loss", self.loss)
+            metrics = {key.removeprefix("eval_"): value for key, value in values.items() if key.startswith("eval_")}
+            if metrics:
+                loss = f"loss {self.loss:.4f}  " if self.loss is not None else ""
+                scores = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items()
+                                   if isinstance(value, (int, float)))
+                tqdm.write(f"step {step}  {loss}{scores}", file=sys.stderr)
+
+    return EvaluationPrinter()
+
+
 def cmd_evaluate(args) -> None:
     import taskzoo
 
+    _existing(args.data, "--data")
+    columns = _pairs(args.columns, "--columns")
     zoo = taskzoo.load(args.task, args.model)
-    print(json.dumps(zoo.evaluate(args.data, batch_size=args.batch_size,
-                                  columns=_pairs(args.columns, "--columns"))))
+    print(json.dumps(zoo.evaluate(args.data, batch_size=args.batch_size, columns=columns)))
+
+
+def cmd_tiny_model(args) -> None:
+    from taskzoo.testing import tiny_model
+
+    print(tiny_model(args.task, args.path))
 
 
 def cmd_demo(args) -> None:
@@ -177,49 +271,78 @@ def cmd_demo(args) -> None:
     run_demo(args.tasks or None)
 
 
+EXAMPLES = """examples:
+  taskzoo predict sentence-similarity --model all-MiniLM-L6-v2 '["A man plays a guitar.", "Someone plays music."]'
+  taskzoo finetune text-classification --model all-MiniLM-L6-v2 --train train.csv --eval dev.csv --output-dir run
+
+Set TASKZOO_DEBUG=1 to see the traceback behind an error."""
+
+
+def _task_names() -> str:
+    from taskzoo.registry import TASKS
+
+    return ", ".join(sorted(TASKS))
+
+
+def _add_task_and_model(parser, verb: str, model_help: str = "local folder, packaged model (all-MiniLM-L6-v2) "
+                        "or hub id; default: the task's pinned default (see taskzoo tasks)") -> None:
+    parser.add_argument("task", help=f"the task to {verb}: a task name or alias, e.g. text-classification "
+                        "(taskzoo tasks lists them)")
+    parser.add_argument("--model", metavar="PATH", help=model_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taskzoo", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="taskzoo", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Predict with, evaluate and fine-tune pretrained models, offline first. Outputs are JSON.\n\n"
+                    f"tasks: {_task_names()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("tasks", help="list the tasks").set_defaults(run=cmd_tasks)
+    commands.add_parser("tasks", help="list the tasks, their aliases and pinned default models"
+                        ).set_defaults(run=cmd_tasks)
 
-    predict = commands.add_parser("predict", help="predict with a model")
-    predict.add_argument("task")
+    predict = commands.add_parser("predict", help="predict with a model; one JSON line per input")
+    _add_task_and_model(predict, "predict")
     predict.add_argument("inputs", nargs="*", help="texts, paths, or JSON values (a JSON pair for pairs)")
-    predict.add_argument("--model", help="local folder, packaged model or hub id (default: the task's)")
     predict.add_argument("--input-file", help="JSON lines or plain text lines, one input each")
     predict.add_argument("--output", help="write JSON lines here instead of standard output")
     predict.add_argument("--resume", action="store_true", help="continue an interrupted --output file")
     predict.add_argument("--save-visuals", metavar="DIR", help="write output images (generated images, "
                          "masks, drawings of boxes) as PNG files here; the JSON holds their paths")
     predict.add_argument("--batch-size", type=int)
-    predict.add_argument("--device")
+    predict.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
     predict.add_argument("--set", action="append", metavar="KEY=VALUE", help="a predict option, e.g. top_k=2")
     predict.set_defaults(run=cmd_predict)
 
-    finetune = commands.add_parser("finetune", help="fine-tune a model")
-    finetune.add_argument("task")
-    finetune.add_argument("--model")
+    finetune = commands.add_parser("finetune", help="fine-tune a model; prints a line per evaluation, then JSON")
+    _add_task_and_model(finetune, "fine-tune for")
     finetune.add_argument("--train", required=True, help="CSV / JSON / JSONL / Parquet file or folder")
-    finetune.add_argument("--eval")
-    finetune.add_argument("--output-dir", required=True)
+    finetune.add_argument("--eval", help="held-out data in the same formats, scored after each epoch")
+    finetune.add_argument("--output-dir", required=True, help="where best/, last/ and log.jsonl go")
     finetune.add_argument("--epochs", type=float)
     finetune.add_argument("--max-steps", type=int)
     finetune.add_argument("--batch-size", type=int)
     finetune.add_argument("--learning-rate", type=float)
     finetune.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     finetune.add_argument("--seed", type=int)
-    finetune.add_argument("--columns", action="append", metavar="YOURS=TASKS", help="rename a column")
+    finetune.add_argument("--columns", action="append", metavar="YOURS=TASKS",
+                          help="rename a column, e.g. review=text")
     finetune.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other finetune option")
     finetune.set_defaults(run=cmd_finetune)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a model on labelled data")
-    evaluate.add_argument("task")
-    evaluate.add_argument("--model")
-    evaluate.add_argument("--data", required=True)
+    evaluate = commands.add_parser("evaluate", help="evaluate a model on labelled data; prints JSON metrics")
+    _add_task_and_model(evaluate, "evaluate")
+    evaluate.add_argument("--data", required=True, help="CSV / JSON / JSONL / Parquet file or folder")
     evaluate.add_argument("--batch-size", type=int)
-    evaluate.add_argument("--columns", action="append", metavar="YOURS=TASKS")
+    evaluate.add_argument("--columns", action="append", metavar="YOURS=TASKS",
+                          help="rename a column, e.g. review=text")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    tiny = commands.add_parser("tiny-model", help="save the testing kit's tiny random model for a task")
+    tiny.add_argument("task", help="the task whose tiny model to build: a task name or alias, e.g. "
+                      "text-classification (taskzoo tasks lists them)")
+    tiny.add_argument("path", help="the folder to write (a normal HF model folder)")
+    tiny.set_defaults(run=cmd_tiny_model)
 
     demo = commands.add_parser("demo", help="offline tour: tiny models, toy data, fine-tune each task")
     demo.add_argument("tasks", nargs="*", help="only these tasks (default: all)")
@@ -228,8 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from taskzoo.demo import quiet_libraries
-
     parser = build_parser()
     # argparse gives a positional list nothing once an option came between (`predict TASK --model M x`):
     # collect those leftovers as predict inputs instead of refusing them.
@@ -238,16 +359,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
     if leftovers:
         args.inputs += leftovers
-    quiet_libraries()
     try:
         args.run(args)
-    except (TaskzooError, ValueError, TypeError) as error:
-        # Errors taskzoo raises on purpose already say what to do: print them without a traceback
-        # (set TASKZOO_DEBUG=1 to see it).
+    except (TaskzooError, ValueError, TypeError, OSError, ImportError) as error:
+        # Errors that bad input causes already say what to do: one line, in the command line's own
+        # terms, without a traceback (set TASKZOO_DEBUG=1 to see it).
         if os.environ.get("TASKZOO_DEBUG"):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"taskzoo {args.command}: error: {in_cli_syntax(str(error) or type(error).__name__)}",
+              file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"taskzoo {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -19,3 +19,31 @@ class DataError(TaskzooError, ValueError):
 
 class TrainingError(TaskzooError, RuntimeError):
     """Fine-tuning cannot go on (for example: the loss became NaN)."""
+
+
+# The library's messages suggest fixes in Python syntax; the command line says the same in its own flags.
+_CLI_SPELLINGS = [
+    (r"[Rr]ename yours with columns=\{'your_column': '(\w+)'\}", r"Rename yours with --columns YOUR_COLUMN=\1"),
+    (r"\bcolumns= maps\b", "--columns maps"),
+    (r"\(model='/path/to/model'\)", "(--model PATH)"),
+    (r"\bpass overwrite=True\b", "pass --set overwrite=true"),
+    (r"\bmixed_precision='(\w+)'", r"--mixed-precision \1"),
+]
+
+
+def in_cli_syntax(message: str) -> str:
+    """``message`` on one line, with the hints that name Python arguments rewritten as command-line flags."""
+    import re
+
+    for pattern, replacement in _CLI_SPELLINGS:
+        message = re.sub(pattern, replacement, message)
+    # One line: a list of bullets ("Tried:\n  - a\n  - b\nTo work offline, ...") becomes
+    # "Tried: a; b. To work offline, ...".
+    text, in_list = "", False
+    for line in (line.strip() for line in message.strip().splitlines()):
+        bullet = line.startswith("- ")
+        if line:
+            separator = "" if not text else ("; " if in_list else " ") if bullet else (". " if in_list else " ")
+            text += separator + (line[2:] if bullet else line)
+            in_list = bullet
+    return text

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from taskzoo.errors import ModelNotFoundError
@@ -93,3 +95,40 @@ def load_image_processor(path, trust_remote_code: bool = False):
     from transformers import AutoImageProcessor
 
     return AutoImageProcessor.from_pretrained(path, backend="pil", trust_remote_code=trust_remote_code)
+
+
+@contextmanager
+def library_bars_hidden():
+    """Within this context transformers, datasets and diffusers show no progress bars of their own
+    ("Loading weights", "Writing model shards", "Map"), so that taskzoo's calls show one bar per long
+    operation, taskzoo's. Warnings are untouched, and each library's setting is restored on exit: a
+    user's own calls keep their bars. Also a decorator."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    def no_bar(factory, args, kwargs):
+        return transformers_logging.EmptyTqdm(*args, **kwargs)
+
+    previous_hook = transformers_logging.set_tqdm_hook(no_bar)
+    # diffusers only where a task already imported it: importing it here would cost seconds.
+    diffusers_logging = sys.modules.get("diffusers.utils.logging")
+    switches = [(datasets.is_progress_bar_enabled(), datasets.disable_progress_bars, datasets.enable_progress_bars)]
+    if diffusers_logging:
+        switches.append((diffusers_logging.is_progress_bar_enabled(), diffusers_logging.disable_progress_bar,
+                         diffusers_logging.enable_progress_bar))
+    with warnings.catch_warnings():  # datasets warns when HF_DATASETS_DISABLE_PROGRESS_BARS=0 keeps its bars
+        warnings.simplefilter("ignore")
+        for enabled, disable, _ in switches:
+            if enabled:
+                disable()
+    try:
+        yield
+    finally:
+        transformers_logging.set_tqdm_hook(previous_hook)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for enabled, _, enable in switches:
+                if enabled:
+                    enable()

@@ -36,6 +36,7 @@ from taskzoo import data as data_utils
 from taskzoo import strategies
 from taskzoo.batching import PreparedBatches, halving_on_oom
 from taskzoo.errors import DataError
+from taskzoo.models import library_bars_hidden
 
 
 def default_device() -> torch.device:
@@ -68,6 +69,7 @@ class Task:
     def from_pretrained(cls, path: str | os.PathLike, **options) -> Task:
         raise NotImplementedError
 
+    @library_bars_hidden()
     def save(self, path: str | os.PathLike) -> Path:
         """Write a normal HF folder: the model (LoRA adapters merged unless save_merged=False) and its
         processor, which the plain library loaders open. Tasks with more to write override this."""
@@ -256,6 +258,7 @@ class Task:
                              "Predict each kind in its own call.")
 
     # --------------------------------------------------------------------------- evaluate / tune
+    @library_bars_hidden()
     def evaluate(self, data: Any, batch_size: int | None = None, columns: Mapping[str, str] | None = None,
                  mixed_precision: str = "no") -> dict[str, float]:
         """Score the model on labelled data; returns ``{metric: value}`` with the primary metric."""
@@ -270,6 +273,7 @@ class Task:
         self.warn_truncated("evaluate")
         return metrics
 
+    @library_bars_hidden()
     def finetune(self, train: Any, eval: Any = None, columns: Mapping[str, str] | None = None, **config):
         """Fine-tune on ``train`` (evaluating on ``eval``) with the shared Accelerate loop.
 

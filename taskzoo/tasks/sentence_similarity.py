@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from taskzoo import metrics, strategies
 from taskzoo.batching import PreparedBatches, halving_on_oom
 from taskzoo.errors import DataError
+from taskzoo.models import library_bars_hidden
 from taskzoo.task import Task
 
 LOSSES = ("cosine", "cosent")
@@ -49,6 +50,7 @@ class SentenceSimilarity(Task):
                                     trust_remote_code=trust_remote_code)
         return cls(model, loss=loss, source=str(path), device=device or model.device)
 
+    @library_bars_hidden()
     def save(self, path):
         self.model_to_save().save(str(path))
         return Path(path)

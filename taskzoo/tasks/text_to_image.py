@@ -27,6 +27,7 @@ from datasets import Dataset
 from taskzoo import data as data_utils
 from taskzoo.errors import DataError, ModelNotFoundError
 from taskzoo.diffusion import EMA, DiffusionModel, clip_scores, image_grid
+from taskzoo.models import library_bars_hidden
 from taskzoo.task import Task
 
 EVAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # fractions of num_train_timesteps; every row is scored at each
@@ -101,6 +102,7 @@ class TextToImage(Task):
     def _has_lora(self) -> bool:
         return ADAPTER in getattr(self.pipeline.unet, "peft_config", {})
 
+    @library_bars_hidden()
     def save(self, path):
         """The whole pipeline folder; with a LoRA, the adapter alone in diffusers' format."""
         path = Path(path)

@@ -20,6 +20,7 @@ from datasets import Dataset
 from taskzoo import data as data_utils
 from taskzoo import generation, metrics
 from taskzoo.errors import DataError
+from taskzoo.models import library_bars_hidden
 from taskzoo.task import Task
 
 SETTINGS_FILE = "taskzoo.json"
@@ -67,6 +68,7 @@ class Translation(Task):
         model = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=trust_remote_code, **model_kwargs)
         return cls(model, tokenizer, **languages, source=str(path), device=device)
 
+    @library_bars_hidden()
     def save(self, path):
         path = Path(path)
         self.model_to_save().save_pretrained(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from taskzoo.models import library_bars_hidden
 from taskzoo.registry import get_task
 
 # Config sizes follow transformers' own model tests: small enough to train in seconds on 2 cores.
@@ -17,6 +18,7 @@ TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, int
                  max_position_embeddings=128, type_vocab_size=2)
 
 
+@library_bars_hidden()
 def tiny_model(task: str, path: str | os.PathLike) -> Path:
     """Build a tiny random model for ``task`` and save it as a normal HF folder at ``path``."""
     path = Path(path)
@@ -24,18 +26,30 @@ def tiny_model(task: str, path: str | os.PathLike) -> Path:
     return get_task(task).load_class().tiny_model(path)
 
 
+@library_bars_hidden()
 def toy_dataset(task: str, n: int = 64, seed: int = 0):
     """A learnable synthetic ``datasets.Dataset`` of ``n`` rows for ``task``."""
     return get_task(task).load_class().toy_dataset(n, seed)
 
 
+# Pieces that spell any English word: letters, digits and punctuation, and every two-letter piece, each as
+# a word start and as a continuation ("##"). WordPiece splits a word it does not know into its longest
+# known pieces, so "charming" becomes "ch ##ar ##mi ##ng" instead of [UNK], and a tiny model can learn
+# a user's own sentences; the kit's own words stay whole tokens, so the toy datasets learn as fast as ever.
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_SINGLES = _LETTERS + "0123456789" + "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+_PIECES = [*_SINGLES, *(a + b for a in _LETTERS for b in _LETTERS)]
+
+
 def save_word_tokenizer(path: str | os.PathLike, words: list[str]):
-    """A BERT WordPiece tokenizer whose vocabulary is ``words`` plus the special tokens, saved at ``path``."""
+    """A BERT WordPiece tokenizer (lower-casing) saved at ``path``: the special tokens, ``words`` as whole
+    tokens, then single characters and two-letter pieces that spell any other English word without [UNK]."""
     from transformers import BertTokenizerFast
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(words)]
+    pieces = [*_PIECES, *("##" + piece for piece in _PIECES)]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys([*words, *pieces])]
     # transformers 5 builds the tokenizer from a vocab dict (a vocab_file argument is ignored).
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(tokens)}, do_lower_case=True,
                                   model_max_length=128)
@@ -44,20 +58,23 @@ def save_word_tokenizer(path: str | os.PathLike, words: list[str]):
 
 
 def save_tiny_bert(path: str | os.PathLike, words: list[str], labels: list[str] | None = None) -> Path:
-    """A tiny random BERT with a word-level tokenizer, saved at ``path``: a bare encoder, or with
-    ``labels`` a sequence classifier (random head) for those label names."""
+    """A tiny random BERT with the tokenizer of :func:`save_word_tokenizer`, saved at ``path``: a bare
+    encoder, or with ``labels`` a sequence classifier (random head) for those label names."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
     tokenizer = save_word_tokenizer(path, words)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), **TINY_BERT)
+    # Built for the special tokens and ``words`` first, then grown by the spelling pieces' rows: the weights
+    # that the toy data trains do not depend on how many pieces follow.
+    config = BertConfig(vocab_size=5 + len(dict.fromkeys(words)), **TINY_BERT)
     if labels:
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}
         model = BertForSequenceClassification(config)
     else:
         model = BertModel(config)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.save_pretrained(path)
     return Path(path)
 
