@@ -1,7 +1,7 @@
 """predict(compile=True): the same outputs as eager predict, and never stale weights after fine-tuning.
 
-Compiling takes seconds even for tiny models, so the fast tests use the quickest one (image-classification);
-the other tasks' compile targets run in the slow set.
+Compiling takes seconds even for tiny models, so the fast tests use one batch of the quickest ones
+(image-classification, text-classification); the other tasks' compile targets run in the slow set.
 """
 
 import pytest
@@ -34,6 +34,18 @@ def test_compiled_predict_matches_eager_and_follows_finetuning(tiny_model_path):
     tuned = zoo.predict(images, batch_size=4)
     assert scores(tuned) != scores(eager)
     assert scores(zoo.predict(images, batch_size=4, compile=True)) == pytest.approx(scores(tuned), abs=1e-4)
+
+
+def test_compiled_text_classification_matches_eager(tiny_model_path):
+    """The task docs/benchmarks.md quotes compile speed-ups for, in the fast set: one batch, one compilation."""
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    texts = ["a good film", "an awful plot", "good good plot", "the film was bad"]
+    eager = zoo.predict(texts, batch_size=4, top_k=2)
+    compiled = zoo.predict(texts, batch_size=4, top_k=2, compile=True)
+    assert labels(compiled) == labels(eager)
+    assert scores(compiled) == pytest.approx(scores(eager), abs=1e-4)
+    assert type(zoo.model).__name__ == "BertForSequenceClassification"  # the eager model is put back
+    assert type(zoo._compiled[1]).__name__ == "OptimizedModule"  # and the compiled one kept for the next call
 
 
 @pytest.mark.slow

@@ -44,6 +44,26 @@ def cut_translation(tiny_model_path):
     raise UserWarning(" | ".join(str(w.message) for w in caught if "length limit" in str(w.message)))
 
 
+def folder_with_custom_code(tiny_model_path, tmp_path, model_type="custom-bert"):
+    """The tiny text classifier, with a config that names code in the folder (auto_map), as hub repos with
+    custom architectures do. The code, if ever run, leaves a file ``custom.py.ran`` behind."""
+    import json
+    import shutil
+
+    folder = tmp_path / "remote"
+    shutil.copytree(tiny_model_path("text-classification"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type=model_type, auto_map={"AutoConfig": "custom.CustomConfig",
+                                                   "AutoModelForSequenceClassification": "custom.CustomModel"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "custom.py").write_text(
+        "open(__file__ + '.ran', 'w').close()\n"
+        "from transformers import BertConfig, BertForSequenceClassification\n\n\n"
+        "class CustomConfig(BertConfig):\n    model_type = 'custom-bert'\n\n\n"
+        "class CustomModel(BertForSequenceClassification):\n    config_class = CustomConfig\n")
+    return folder
+
+
 def bad_mask(tiny_model_path):
     import numpy as np
     from PIL import Image
@@ -141,6 +161,10 @@ CASES = {
     "Output folder holding other files": (lambda m, t: (t.joinpath("notes.txt").write_text("mine"), text_zoo(m).finetune(
         toy_dataset("text-classification", 8), output_dir=str(t))), TrainingError,
         r"already holds files that taskzoo did not write \(notes.txt\)"),
+    "Model folder with custom code, without `trust_remote_code=True`": (
+        lambda m, t: taskzoo.load("text-classification", model=folder_with_custom_code(m, t)), ValueError,
+        r"^The repository .*remote contains custom code which must be executed to correctly load the model.*"
+        r"pass the argument `trust_remote_code=True` to allow custom code to be run"),
     "Generated text that reaches the length limit": (
         lambda m, t: cut_translation(m), UserWarning,
         r"^translation: 3 output\(s\) stopped at the length limit \(1 new tokens\) rather than at their end token "
@@ -171,3 +195,21 @@ def test_every_documented_row_is_tested_with_its_documented_type():
     assert sorted(rows) == sorted(CASES), set(rows) ^ set(CASES)
     tested = {row: "warning" if error is UserWarning else error.__name__ for row, (_, error, _) in CASES.items()}
     assert rows == tested
+
+
+def test_code_in_a_model_folder_runs_only_with_trust_remote_code(tiny_model_path, tmp_path, monkeypatch):
+    from transformers import dynamic_module_utils
+
+    folder = folder_with_custom_code(tiny_model_path, tmp_path)
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        taskzoo.load("text-classification", model=folder, device="cpu")
+    assert not (folder / "custom.py.ran").exists()
+    # A known model type with an auto_map: the built-in class loads it, and the folder's code stays unrun.
+    known = folder_with_custom_code(tiny_model_path, tmp_path / "known", model_type="bert")
+    assert taskzoo.load("text-classification", model=known, device="cpu").predict("good")["label"]
+    assert not (known / "custom.py.ran").exists()
+    # With the flag, taskzoo passes it on and transformers runs the folder's code (copied to a module cache).
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    zoo = taskzoo.load("text-classification", model=folder, device="cpu", trust_remote_code=True)
+    assert type(zoo.model).__name__ == "CustomModel" and zoo.predict("good")["label"]
+    assert list((tmp_path / "modules").rglob("custom.py.ran"))

@@ -112,7 +112,8 @@ def test_evaluate_warns_once_too(tiny_model_path):
     zoo.training_options = {**zoo.training_options, "max_new_tokens": 2}
     rows = [{"source": "the red cat sees a dog", "target": "le chat rouge voit un chien"}] * 5
     messages = length_warnings(lambda: zoo.evaluate(rows, batch_size=2))
-    assert len(messages) == 1 and messages[0].startswith("translation: 5 output(s)") and "during evaluate" in messages[0]
+    assert len(messages) == 1
+    assert messages[0].startswith("translation: 5 output(s)") and "during evaluate" in messages[0]
 
 
 def test_stopped_at_limit_reads_end_tokens_and_forced_ends():

@@ -151,3 +151,44 @@ def test_a_failing_save_leaves_the_previous_checkpoint_and_the_data_untouched(ti
         assert torch.equal(value, saved[name])
     assert train.read_bytes() == before_data
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no staging debris
+
+
+def test_a_failing_training_state_save_keeps_the_previous_checkpoint_and_resume_works(tiny_model_path, tmp_path,
+                                                                                     monkeypatch):
+    import errno
+
+    from accelerate import Accelerator
+
+    from taskzoo.checkpoints import checkpoint_folders
+
+    model, train = tiny_model_path("text-classification"), toy_dataset("text-classification", 48)
+    options = dict(max_steps=6, batch_size=8, learning_rate=3e-3, checkpoint_every=2, log_every=1, progress=False,
+                   plot=False)
+    taskzoo.load("text-classification", model=model, device="cpu").finetune(
+        train, output_dir=str(tmp_path / "straight"), **options)
+
+    real_save = Accelerator.save_state
+
+    def disk_full_at_step_4(self, output_dir=None, **kwargs):  # writes the state, then the disk fills up
+        real_save(self, output_dir, **kwargs)
+        if "step-4" in str(output_dir):
+            (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Accelerator, "save_state", disk_full_at_step_4)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="No space left"):
+        taskzoo.load("text-classification", model=model, device="cpu").finetune(train, output_dir=str(run),
+                                                                                **options)
+    monkeypatch.undo()
+    assert [p.name for p in checkpoint_folders(run)] == ["step-2"]  # the half-written step 4 is not a checkpoint
+    assert not (run / "checkpoints" / "step-4").exists()
+    resumed = taskzoo.load("text-classification", model=model, device="cpu").finetune(
+        train, output_dir=str(run), resume_from="latest", **options)
+    assert resumed.steps == 6
+    assert [r["step"] for r in resumed.history if "loss" in r] == [1, 2, 3, 4, 5, 6]  # from step 2, no repeats
+    expected = weights(tmp_path / "straight" / "last")
+    for name, value in weights(run / "last").items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert [p.name for p in checkpoint_folders(run)] == ["step-4", "step-6"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # staging debris gone
