@@ -30,12 +30,13 @@ def _value(text: str):
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict:
-    example = "--columns review=text" if flag == "--columns" else f"{flag} top_k=2"
+    form = "YOUR_COLUMN=TASK_COLUMN (e.g. --columns review=text)" if flag == "--columns" else \
+        f"KEY=VALUE (e.g. {flag} top_k=2)"
     result = {}
     for item in items or []:
         key, _, value = item.partition("=")
         if not key.strip() or not value.strip():
-            raise UsageError(f"{flag} expects KEY=VALUE (e.g. {example}); got {item!r}.")
+            raise UsageError(f"{flag} expects {form}; got {item!r}.")
         result[key.strip()] = value.strip() if flag == "--columns" else _value(value)
     return result
 
@@ -239,10 +240,11 @@ def evaluation_printer():
             self.loss = None
 
         def log(self, values: dict, step: int | None = None, **kwargs):
+            # The training loss is logged every log_every steps: shown when one was logged since the last line.
             self.loss = values.get("loss", self.loss)
             metrics = {key.removeprefix("eval_"): value for key, value in values.items() if key.startswith("eval_")}
             if metrics:
-                loss = f"loss {self.loss:.4f}  " if self.loss is not None else ""
+                loss, self.loss = (f"loss {self.loss:.4f}  " if self.loss is not None else ""), None
                 scores = "  ".join(f"{key} {value:.4f}" for key, value in metrics.items()
                                    if isinstance(value, (int, float)))
                 tqdm.write(f"step {step}  {loss}{scores}", file=sys.stderr)

@@ -15,10 +15,52 @@ def taskzoo_cli(*args, cwd=None):
                           text=True, cwd=cwd, timeout=300)
 
 
-def test_tasks_lists_names_and_aliases():
+def test_tasks_lists_names_aliases_and_pinned_revisions():
+    from taskzoo.registry import TASKS
+
     result = taskzoo_cli("tasks")
     assert result.returncode == 0
     assert "text-classification" in result.stdout and "sentiment-analysis" in result.stdout
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert set(rows) == set(TASKS)
+    for name, entry in TASKS.items():
+        assert entry.default_model in rows[name]
+        assert (entry.default_revision or "packaged") in rows[name]
+
+
+@pytest.mark.parametrize("argv", [["tasks"], ["--help"], ["predict", "--help"]])
+def test_tasks_and_help_import_nothing_heavy(argv):
+    """`taskzoo tasks` and `--help` answer at once: torch, transformers and datasets are not imported."""
+    code = ("import sys\nfrom taskzoo.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+
+
+def test_help_is_plain_text_with_the_tasks_and_two_examples(capsys):
+    from taskzoo.cli import main
+    from taskzoo.registry import TASKS
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and ":func:" not in text and ":class:" not in text
+    assert all(name in text for name in TASKS)
+    examples = text[text.index("examples:"):].splitlines()[1:]
+    assert sum(line.strip().startswith("taskzoo ") for line in examples) == 2
+
+
+def test_every_task_argument_and_model_option_has_help():
+    from taskzoo.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.dest in ("task", "model"):
+                assert action.help and len(action.help) > 20, (name, action.dest)
+    assert all(any(a.dest == "model" for a in commands[name]._actions) for name in ("predict", "finetune", "evaluate"))
 
 
 def test_unknown_task_is_a_short_error_not_a_traceback():
@@ -41,6 +83,12 @@ def test_finetune_evaluate_predict_round_trip(tiny_model_path, tmp_path):
     assert tuned.returncode == 0, tuned.stderr
     summary = json.loads(tuned.stdout.strip().splitlines()[-1])
     assert summary["metric"] == "accuracy" and summary["best_metric"] >= 0.9
+    # A line per evaluation (one per epoch); none of the libraries' own progress bars.
+    evaluations = [line.split() for line in tuned.stderr.splitlines() if line.startswith("step ")]
+    assert [int(line[1]) for line in evaluations] == [16, 32, 48]
+    assert float(evaluations[-1][evaluations[-1].index("accuracy") + 1]) == pytest.approx(summary["best_metric"])
+    assert "loss" in evaluations[-1]
+    assert "Loading weights" not in tuned.stderr and "Writing model shards" not in tuned.stderr
 
     scored = taskzoo_cli("evaluate", "text-classification", "--model", tmp_path / "run" / "best",
                          "--data", held_out, "--columns", "review=text")
@@ -97,3 +145,65 @@ def test_predict_resume_skips_finished_inputs(tiny_model_path, tmp_path):
     assert "259 of 300 inputs already" in resumed.stderr
     assert partial.read_text().splitlines() == lines
     assert taskzoo_cli("predict", "text-classification", "--model", model, "x", "--resume").returncode != 0
+
+
+@pytest.fixture(scope="module")
+def review_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("csv") / "reviews.csv"
+    Dataset.from_list([{"review": "a lovely film", "label": "positive"},
+                       {"review": "an awful plot", "label": "negative"}]).to_csv(path)
+    return path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "text-classification", "--model", "{model}", "--input-file", "missing.txt"],
+     "--input-file missing.txt: no such file"),
+    (["predict", "text-classification", "--model", "{model}", "good", "--set", "topk=2"],
+     "unknown --set option 'topk' for taskzoo predict. Did you mean 'top_k'? Options: batch_size, compile,"),
+    (["finetune", "text-classification", "--model", "{model}", "--train", "{csv}", "--output-dir", "run",
+      "--set", "epoch=2"], "unknown --set option 'epoch' for taskzoo finetune. Did you mean 'epochs'? Options:"),
+    (["finetune", "text-classification", "--model", "{model}", "--train", "{csv}", "--output-dir", "run",
+      "--columns", "review"], "--columns expects YOUR_COLUMN=TASK_COLUMN (e.g. --columns review=text); got 'review'"),
+    (["evaluate", "text-classification", "--model", "{model}", "--data", "{csv}"],
+     "no column 'text' (required: ['text', 'label']). Columns present: ['review', 'label']. "
+     "Rename yours with --columns YOUR_COLUMN=text."),
+    (["evaluate", "text-classification", "--model", "{model}", "--data", "{csv}", "--columns", "sentence=text"],
+     "--columns maps ['sentence'] but the data has no such column."),
+    (["evaluate", "text-classification", "--model", "{model}", "--data", "no-such-folder/"],
+     "--data no-such-folder/: no such file or folder."),
+    (["finetune", "text-classification", "--model", "{model}", "--train", "missing.csv", "--output-dir", "run"],
+     "--train missing.csv: no such file or folder."),
+    (["predict", "text-classification", "--model", "no-such-org/no-such-model", "good"],
+     "To work offline, pass a local folder (--model PATH)"),
+])
+def test_user_errors_are_one_line_in_command_line_terms(argv, message, tiny_model_path, review_csv, tmp_path,
+                                                       monkeypatch, capsys):
+    from taskzoo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = tiny_model_path("text-classification")
+    assert main([arg.format(model=model, csv=review_csv) for arg in argv]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"taskzoo {argv[0]}: error: "), error
+    assert message in error
+    assert "columns={" not in error and "model='" not in error
+
+
+def test_an_error_from_the_installed_command_has_no_traceback(tmp_path):
+    result = taskzoo_cli("predict", "text-classification", "--model", tmp_path / "nowhere", "--input-file",
+                         tmp_path / "missing.txt")
+    assert result.returncode == 2
+    assert result.stderr == f"taskzoo predict: error: --input-file {tmp_path / 'missing.txt'}: no such file.\n"
+
+
+def test_tiny_model_command_writes_a_model_that_loads(tmp_path, capsys):
+    import taskzoo
+    from taskzoo.cli import main
+
+    assert main(["tiny-model", "sentiment-analysis", str(tmp_path / "tiny")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "tiny")
+    zoo = taskzoo.load("text-classification", model=tmp_path / "tiny", device="cpu")
+    assert zoo.labels == ["negative", "positive"]
+    assert main(["tiny-model", "no-such-task", str(tmp_path / "x")]) == 2
+    assert "Unknown task 'no-such-task'" in capsys.readouterr().err

@@ -44,3 +44,32 @@ def test_default_model_error_names_the_pinned_default(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(taskzoo.ModelNotFoundError, match="distilbert-base-uncased-finetuned-sst-2-english.*714eb0f"):
         taskzoo.load("text-classification")
+
+
+def test_library_progress_bars_are_hidden_in_taskzoo_calls_and_kept_for_the_users_own(tmp_path, capsys):
+    import datasets
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as transformers_logging
+
+    from taskzoo.testing import tiny_model
+
+    # The test session hides them globally (conftest); a user has them on.
+    transformers_logging.enable_progress_bar()
+    datasets.enable_progress_bars()
+    try:
+        path = tiny_model("text-classification", tmp_path / "tiny")
+        zoo = taskzoo.load("text-classification", model=path, device="cpu")
+        (tmp_path / "rows.csv").write_text("text,label\ngood film,positive\nbad plot,negative\n")
+        zoo.finetune(str(tmp_path / "rows.csv"), max_steps=1, progress=False, output_dir=str(tmp_path / "run"))
+        zoo.evaluate(str(tmp_path / "rows.csv"))
+        zoo.save(tmp_path / "saved")
+        ours = capsys.readouterr().err
+        AutoModelForSequenceClassification.from_pretrained(path).save_pretrained(tmp_path / "users-own")
+        theirs = capsys.readouterr().err
+        assert transformers_logging.is_progress_bar_enabled() and datasets.is_progress_bar_enabled()
+    finally:
+        transformers_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    for bar in ("Loading weights", "Writing model shards", "Generating train split"):
+        assert bar not in ours
+    assert "Loading weights" in theirs and "Writing model shards" in theirs  # the user's own calls keep them

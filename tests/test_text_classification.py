@@ -129,3 +129,35 @@ def test_out_of_memory_halves_the_batch_and_retries(trained_classifier, monkeypa
         results = zoo.predict(texts, batch_size=8)
     assert [r["label"] for r in results] == [r["label"] for r in expected]
     assert max(s for s in sizes if s <= 3) <= 3 and 8 in sizes
+
+
+def test_tiny_model_learns_sentences_whose_words_it_has_never_seen(tiny_model_path):
+    """The kit's tokenizer spells unknown words with letters and two-letter pieces instead of [UNK], so
+    the tiny model learns a user's own sentences: here reviews built from words outside its vocabulary,
+    scored on held-out sentences (new combinations of those words)."""
+    import random
+
+    positive = ["loved", "enjoyed", "brilliant", "charming", "delightful", "beautiful", "fantastic", "moving"]
+    negative = ["hated", "waste", "tedious", "stupid", "annoying", "disappointing", "worst", "pointless"]
+    filler = ["this", "movie", "show", "honestly", "our", "whole", "friends", "thought", "seemed", "ending",
+              "music", "cast", "truly", "overall"]
+
+    def reviews(n, seed):
+        rng = random.Random(seed)
+        rows = []
+        for i in range(n):
+            label = ("negative", "positive")[i % 2]
+            words = rng.sample(filler, rng.randint(3, 6)) + [rng.choice(positive if i % 2 else negative)]
+            rng.shuffle(words)
+            rows.append({"text": " ".join(words).capitalize() + ".", "label": label})
+        return rows
+
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    vocabulary = zoo.processor.get_vocab()
+    assert not vocabulary.keys() & {*positive, *negative, *filler}  # whole words the model never saw
+    assert zoo.processor.unk_token_id not in zoo.processor("Honestly, a charming movie!")["input_ids"]
+    train, held_out = reviews(128, seed=0), reviews(64, seed=1)
+    assert not {row["text"] for row in train} & {row["text"] for row in held_out}
+    assert zoo.evaluate(held_out)["accuracy"] <= 0.65
+    zoo.finetune(train, epochs=8, learning_rate=3e-3, batch_size=16, progress=False, save_checkpoints=False)
+    assert zoo.evaluate(held_out)["accuracy"] >= 0.85
