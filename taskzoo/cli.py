@@ -156,6 +156,8 @@ def cmd_finetune(args) -> None:
                  mixed_precision=args.mixed_precision, seed=args.seed)
     # Dedicated flags win over the same option given with --set.
     config = {**_pairs(args.set, "--set"), **{key: value for key, value in flags.items() if value is not None}}
+    if args.metric:
+        config["metrics"] = args.metric
     zoo = taskzoo.load(args.task, args.model)
     result = zoo.finetune(args.train, eval=args.eval, columns=_pairs(args.columns, "--columns"), **config)
     print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, "metric": result.metric,
@@ -168,13 +170,17 @@ def cmd_evaluate(args) -> None:
 
     zoo = taskzoo.load(args.task, args.model)
     print(json.dumps(zoo.evaluate(args.data, batch_size=args.batch_size,
-                                  columns=_pairs(args.columns, "--columns"))))
+                                  columns=_pairs(args.columns, "--columns"), metrics=args.metric)))
 
 
 def cmd_demo(args) -> None:
     from taskzoo.demo import run_demo
 
     run_demo(args.tasks or None)
+
+
+METRIC_HELP = ("your own metric, next to the task's (repeatable): a local evaluate metric script or folder, or the "
+               "name of an evaluate metric (needs the hub or its cache)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--seed", type=int)
     finetune.add_argument("--columns", action="append", metavar="YOURS=TASKS", help="rename a column")
     finetune.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other finetune option")
+    finetune.add_argument("--metric", action="append", metavar="PATH_OR_NAME", help=METRIC_HELP)
     finetune.set_defaults(run=cmd_finetune)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a model on labelled data")
@@ -219,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--columns", action="append", metavar="YOURS=TASKS")
+    evaluate.add_argument("--metric", action="append", metavar="PATH_OR_NAME", help=METRIC_HELP)
     evaluate.set_defaults(run=cmd_evaluate)
 
     demo = commands.add_parser("demo", help="offline tour: tiny models, toy data, fine-tune each task")
