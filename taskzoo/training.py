@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from taskzoo import checkpoints
 from taskzoo.accelerators import new_accelerator
-from taskzoo.errors import TrainingError
 from taskzoo.custom_metrics import MetricSet, greater_is_better
+from taskzoo.errors import TrainingError
 from taskzoo.evaluation import run_evaluation
 
 SCHEDULERS = ("linear", "cosine", "constant")
