@@ -48,7 +48,9 @@ def run(task: str, inputs: Any, model: str | os.PathLike | None = None, **option
 
 def finetune(task: str, model: str | os.PathLike | None = None, train: Any = None, eval: Any = None,
              **config):
-    """Load ``model`` for ``task`` and fine-tune it; returns the TrainingResult (``.task`` is the model)."""
+    """Load ``model`` for ``task`` and fine-tune it; returns the TrainingResult (``.task`` is the model).
+
+    ``config`` is what ``Task.finetune`` takes, ``metrics=[...]`` (your own metrics) and ``columns`` included."""
     if train is None:
         raise ValueError("finetune() needs train= data.")
     zoo = load(task, model)
@@ -56,8 +58,9 @@ def finetune(task: str, model: str | os.PathLike | None = None, train: Any = Non
     return zoo.finetune(train, eval=eval, columns=columns, **config)
 
 
-def evaluate(task: str, model: str | os.PathLike | None = None, data: Any = None, **options) -> dict[str, float]:
-    """Load ``model`` for ``task`` and evaluate it on ``data``."""
+def evaluate(task: str, model: str | os.PathLike | None = None, data: Any = None, metrics: Any = None,
+             **options) -> dict[str, float]:
+    """Load ``model`` for ``task`` and evaluate it on ``data``, with your own ``metrics`` next to the task's."""
     if data is None:
         raise ValueError("evaluate() needs data=.")
-    return load(task, model).evaluate(data, **options)
+    return load(task, model).evaluate(data, metrics=metrics, **options)

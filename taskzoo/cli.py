@@ -220,6 +220,8 @@ def cmd_finetune(args) -> None:
     # A line per evaluation on standard error, through the trackers' hook (the user's trackers still log).
     trackers = config.get("log_with") or []
     config["log_with"] = [*([trackers] if isinstance(trackers, str) else trackers), evaluation_printer()]
+    if args.metric:
+        config["metrics"] = args.metric
     zoo = taskzoo.load(args.task, args.model)
     result = zoo.finetune(args.train, eval=args.eval, columns=columns, **config)
     print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, "metric": result.metric,
@@ -258,7 +260,7 @@ def cmd_evaluate(args) -> None:
     _existing(args.data, "--data")
     columns = _pairs(args.columns, "--columns")
     zoo = taskzoo.load(args.task, args.model)
-    print(json.dumps(zoo.evaluate(args.data, batch_size=args.batch_size, columns=columns)))
+    print(json.dumps(zoo.evaluate(args.data, batch_size=args.batch_size, columns=columns, metrics=args.metric)))
 
 
 def cmd_tiny_model(args) -> None:
@@ -291,6 +293,10 @@ def _add_task_and_model(parser, verb: str, model_help: str = "local folder, pack
     parser.add_argument("task", help=f"the task to {verb}: a task name or alias, e.g. text-classification "
                         "(taskzoo tasks lists them)")
     parser.add_argument("--model", metavar="PATH", help=model_help)
+
+
+METRIC_HELP = ("your own metric, next to the task's (repeatable): a local evaluate metric script or folder, or the "
+               "name of an evaluate metric (needs the hub or its cache)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--columns", action="append", metavar="YOURS=TASKS",
                           help="rename a column, e.g. review=text")
     finetune.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other finetune option")
+    finetune.add_argument("--metric", action="append", metavar="PATH_OR_NAME", help=METRIC_HELP)
     finetune.set_defaults(run=cmd_finetune)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a model on labelled data; prints JSON metrics")
@@ -338,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int)
     evaluate.add_argument("--columns", action="append", metavar="YOURS=TASKS",
                           help="rename a column, e.g. review=text")
+    evaluate.add_argument("--metric", action="append", metavar="PATH_OR_NAME", help=METRIC_HELP)
     evaluate.set_defaults(run=cmd_evaluate)
 
     tiny = commands.add_parser("tiny-model", help="save the testing kit's tiny random model for a task")

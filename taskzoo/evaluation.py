@@ -2,44 +2,86 @@
 
 Under several processes Accelerate shards the data and pads the last batch with repeated samples;
 ``gather_for_metrics`` collects every process's per-sample results and drops those repeats, so the
-metrics equal a single-process run.
+metrics equal a single-process run. The main process alone keeps the gathered results and scores them
+(the task's metrics, then your own, each run once over every example), and broadcasts the scores, so
+that every process logs and picks the best checkpoint alike.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from taskzoo.accelerators import new_accelerator
+from taskzoo.custom_metrics import Evaluation, MetricError, MetricSet
 
 
-def run_evaluation(task, model: torch.nn.Module, loader: DataLoader, accelerator) -> dict[str, float]:
-    """Run ``task.eval_step`` over a prepared loader and score the gathered results on every process."""
+def run_evaluation(task, model: torch.nn.Module, loader: DataLoader, accelerator,
+                   metrics: MetricSet | None = None) -> Evaluation:
+    """Run ``task.eval_step`` over a prepared loader; score on the main process and share the scores."""
     was_training = model.training
     model.eval()
     pairs: list = []
-    with torch.inference_mode():
+    # Your metrics need the task's natural outputs, which some eval_steps only keep when asked (masks, images).
+    keeping = task.keeping_metric_inputs() if metrics else nullcontext()
+    with torch.inference_mode(), keeping:
         for batch in tqdm(loader, desc=f"{task.name}: evaluate", leave=False,
                           disable=not accelerator.is_local_main_process or len(loader) < 5):
             with accelerator.autocast():
                 predictions, references = task.eval_step(model, batch)
             # One (prediction, reference) pair per sample, so that trimming the padded tail
             # of the last batch stays aligned across both.
-            pairs.extend(accelerator.gather_for_metrics(list(zip(predictions, references)),
-                                                        use_gather_object=True))
+            gathered = accelerator.gather_for_metrics(list(zip(predictions, references)), use_gather_object=True)
+            if accelerator.is_main_process:  # the others drop their copy at once: only the main process scores
+                pairs.extend(gathered)
     model.train(was_training)
+    evaluation = failed = None
+    if accelerator.is_main_process:
+        try:
+            evaluation = score(task, pairs, metrics)
+        except Exception as error:
+            failed = error
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        # An error on the main process is sent as text, so that no process waits forever for the scores.
+        shared = [evaluation if failed is None else f"{type(failed).__name__}: {failed}"]
+        evaluation = broadcast_object_list(shared)[0]
+    if failed is not None:
+        raise failed
+    if isinstance(evaluation, str):
+        raise RuntimeError(f"Evaluation failed on the main process: {evaluation}")
+    return evaluation
+
+
+def score(task, pairs: list, metrics: MetricSet | None) -> Evaluation:
+    """The task's metrics over (prediction, reference) pairs, then yours on the task's ``metric_inputs``."""
     predictions = [prediction for prediction, _ in pairs]
     references = [reference for _, reference in pairs]
-    return {name: float(value) for name, value in task.compute_metrics(predictions, references).items()}
+    builtin = {name: float(value) for name, value in task.compute_metrics(predictions, references).items()}
+    if not metrics:
+        return Evaluation(builtin)
+    return metrics.compute(*task.metric_inputs(predictions, references), builtin)
 
 
-def evaluate_task(task, dataset, batch_size: int, mixed_precision: str = "no") -> dict[str, float]:
-    """Evaluate ``task.model`` on a prepared dataset (standalone, outside fine-tuning)."""
+def evaluate_task(task, dataset, batch_size: int, mixed_precision: str = "no",
+                  metrics: MetricSet | None = None) -> dict[str, float]:
+    """Evaluate ``task.model`` on a prepared dataset (standalone, outside fine-tuning).
+
+    A metric of yours that fails raises :class:`~taskzoo.custom_metrics.MetricError` naming it; the scores
+    that were computed ride along on the error (``error.metrics``), so the evaluation is not lost.
+    """
     accelerator = new_accelerator(mixed_precision=mixed_precision)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate)
     # Only the loader is prepared: preparing the model would leave Accelerate's autocast wrapper on
     # its forward, changing later predictions.
     loader = accelerator.prepare(loader)
     task.model.to(accelerator.device)
-    return run_evaluation(task, task.model, loader, accelerator)
+    evaluation = run_evaluation(task, task.model, loader, accelerator, metrics)
+    if evaluation.failures:
+        raise MetricError(f"{task.name}: your metric failed: {evaluation.failure_text()}. The other scores are on "
+                          "this error's .metrics.", evaluation.metrics, evaluation.failures)
+    return evaluation.metrics

@@ -10,6 +10,8 @@ A task file subclasses :class:`Task` and fills in:
 - ``training_step(model, batch)`` -> ``{"loss": tensor, "output": ...}``: the only thing the loop calls;
 - ``eval_step(model, batch)`` -> ``(predictions, references)``, two lists with one item per sample;
 - ``compute_metrics(predictions, references)`` -> ``{metric: float}``, the primary metric included;
+- ``metric_inputs(predictions, references)``: eval_step's results in the form your own metrics receive
+  (``metrics=``); where eval_step keeps only a summary, it keeps more while ``keep_metric_inputs`` is True;
 - ``is_single(x)`` and ``predict_batch(batch, **options)``: forward -> postprocess, on what
   ``preprocess_batch(inputs, **options)`` made of the inputs (optional: decode, resize; it may run in
   worker processes); ``compile_target()`` names the module ``predict(compile=True)`` compiles;
@@ -114,6 +116,23 @@ class Task:
 
     def compute_metrics(self, predictions: list, references: list) -> dict[str, float]:
         raise NotImplementedError
+
+    keep_metric_inputs: bool = False  # see keeping_metric_inputs
+
+    @contextmanager
+    def keeping_metric_inputs(self):
+        """While your metrics are scored, an eval_step that returns a summary per sample (a confusion matrix,
+        a loss) also returns what metric_inputs needs (label maps, rendered images)."""
+        self.keep_metric_inputs = True
+        try:
+            yield
+        finally:
+            self.keep_metric_inputs = False
+
+    def metric_inputs(self, predictions: list, references: list) -> tuple[list, list]:
+        """What your metrics (``metrics=``) receive: eval_step's gathered lists in the task's natural form, one
+        item per example (each task's page says which). Default: as eval_step gives them."""
+        return predictions, references
 
     # ------------------------------------------------------------------------------------ predict
     def is_single(self, inputs: Any) -> bool:
@@ -260,25 +279,29 @@ class Task:
     # --------------------------------------------------------------------------- evaluate / tune
     @library_bars_hidden()
     def evaluate(self, data: Any, batch_size: int | None = None, columns: Mapping[str, str] | None = None,
-                 mixed_precision: str = "no") -> dict[str, float]:
-        """Score the model on labelled data; returns ``{metric: value}`` with the primary metric."""
+                 mixed_precision: str = "no", metrics: Any = None) -> dict[str, float]:
+        """Score the model on labelled data; returns ``{metric: value}`` with the primary metric, and with
+        your own ``metrics`` (see :mod:`taskzoo.custom_metrics`; one that fails raises ``MetricError``)."""
+        from taskzoo.custom_metrics import MetricSet
         from taskzoo.evaluation import evaluate_task
 
+        metrics = MetricSet.of(metrics)  # scripts load (and bad items are refused) before any work
         dataset = self.load_data(data, "eval", columns)
         if dataset is None:
             raise DataError("The DatasetDict has no validation or test split to evaluate on.")
         dataset = self.prepare(dataset, training=False)
-        metrics = evaluate_task(self, dataset, batch_size=batch_size or self.default_batch_size,
-                                mixed_precision=mixed_precision)
+        scores = evaluate_task(self, dataset, batch_size=batch_size or self.default_batch_size,
+                               mixed_precision=mixed_precision, metrics=metrics)
         self.warn_truncated("evaluate")
-        return metrics
+        return scores
 
     @library_bars_hidden()
     def finetune(self, train: Any, eval: Any = None, columns: Mapping[str, str] | None = None, **config):
         """Fine-tune on ``train`` (evaluating on ``eval``) with the shared Accelerate loop.
 
         ``config`` takes the fields of :class:`taskzoo.training.TrainingConfig` (epochs, learning_rate,
-        output_dir, strategy, ...) and the task's own ``finetune_options``. Returns a
+        output_dir, strategy, metrics, ...) and the task's own ``finetune_options``; a metric of yours that
+        fails is logged and the run goes on. Returns a
         :class:`taskzoo.training.TrainingResult`. With a DatasetDict and no ``eval``, its validation
         (or test) split is used for evaluation.
         """

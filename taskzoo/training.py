@@ -12,7 +12,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from taskzoo import checkpoints
 from taskzoo.accelerators import new_accelerator
+from taskzoo.custom_metrics import MetricSet, greater_is_better
 from taskzoo.errors import TrainingError
 from taskzoo.evaluation import run_evaluation
 
@@ -53,7 +54,9 @@ class TrainingConfig:
     log_with: str | list[str] | None = None  # accelerate trackers: "tensorboard", "wandb", ...
     num_workers: int = 0  # DataLoader workers
     progress: bool = True  # tqdm bar on the main process
-    metric_for_best: str | None = None  # default: the task's primary metric
+    metric_for_best: str | None = None  # default: the task's primary metric; may name one of your metrics' keys
+    greater_is_better: bool | None = None  # for metric_for_best; None: the task's rule, or inferred from the name
+    metrics: Any = None  # your own metrics, scored at each evaluation (see taskzoo.custom_metrics)
     strategy: str = "full"  # what trains; each task lists its strategies
     group_by_length: bool = True  # batches of similar length (less padding), where the task knows lengths
     checkpoint_every: int | None = None  # optimizer steps between full training-state checkpoints
@@ -77,6 +80,7 @@ class TrainingConfig:
         config = cls(**kwargs)
         config.learning_rate = config.learning_rate or task.default_learning_rate
         config.metric_for_best = config.metric_for_best or task.primary_metric
+        config.metrics = MetricSet.of(config.metrics)
         if config.restore_best is None:
             config.restore_best = config.early_stopping_patience is not None
         config.check()
@@ -100,6 +104,8 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
         if self.eval_every != "epoch" and not (isinstance(self.eval_every, int) and self.eval_every > 0):
             raise ValueError(f"eval_every must be 'epoch' or a positive number of steps; got {self.eval_every!r}.")
+        if self.greater_is_better not in (None, True, False):
+            raise ValueError(f"greater_is_better must be True, False or None; got {self.greater_is_better!r}.")
 
 
 @dataclass
@@ -177,6 +183,7 @@ class _Run:
         self.best_weights = None  # an in-memory copy of the best model, for restore_best
         self.evaluated_at = None  # the step of the latest evaluation
         self.losses = []  # training losses since the last log line
+        self.greater_is_better = config.greater_is_better  # for metric_for_best; None: decided at the first evaluation
 
     def resume_or_start_fresh(self, train_size: int) -> None:
         """Restore where a checkpointed run stood, or clear an earlier run's log and checkpoints."""
@@ -191,7 +198,8 @@ class _Run:
             (output_dir / "log.jsonl").unlink(missing_ok=True)
             shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
         if config.log_with:
-            accelerator.init_trackers("taskzoo", config={k: v for k, v in asdict(config).items()
+            settings = {f.name: getattr(config, f.name) for f in fields(config)}  # not asdict: it deep-copies metrics
+            accelerator.init_trackers("taskzoo", config={k: v for k, v in settings.items()
                                                          if isinstance(v, (int, float, str, bool))})
         self.log = checkpoints.RunLog(output_dir / "log.jsonl", accelerator, self.state["history"])
         self.result = TrainingResult(output_dir=output_dir, metric=config.metric_for_best, task=self.task)
@@ -275,17 +283,26 @@ class _Run:
         """Evaluate, keep the best model; returns True when early stopping says stop."""
         config, state, accelerator, task = self.config, self.state, self.accelerator, self.task
         self.evaluated_at = step
-        metrics = run_evaluation(task, self.model, self.eval_loader, accelerator)
-        self.result.final_metrics = metrics
-        self.log.write({"step": step, "epoch": round(step / self.steps_per_epoch, 3),
-                        **{f"eval_{k}": v for k, v in metrics.items()}})
+        evaluation = run_evaluation(task, self.model, self.eval_loader, accelerator, config.metrics)
+        metrics = self.result.final_metrics = evaluation.metrics
+        record = {"step": step, "epoch": round(step / self.steps_per_epoch, 3),
+                  **{f"eval_{k}": v for k, v in metrics.items()}}
+        if evaluation.failures:  # a metric of yours failed: say so, and go on with the others
+            record["metric_errors"] = evaluation.failure_text()
+            self.log.info(f"Step {step}: your metric failed; fine-tuning goes on without it. {record['metric_errors']}")
+        self.log.write(record)
         if accelerator.is_main_process:
             task.on_evaluate(accelerator.unwrap_model(self.model), self.output_dir, step)
         if config.metric_for_best not in metrics:
+            if evaluation.failures:  # the failed metric most likely reports it: the best checkpoint stays
+                self.log.info(f"Step {step}: no {config.metric_for_best} to compare; the best checkpoint is unchanged.")
+                return False
             raise TrainingError(f"metric_for_best={config.metric_for_best!r} is not among the "
                                 f"metrics {list(metrics)}.")
+        if self.greater_is_better is None:
+            self.greater_is_better = self.direction(evaluation.sources.get(config.metric_for_best))
         value, best = metrics[config.metric_for_best], state["best_metric"]
-        sign = 1 if task.greater_is_better else -1
+        sign = 1 if self.greater_is_better else -1
         if best is None or sign * (value - best) > config.early_stopping_min_delta:
             state.update(best_metric=value, best_step=step, bad_evaluations=0)
             if config.save_checkpoints:
@@ -297,6 +314,17 @@ class _Run:
             state["bad_evaluations"] += 1
         patience = config.early_stopping_patience
         return patience is not None and state["bad_evaluations"] >= patience
+
+    def direction(self, source: str | None) -> bool:
+        """Whether a higher metric_for_best is better. The task knows for its primary metric; for any other, its
+        name tells (wer, loss, error, ... mean lower is better), else the name of your metric that reported it."""
+        metric = self.config.metric_for_best
+        if metric == self.task.primary_metric:
+            return self.task.greater_is_better
+        greater = greater_is_better(metric, source)
+        self.log.info(f"metric_for_best={metric!r}: taken as {'higher' if greater else 'lower'} is better, from its "
+                      f"name{f' and that of the metric {source!r}' if source else ''}; greater_is_better= overrides.")
+        return greater
 
     def finish(self) -> TrainingResult:
         """Unwrap the model (the best weights restored if asked), save last/, plot, and fill in the result."""

@@ -121,6 +121,10 @@ class ImageClassification(Task):
             scores["top5_accuracy"] = float(np.mean([ref in ranked for ranked, ref in zip(predictions, references)]))
         return scores
 
+    def metric_inputs(self, predictions, references):
+        """Your metrics get class ids: the best class per image and the reference (``self.labels[i]`` names them)."""
+        return [ranked[0] for ranked in predictions], references
+
     # -------------------------------------------------------------------------------------- predict
     def input_of(self, row):
         return row["image"]

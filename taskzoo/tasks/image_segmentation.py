@@ -239,24 +239,36 @@ class ImageSegmentation(Task):
 
     def eval_step(self, model, batch):
         """Per sample the non-zero cells of its confusion matrix, as (cell index, count) rows: scoring a
-        dataset needs only their sum, and a sample holds few classes however many the model knows."""
+        dataset needs only their sum, and a sample holds few classes however many the model knows. With
+        ``keep_metric_inputs`` also the label map and the reference mask, for your metrics."""
         logits = model(pixel_values=batch["pixel_values"]).logits.float()
-        count, predictions = logits.shape[1], []
+        count, predictions, references = logits.shape[1], [], []
         for logit, mask in zip(logits, batch["masks"]):
             label_map = F.interpolate(logit[None], size=mask.shape, mode="bilinear", align_corners=False)[0].argmax(0)
-            confusion = metrics.confusion_matrix(label_map.cpu().numpy(), mask.cpu().numpy(), count, IGNORE_INDEX)
+            label_map, mask = label_map.cpu().numpy(), mask.cpu().numpy()
+            confusion = metrics.confusion_matrix(label_map, mask, count, IGNORE_INDEX)
             cells = np.flatnonzero(confusion)
-            predictions.append(np.stack([cells, confusion.ravel()[cells]]))
-        return predictions, [None] * len(predictions)
+            predictions.append({"confusion": np.stack([cells, confusion.ravel()[cells]])})
+            references.append(None)
+            if self.keep_metric_inputs:  # ids up to 255 (the ignored value) fit a byte: 8x less to gather
+                small = np.uint8 if max(count, int(mask.max(initial=0)) + 1) <= 256 else np.int32
+                predictions[-1]["label_map"], references[-1] = label_map.astype(small), mask.astype(small)
+        return predictions, references
 
     def compute_metrics(self, predictions, references):
         count = len(self.labels)
         confusion = np.zeros(count * count, dtype=np.int64)
-        for cells, counts in predictions:
+        for prediction in predictions:
+            cells, counts = prediction["confusion"]
             confusion[cells] += counts
         scores = metrics.segmentation_scores(confusion.reshape(count, count))
         per_class = scores.pop("per_class_iou")
         return {**scores, **{f"iou_{name}": iou for name, iou in zip(self.labels, per_class) if not math.isnan(iou)}}
+
+    def metric_inputs(self, predictions, references):
+        """Your metrics get, per image, the predicted label map and the reference mask: 2-D integer arrays of
+        class ids at the mask's size (as ``predict(return_label_map=True)`` gives), 255 where the mask is ignored."""
+        return [prediction["label_map"] for prediction in predictions], references
 
     # -------------------------------------------------------------------------------------- predict
     def input_of(self, row):

@@ -192,6 +192,13 @@ class ObjectDetection(Task):
     def compute_metrics(self, predictions, references):
         return metrics.coco_map(predictions, references)
 
+    def metric_inputs(self, predictions, references):
+        """Your metrics get, per image, what predict() gives (every query, threshold 0), and the reference
+        objects in the same form without a score: ``{"label": name, "box": {"xmin", "ymin", "xmax", "ymax"}}``."""
+        labels = self.labels
+        return ([_objects(labels, p["labels"], p["boxes"], p["scores"]) for p in predictions],
+                [_objects(labels, r["labels"], r["boxes"]) for r in references])
+
     # -------------------------------------------------------------------------------------- predict
     def input_of(self, row):
         return row["image"]
@@ -207,14 +214,8 @@ class ObjectDetection(Task):
             return [self.predict_batch([image], threshold)[0] for image in images]
         batch = encode(self.processor, images, pixel_mask=self.reads_mask)
         outputs = self.model(**{key: value.to(self.device) for key, value in batch.items()})
-        labels, results = self.labels, []
-        for result in decode(self.processor, outputs, [(im.height, im.width) for im in images], threshold):
-            found = [{"label": labels[label], "score": score,
-                      "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (round(v, 2) for v in box)))}
-                     for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(),
-                                                  result["boxes"].tolist())]
-            results.append(sorted(found, key=lambda item: -item["score"]))
-        return results
+        return [_objects(self.labels, result["labels"].tolist(), result["boxes"].tolist(), result["scores"].tolist())
+                for result in decode(self.processor, outputs, [(im.height, im.width) for im in images], threshold)]
 
     # ---------------------------------------------------------------------------------- testing kit
     @staticmethod
@@ -260,6 +261,15 @@ class ObjectDetection(Task):
 
 
 # ------------------------------------------------------------------------------------------ data helpers
+def _objects(labels: list[str], label_ids: list[int], boxes: list, scores: list | None = None) -> list[dict]:
+    """Objects as predict() gives them: ``{"label", "score", "box": {"xmin", "ymin", "xmax", "ymax"}}`` (pixels,
+    to 0.01), best first. Without ``scores`` (references): no score, in the given order."""
+    found = [{"label": labels[label], **({} if scores is None else {"score": scores[i]}),
+              "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (round(float(v), 2) for v in box)))}
+             for i, (label, box) in enumerate(zip(label_ids, boxes))]
+    return found if scores is None else sorted(found, key=lambda item: -item["score"])
+
+
 def _corners(box) -> list[float]:
     x, y, width, height = box
     return [x, y, x + width, y + height]

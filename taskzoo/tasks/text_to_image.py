@@ -273,18 +273,25 @@ class TextToImage(Task):
                 prediction, target = model(latents, batch["input_ids"], noise[:, k], timesteps)
                 losses += F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
             results = [{"loss": loss / len(EVAL_TIMESTEPS)} for loss in losses.tolist()]
-            if self.clip is not None:
-                for result, score in zip(results, clip_scores(
-                        *self.clip, self._render(batch["text"], self.clip_inference_steps, seeds=batch["row"].tolist()),
-                        batch["text"], self.pipeline.device)):
-                    result["clip_score"] = score
-        return results, [None] * len(results)
+            if self.clip is not None or self.keep_metric_inputs:  # keep_metric_inputs: your metrics get the images
+                images = self._render(batch["text"], self.clip_inference_steps, seeds=batch["row"].tolist())
+                scores = clip_scores(*self.clip, images, batch["text"], self.pipeline.device) if self.clip else None
+                for index, result in enumerate(results):
+                    if scores is not None:
+                        result["clip_score"] = scores[index]
+                    if self.keep_metric_inputs:
+                        result["image"] = images[index]
+        return results, list(batch["text"]) if self.keep_metric_inputs else [None] * len(results)
 
     def compute_metrics(self, predictions, references):
         scores = {"eval_loss": float(np.mean([p["loss"] for p in predictions]))}
         if predictions and "clip_score" in predictions[0]:
             scores["clip_score"] = float(np.mean([p["clip_score"] for p in predictions]))
         return scores
+
+    def metric_inputs(self, predictions, references):
+        """Your metrics get the images rendered for the prompts (PIL; fixed seeds, clip_inference_steps) and the prompts."""
+        return [prediction["image"] for prediction in predictions], references
 
     def _render(self, prompts, steps: int, seeds):
         return self.pipeline(list(prompts), num_inference_steps=steps, height=self.resolution, width=self.resolution,
