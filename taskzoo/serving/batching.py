@@ -46,10 +46,12 @@ class Batcher:
         self.calls = 0  # predict calls made: what batching saves, shown by /info and counted by the tests
 
     async def submit(self, items: list, parameters: dict, key: str) -> list:
-        if self.worker is None or self.worker.done():  # started on first use, in the server's event loop
-            self.queue = asyncio.Queue()
-            self.worker = asyncio.get_running_loop().create_task(self._work())
-        job = Job(items, parameters, key, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        # Started on first use, in the server's event loop (again if a test client brings a new loop).
+        if self.worker is None or self.worker.done() or self.worker.get_loop() is not loop:
+            self.queue, self.waiting = asyncio.Queue(), collections.deque()
+            self.worker = loop.create_task(self._work())
+        job = Job(items, parameters, key, loop.create_future())
         self.queue.put_nowait(job)
         return await job.future
 

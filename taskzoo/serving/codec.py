@@ -92,15 +92,15 @@ def decode_inputs(task, inputs: Any, limits: Limits) -> tuple[list, bool]:
     if (media is None and isinstance(inputs, list) and len(inputs) == 2 and task.is_single(tuple(inputs))
             and not all(task.is_single(value) for value in inputs)):
         return [tuple(inputs)], True
+    if isinstance(inputs, list) and len(inputs) > limits.max_inputs:  # before decoding any of them
+        raise RequestError(f"A request may hold at most {limits.max_inputs} inputs; this one holds {len(inputs)}.",
+                           413)
     if isinstance(inputs, list):
         items = [decode_item(task, media, value, f"inputs[{i}]", limits) for i, value in enumerate(inputs)]
     else:
         items = [decode_item(task, media, inputs, "inputs", limits)]
     if not items:
         raise RequestError("'inputs' is an empty list: send at least one input.")
-    if len(items) > limits.max_inputs:
-        raise RequestError(f"A request may hold at most {limits.max_inputs} inputs; this one holds {len(items)}.",
-                           413)
     return items, not isinstance(inputs, list)
 
 

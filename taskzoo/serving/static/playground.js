@@ -145,8 +145,14 @@ const TASKS = {
         numberField("guidance", "Guidance", 7.5, "0.5"))],
     request: () => asJson($("prompt").value, { seed: Number($("seed").value),
       num_inference_steps: Number($("steps").value), guidance_scale: Number($("guidance").value) }),
-    render: (output) => el("img", { id: "generated", class: "result", alt: $("prompt").value,
-      src: "data:image/png;base64," + output.image }),
+    render: (output) => {
+      const image = el("img", { id: "generated", class: "result", alt: $("prompt").value });
+      image.onload = () => {  // small images (tiny models) enlarged by a whole factor, pixels kept sharp
+        image.style.width = `${image.naturalWidth * Math.max(1, Math.ceil(256 / image.naturalWidth))}px`;
+      };
+      image.src = "data:image/png;base64," + output.image;
+      return image;
+    },
   },
   "image-classification": {
     fields: () => [fileField("image"), numberField("top-k", "Top labels", 5)],
@@ -169,13 +175,15 @@ const TASKS = {
 
 const pairOutput = (output) => (Array.isArray(output) && Array.isArray(output[0]) ? output[0] : output);
 
-function bars(rows) {
+// Labels with score bars; with ``colour`` each name gets its colour's swatch (the legend of a drawing).
+function bars(rows, colour = null) {
   if (!rows.length) return el("p", { class: "empty", text: "Nothing found." });
   return el("ul", { class: "bars" }, ...rows.map(([name, score]) => {
     const fill = el("span");
     fill.style.width = `${Math.max(0, Math.min(1, score)) * 100}%`;
-    return el("li", {}, el("span", { class: "name", text: name }), el("span", { class: "bar" }, fill),
-      el("span", { class: "score", text: score.toFixed(3) }));
+    const label = el("span", { class: "name", text: name });
+    if (colour) label.prepend(el("span", { class: "swatch", style: `background:${colour(name)}` }));
+    return el("li", {}, label, el("span", { class: "bar" }, fill), el("span", { class: "score", text: score.toFixed(3) }));
   }));
 }
 
@@ -209,10 +217,7 @@ async function drawBoxes(detections) {
     context.fillStyle = "#fff";
     context.fillText(tag, x + 3, Math.max(height - 4, y - 4));
   }
-  const list = bars(detections.map((d) => [d.label, d.score]));
-  list.querySelectorAll("li").forEach((li, i) => li.firstChild.prepend(
-    el("span", { class: "swatch", style: `background:${colour(detections[i].label)}` })));
-  return el("div", {}, canvas, list);
+  return el("div", {}, canvas, bars(detections.map((d) => [d.label, d.score]), colour));
 }
 
 async function drawMasks(segments) {
@@ -235,10 +240,7 @@ async function drawMasks(segments) {
     ctx.putImageData(pixels, 0, 0);
     context.drawImage(layer, 0, 0);
   }
-  const legend = el("ul", { id: "legend", class: "bars" }, ...segments.map((s) => el("li", {},
-    el("span", { class: "name" }, el("span", { class: "swatch", style: `background:${colour(s.label)}` }), s.label),
-    el("span", { class: "bar" }), el("span", { class: "score", text: s.score.toFixed(3) }))));
-  return el("div", {}, canvas, legend);
+  return el("div", {}, canvas, bars(segments.map((s) => [s.label, s.score]), colour));
 }
 
 // --------------------------------------------------------------------------------------------- the page
