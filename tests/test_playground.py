@@ -22,8 +22,8 @@ if not shutil.which("chromium"):
 from PIL import Image  # noqa: E402
 
 import taskzoo  # noqa: E402
-from serve_process import Server  # noqa: E402
 from taskzoo.data import load_image  # noqa: E402
+from taskzoo.serving.process import ServerProcess as Server  # noqa: E402
 from taskzoo.testing import toy_dataset  # noqa: E402
 
 

@@ -13,7 +13,7 @@ import httpx  # noqa: E402
 
 import taskzoo  # noqa: E402
 from taskzoo.cli import main  # noqa: E402
-from serve_process import Server  # noqa: E402
+from taskzoo.serving.process import ServerProcess as Server  # noqa: E402
 
 
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_model_path):
@@ -41,6 +41,6 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_model_path):
 
 def test_cli_refuses_bad_settings_before_loading(capsys):
     assert main(["serve", "text-classification", "--model", "nowhere", "--max-batch-size", "0"]) == 2
-    assert "--max-batch-size must be at least 1" in capsys.readouterr().err
+    assert "--max-batch-size and --batch-size must be at least 1" in capsys.readouterr().err
     assert main(["serve", "text-classification", "--model", "nowhere", "--timeout", "0"]) == 2
     assert "timeout_s must be a positive number" in capsys.readouterr().err

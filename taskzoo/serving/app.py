@@ -35,12 +35,14 @@ PROTECTED = ("/predict", "/info")  # what the API key guards; the page, /health 
 USER_ERRORS = (RequestError, TaskzooError, ValueError, TypeError, KeyError)
 
 
-def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, api_key: str | None = None,
-               limits: Limits | None = None) -> FastAPI:
+def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batch_size: int | None = None,
+               api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
     """The server's ASGI app for a loaded task (``taskzoo.load(...)``); run it with uvicorn, or use
-    :func:`taskzoo.serve`, which does."""
+    :func:`taskzoo.serve`, which does. Up to ``max_batch_size`` inputs of concurrent requests go into one
+    predict call, which runs them in length-sorted batches of ``batch_size`` (default: the task's)."""
     limits = limits or Limits()
-    batcher = Batcher(lambda items, parameters: task.predict(items, batch_size=max_batch_size, progress=False,
+    task.check_batch_size(batch_size)  # refused now, not at the first request
+    batcher = Batcher(lambda items, parameters: task.predict(items, batch_size=batch_size, progress=False,
                                                              **parameters), max_batch_size, max_wait_ms)
 
     @asynccontextmanager
