@@ -42,6 +42,14 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
     predict call, which runs them in length-sorted batches of ``batch_size`` (default: the task's)."""
     limits = limits or Limits()
     task.check_batch_size(batch_size)  # refused now, not at the first request
+
+    async def offload(function, *arguments):
+        """Decoding images and audio and encoding PNGs take long enough to stall the event loop: a thread
+        does them. Text is quicker to handle in place than to hand over."""
+        if task.name in MEDIA or task.name == "text-to-image":
+            return await run_in_threadpool(function, *arguments)
+        return function(*arguments)
+  # refused now, not at the first request
     batcher = Batcher(lambda items, parameters: task.predict(items, batch_size=batch_size, progress=False,
                                                              **parameters), max_batch_size, max_wait_ms)
 
@@ -84,7 +92,7 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
                 body = json.loads(await request.body())
             except ValueError as error:
                 raise RequestError(f"The request body is not valid JSON: {error}.") from None
-            items, single, parameters = await guarded(run_in_threadpool(decode_request, task, body, limits))
+            items, single, parameters = await guarded(offload(decode_request, task, body, limits))
         else:
             raise RequestError(f"Send JSON (application/json) or files (multipart/form-data), not {content_type}.",
                                415)
@@ -99,7 +107,7 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
         except Exception as error:  # noqa: BLE001 - the model failed; the server and the other requests go on
             logger.exception("predict failed")
             raise RequestError(f"Prediction failed: {type(error).__name__}: {error}", 500) from None
-        return JSONResponse(await run_in_threadpool(to_json, outputs[0] if single else outputs))
+        return JSONResponse(await offload(to_json, outputs[0] if single else outputs))
 
     @app.get("/", include_in_schema=False)
     async def playground():
@@ -150,7 +158,7 @@ async def read_form(request: Request, task, limits: Limits):
     for name, upload in files:
         raw = await upload.read()
         where = f"file {upload.filename or name!r}"
-        items.append(await guarded(run_in_threadpool(decode_media, media, raw, where, limits)))
+        items.append(await guarded(run_in_threadpool(decode_media, media, raw, where, limits)))  # media: slow
     return items, len(items) == 1, parameters
 
 
