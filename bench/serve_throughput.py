@@ -8,11 +8,14 @@ that both servers answered every sentence alike.
     python bench/serve_throughput.py [--requests 256] [--clients 1 8 32] [--max-wait-ms 5]
 
 The clients run in this process, on the same cores as the server: on a small machine they take a share of
-the CPU from it (both sides alike), so the figures are lower bounds of what the server alone can do.
+the CPU from it (both sides alike), so the figures are lower bounds of what the server alone can do. The
+server's CPU time per request (from /proc) is printed too: on a machine shared with other work it is a
+steadier measure of what batching saves than requests/s.
 """
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 
@@ -52,6 +55,13 @@ async def drive(url: str, clients: int) -> tuple[float, list[float], dict]:
         return time.perf_counter() - started, latencies, outputs
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (Linux /proc): what a request costs the server, however busy the machine."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
@@ -63,19 +73,23 @@ for name, flags in servers.items():
     with ServerProcess("text-classification", model, *flags, "--timeout", "600", "--log-level", "warning",
                        threads=args.threads or None) as server:
         for clients in args.clients:
+            before = cpu_seconds(server.process.pid)
             seconds, latencies, outputs = asyncio.run(drive(server.url, clients))
-            results[name, clients] = (len(latencies) / seconds, percentile(latencies, 50), percentile(latencies, 99))
+            cpu = (cpu_seconds(server.process.pid) - before) / (len(latencies) + 1)  # +1: the warm-up request
+            results[name, clients] = (len(latencies) / seconds, percentile(latencies, 50), percentile(latencies, 99),
+                                      cpu)
             answers.setdefault(name, {}).update(outputs)
 
 print(f"\n{args.requests} requests of one sentence each, all-MiniLM-L6-v2 + 2-label head, {args.threads or 'all'} "
       f"torch thread(s); batched server: --max-batch-size {args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}")
-print(f"{'clients':>7} | {'server':<13} | {'requests/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | speed-up")
+print(f"{'clients':>7} | {'server':<13} | {'requests/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | speed-up | "
+      "server CPU ms/request")
 for clients in args.clients:
     baseline = results["one at a time", clients][0]
     for name in servers:
-        rate, p50, p99 = results[name, clients]
+        rate, p50, p99, cpu = results[name, clients]
         print(f"{clients:>7} | {name:<13} | {rate:>10.1f} | {p50 * 1000:>8.1f} | {p99 * 1000:>8.1f} | "
-              f"{rate / baseline:.2f}x")
+              f"{rate / baseline:>7.2f}x | {cpu * 1000:.1f}")
 
 batched, single = answers["batched"], answers["one at a time"]
 same_labels = sum(batched[t]["label"] == single[t]["label"] for t in texts)

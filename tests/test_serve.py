@@ -297,6 +297,9 @@ def test_oversized_requests_get_413(zoo_of):
     refused(chunked, 413, "limit of 4,000 bytes")  # no Content-Length: counted while reading
     refused(small.post("/predict", json={"inputs": image}), 413, "64x64 = 4,096 pixels", "limit of 1,000")
     refused(small.post("/predict", json={"inputs": ["x", "y", "z"]}), 413, "at most 2 inputs")
+    painter = TestClient(create_app(zoo_of("text-to-image"), limits=Limits(max_image_pixels=64 * 64)))
+    refused(painter.post("/predict", json={"inputs": "a red square", "parameters": {"height": 256}}), 413,
+            "The image to generate is 32x256 = 8,192 pixels, over this server's limit of 4,096.")
     speech = Path(toy_dataset("automatic-speech-recognition", 1, seed=0)[0]["audio"]).read_bytes()
     short = TestClient(create_app(zoo_of("automatic-speech-recognition"), limits=Limits(max_audio_seconds=0.1)))
     refused(short.post("/predict", files=[("files", ("a.wav", speech))]), 413, "limit of 0.1 s")
@@ -306,7 +309,7 @@ def test_malformed_requests_get_400(client_of):
     client = client_of("text-classification")
     refused(client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}),
             400, "not valid JSON")
-    refused(client.post("/predict", json=["good film"]), 400, "must be a JSON object")
+    refused(client.post("/predict", json=["good film"]), 400, "must be a JSON object", "got a JSON array")
     refused(client.post("/predict", json={"text": "good film"}), 400, "Unknown field(s) ['text']")
     refused(client.post("/predict", json={"parameters": {}}), 400, "no 'inputs' field")
     refused(client.post("/predict", json={"inputs": []}), 400, "empty list")

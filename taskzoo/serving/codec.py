@@ -62,17 +62,17 @@ def decode_request(task, body: Any, limits: Limits) -> tuple[list, bool, dict]:
     ``inputs`` was one input, parameters)."""
     if not isinstance(body, dict):
         raise RequestError('The request body must be a JSON object: {"inputs": ..., "parameters": {...}}; '
-                           f"got a JSON {type(body).__name__}.")
+                           f"got a JSON {json_type(body)}.")
     unknown = sorted(set(body) - {"inputs", "parameters"})
     if unknown:
         raise RequestError(f"Unknown field(s) {unknown} in the request body; it takes 'inputs' and 'parameters'.")
     if "inputs" not in body:
         raise RequestError(f"The request body has no 'inputs' field: send {{\"inputs\": {example_input(task)}}}.")
     items, single = decode_inputs(task, body["inputs"], limits)
-    return items, single, check_parameters(body.get("parameters"))
+    return items, single, check_parameters(task, body.get("parameters"), limits)
 
 
-def check_parameters(parameters: Any) -> dict:
+def check_parameters(task, parameters: Any, limits: Limits) -> dict:
     if parameters is None:
         return {}
     if not isinstance(parameters, dict):
@@ -81,6 +81,9 @@ def check_parameters(parameters: Any) -> dict:
     if refused:
         raise RequestError(f"'parameters' may not set {refused}: the server chooses how it batches "
                            "(see taskzoo serve --max-batch-size).")
+    size = [parameters.get(side, getattr(task, "native_size", None)) for side in ("width", "height")]
+    if task.name == "text-to-image" and all(isinstance(side, int) for side in size):  # what it would generate
+        check_pixels(*size, "The image to generate", limits)
     return parameters
 
 
@@ -149,12 +152,18 @@ def decode_image(raw: bytes, where: str, limits: Limits):
     try:  # the header alone, for the size check before decoding the pixels
         with Image.open(io.BytesIO(raw)) as image:
             width, height = image.size
+    except Image.DecompressionBombError as error:  # PIL's own limit, far above ours
+        raise RequestError(f"{where}: {error}", 413) from None
     except Exception:  # noqa: BLE001 - open_image_file below names the problem as the Python API does
         width = height = 0
-    if width * height > limits.max_image_pixels:
-        raise RequestError(f"{where}: the image is {width}x{height} = {width * height:,} pixels, over this server's "
-                           f"limit of {limits.max_image_pixels:,}.", 413)
+    check_pixels(width, height, f"{where}: the image", limits)
     return data_utils.open_image_file(io.BytesIO(raw))
+
+
+def check_pixels(width: int, height: int, what: str, limits: Limits) -> None:
+    if width * height > limits.max_image_pixels:
+        raise RequestError(f"{what} is {width}x{height} = {width * height:,} pixels, over this server's limit of "
+                           f"{limits.max_image_pixels:,}.", 413)
 
 
 def decode_audio(raw: bytes, where: str, limits: Limits):
