@@ -112,6 +112,7 @@ def test_object_detection_draws_boxes_on_the_image(open_page, tmp_path):
     assert outlined > 100
 
 
+@pytest.mark.slow  # the segmentation route is tested in process (test_serve.py); this adds the drawing
 def test_image_segmentation_overlays_masks_with_a_legend(open_page, tmp_path):
     page, zoo = open_page("image-segmentation")
     image = upload_toy_image(page, "image-segmentation", tmp_path)
