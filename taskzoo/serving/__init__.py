@@ -29,10 +29,7 @@ def serve(zoo, host: str = "127.0.0.1", port: int = 8000, *, max_batch_size: int
     401 without it. The limits refuse larger requests with 413 (``max_body_mb``,
     ``max_image_pixels``, ``max_audio_seconds``) and slower ones with 504 (``timeout_s``).
     """
-    try:
-        import uvicorn
-    except ImportError as error:
-        raise ImportError("taskzoo serve needs the web stack: pip install 'taskzoo[serve]'.") from error
+    uvicorn = web_stack()
     from taskzoo.serving.app import create_app
     from taskzoo.serving.codec import Limits
 
@@ -57,6 +54,17 @@ def serve(zoo, host: str = "127.0.0.1", port: int = 8000, *, max_batch_size: int
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def web_stack():
+    """uvicorn, once FastAPI is known to be there too; a missing ``serve`` extra is named."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as error:
+        raise ImportError(f"taskzoo serve needs the web stack ({error.name} is missing): "
+                          "pip install 'taskzoo[serve]'.") from error
+    return uvicorn
 
 
 # ------------------------------------------------------------------------------------------- command line
@@ -87,7 +95,8 @@ def run_command(args) -> None:
     import taskzoo
     from taskzoo.serving.codec import Limits
 
-    # Bad settings are refused before the model loads, which may take a while.
+    # Bad settings, and a missing web stack, are refused before the model loads, which may take a while.
+    web_stack()
     Limits(max_body_bytes=args.max_body_mb * 2**20, max_image_pixels=args.max_image_pixels,
            max_audio_seconds=args.max_audio_seconds, timeout_s=args.timeout)
     if args.max_batch_size < 1 or args.max_wait_ms < 0 or (args.batch_size is not None and args.batch_size < 1):
