@@ -34,7 +34,7 @@ def fields_table(cls) -> str:
 def render() -> str:
     parts = ["# API reference\n", "Generated from the docstrings by `python scripts/make_api_docs.py`; "
              "do not edit by hand.\n", "## Functions\n"]
-    for name in ["tasks", "load", "run", "finetune", "evaluate", "visualize"]:
+    for name in ["tasks", "load", "run", "finetune", "evaluate", "visualize", "serve"]:
         if hasattr(taskzoo, name):
             parts.append(entry(f"taskzoo.{name}", getattr(taskzoo, name)))
     parts.append("## A loaded task\n\n`taskzoo.load()` returns an instance of the task's class; all share these "

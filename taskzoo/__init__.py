@@ -6,9 +6,10 @@
 import taskzoo.tasks  # noqa: F401  (isort: skip)
 from taskzoo.api import evaluate, finetune, load, run, tasks
 from taskzoo.errors import DataError, ModelNotFoundError, TaskzooError, TrainingError, UnknownTaskError
+from taskzoo.serving import serve  # the web stack itself is imported when a server starts
 # The function shadows its module (taskzoo/visualize.py) as attribute, as tasks() does above.
 from taskzoo.visualize import visualize
 
 __version__ = "0.1.0"
-__all__ = ["tasks", "load", "run", "finetune", "evaluate", "visualize", "TaskzooError", "UnknownTaskError",
-           "ModelNotFoundError", "DataError", "TrainingError", "__version__"]
+__all__ = ["tasks", "load", "run", "finetune", "evaluate", "visualize", "serve", "TaskzooError",
+           "UnknownTaskError", "ModelNotFoundError", "DataError", "TrainingError", "__version__"]

@@ -1,4 +1,4 @@
-"""The command line: taskzoo tasks | predict | finetune | evaluate | tiny-model | demo.
+"""The command line: taskzoo tasks | predict | finetune | evaluate | tiny-model | demo | serve.
 
 Outputs are JSON (one line per input for predict), so they pipe into other tools; messages go to
 standard error. Fine-tuning runs unchanged under `accelerate launch -m taskzoo.cli finetune ...`.
@@ -357,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="offline tour: tiny models, toy data, fine-tune each task")
     demo.add_argument("tasks", nargs="*", help="only these tasks (default: all)")
     demo.set_defaults(run=cmd_demo)
+
+    from taskzoo.serving import add_arguments as serve_arguments  # light: the web stack loads on `serve` only
+    serve_arguments(commands.add_parser("serve", help="serve a model over HTTP, with a browser playground"))
     return parser
 
 

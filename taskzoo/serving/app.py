@@ -1,0 +1,282 @@
+"""The ASGI app (FastAPI): ``POST /predict``, ``GET /health``, ``GET /info``, the playground at ``/`` and
+OpenAPI docs at ``/docs``, all served from this package (no CDN).
+
+Every error goes back as ``{"error": message}``: 400 for bad input (with the message the Python API gives),
+401 without the API key, 413 over a size limit, 415 for a body that is neither JSON nor multipart, 504 past
+the per-request timeout, 500 for a failure of the model itself (which never stops the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+
+from taskzoo.errors import TaskzooError
+from taskzoo.serving.batching import Batcher, batch_key
+from taskzoo.serving.codec import (MEDIA, SERVER_OPTIONS, Limits, RequestError, check_parameters,
+                                   decode_media, decode_request, example_input, to_json)
+
+logger = logging.getLogger("taskzoo.serve")
+STATIC = Path(__file__).parent / "static"
+PROTECTED = ("/predict", "/info")  # what the API key guards; the page, /health and /docs stay open
+USER_ERRORS = (RequestError, TaskzooError, ValueError, TypeError, KeyError)
+
+
+def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batch_size: int | None = None,
+               api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
+    """The server's ASGI app for a loaded task (``taskzoo.load(...)``); run it with uvicorn, or use
+    :func:`taskzoo.serve`, which does. Up to ``max_batch_size`` inputs of concurrent requests go into one
+    predict call, which runs them in length-sorted batches of ``batch_size`` (default: the task's)."""
+    limits = limits or Limits()
+    task.check_batch_size(batch_size)  # refused now, not at the first request
+    batcher = Batcher(lambda items, parameters: task.predict(items, batch_size=batch_size, progress=False,
+                                                             **parameters), max_batch_size, max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await batcher.close()  # uvicorn has finished the requests in flight by now
+
+    app = FastAPI(title=f"taskzoo: {task.name}", description=f"Predict with {task.source or 'a model'}.",
+                  docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.task, app.state.batcher, app.state.limits = task, batcher, limits
+
+    @app.exception_handler(RequestError)
+    async def refused(request, error: RequestError):
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.exception_handler(Exception)
+    async def failed(request, error: Exception):  # a bug of ours: still JSON, and logged with its traceback
+        return JSONResponse({"error": f"Internal error: {type(error).__name__}: {error}"}, status_code=500)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error: HTTPException):
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+    @app.get("/health", summary="200 once the model is loaded (the server listens only then)")
+    async def health():
+        return {"status": "ok", "task": task.name}
+
+    @app.get("/info", summary="task, model, labels, predict options and limits")
+    async def info():
+        return {"task": task.name, "model": str(task.source) if task.source else None,
+                "labels": getattr(task, "labels", None), "input": MEDIA.get(task.name, "text"),
+                "example": json.loads(example_input(task)), "predict_options": predict_options(task),
+                "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "limits": asdict(limits),
+                "predict_calls": batcher.calls}
+
+    @app.post("/predict", summary="predict one input or a list", openapi_extra=predict_schema(task))
+    async def predict(request: Request):
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            items, single, parameters = await read_form(request, task, limits)
+        elif content_type.startswith("application/json") or not content_type:
+            try:
+                body = json.loads(await request.body())
+            except ValueError as error:
+                raise RequestError(f"The request body is not valid JSON: {error}.") from None
+            items, single, parameters = await guarded(offload(task, decode_request, task, body, limits))
+        else:
+            raise RequestError(f"Send JSON (application/json) or files (multipart/form-data), not {content_type}.",
+                               415)
+        try:
+            outputs = await asyncio.wait_for(batcher.submit(items, parameters, batch_key(task, items, parameters)),
+                                             limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"The prediction took longer than this server's limit of {limits.timeout_s:g} s.",
+                               504) from None
+        except USER_ERRORS as error:
+            raise RequestError(str(error).strip("'\"") if isinstance(error, KeyError) else str(error)) from None
+        except Exception as error:  # noqa: BLE001 - the model failed; the server and the other requests go on
+            logger.exception("predict failed")
+            raise RequestError(f"Prediction failed: {type(error).__name__}: {error}", 500) from None
+        return JSONResponse(await offload(task, to_json, outputs[0] if single else outputs))
+
+    @app.get("/", include_in_schema=False)
+    async def playground():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    add_docs(app)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    if api_key:
+        app.add_middleware(APIKey, key=api_key)  # added last: checked first, before any body is read
+    return app
+
+
+async def offload(task, function, *arguments):
+    """Decoding images and audio and encoding PNGs take long enough to stall the event loop: a thread does
+    them. Text is quicker to handle in place than to hand over."""
+    if task.name in MEDIA or task.name == "text-to-image":
+        return await run_in_threadpool(function, *arguments)
+    return function(*arguments)
+
+
+async def guarded(awaitable):
+    """Await input decoding, turning the Python API's errors about the input into 400s."""
+    try:
+        return await awaitable
+    except RequestError:
+        raise
+    except USER_ERRORS as error:
+        raise RequestError(str(error)) from None
+
+
+async def read_form(request: Request, task, limits: Limits):
+    """A multipart upload: one file per input (one file: one input), optional ``parameters`` as JSON."""
+    media = MEDIA.get(task.name)
+    if media is None:
+        raise RequestError(f'{task.name} takes text: send JSON {{"inputs": {example_input(task)}}}, not files.')
+    try:
+        form = await request.form(max_files=limits.max_inputs + 1, max_fields=8)
+    except MultiPartException as error:
+        raise RequestError(f"The multipart body could not be read: {error.message}") from None
+    files = [(name, value) for name, value in form.multi_items() if not isinstance(value, str)]
+    fields = {name: value for name, value in form.multi_items() if isinstance(value, str)}
+    if set(fields) - {"parameters"}:
+        raise RequestError(f"Unknown form field(s) {sorted(set(fields) - {'parameters'})}; send files and, "
+                           "optionally, 'parameters' (JSON).")
+    if not files:
+        raise RequestError(f"The multipart body holds no file: upload each {media} as a file field.")
+    if len(files) > limits.max_inputs:
+        raise RequestError(f"A request may hold at most {limits.max_inputs} inputs; this one holds {len(files)}.",
+                           413)
+    try:
+        parameters = check_parameters(task, json.loads(fields.get("parameters") or "{}"), limits)
+    except ValueError as error:
+        raise RequestError(f"The 'parameters' field is not valid JSON: {error}.") from None
+    items = []
+    for name, upload in files:
+        raw = await upload.read()
+        where = f"file {upload.filename or name!r}"
+        items.append(await guarded(run_in_threadpool(decode_media, media, raw, where, limits)))  # media: slow
+    return items, len(items) == 1, parameters
+
+
+def predict_options(task) -> dict:
+    """The options a request may pass in ``parameters``, with their defaults, read from the task's
+    predict and predict_batch signatures (less the server's own: batch size, progress...)."""
+    options = {}
+    for function in (task.predict, task.predict_batch):
+        parameters = list(inspect.signature(function).parameters.values())[1:]  # after the inputs
+        for parameter in parameters:
+            if parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) or \
+                    parameter.name in (*SERVER_OPTIONS, "window_batch"):  # window_batch: predict sets it
+                continue
+            default = parameter.default
+            options[parameter.name] = default if isinstance(default, (str, int, float, bool, type(None))) else None
+    return options
+
+
+def predict_schema(task) -> dict:
+    """The request bodies /predict takes, for the OpenAPI docs (the route reads its body itself)."""
+    json_body = {"type": "object", "required": ["inputs"], "properties": {
+        "inputs": {"description": "one input or a list of inputs", "example": json.loads(example_input(task))},
+        "parameters": {"type": "object", "description": "predict options (see /info)", "example": {}}}}
+    content = {"application/json": {"schema": json_body}}
+    if task.name in MEDIA:
+        content["multipart/form-data"] = {"schema": {"type": "object", "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+            "parameters": {"type": "string", "description": "predict options as JSON"}}}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package's files, not from a CDN (the server may be
+    offline); without that package, the OpenAPI schema is still at /openapi.json."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="openapi.json", title=app.title,
+                                   swagger_js_url="docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="docs-assets/favicon-32x32.png")
+
+
+def json_error(message: str, status: int, headers: dict | None = None):
+    """A raw ASGI response ``{"error": message}``, for the middlewares below (they run outside FastAPI)."""
+    body = json.dumps({"error": message}).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+
+    async def respond(send):
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
+        await send({"type": "http.response.body", "body": body})
+    return respond
+
+
+class BodyLimit:
+    """Refuses bodies over ``max_bytes`` with 413, from Content-Length or while reading a chunked body;
+    the app then reads the body from memory."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = json_error(f"The request body is over this server's limit of {self.max_bytes:,} bytes.", 413)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await too_large(send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await too_large(send)
+            if not message.get("more_body"):
+                break
+        body, delivered = b"".join(chunks), False
+
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class APIKey:
+    """Requests to the protected routes need ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].rstrip("/").endswith(PROTECTED):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-api-key") or headers.get(b"authorization", b"").removeprefix(b"Bearer ").strip()
+        if not given:
+            message = "This server needs an API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'."
+        elif not secrets.compare_digest(given, self.key):  # constant time: no guessing the key byte by byte
+            message = "The API key is wrong."
+        else:
+            return await self.app(scope, receive, send)
+        await json_error(message, 401, {"WWW-Authenticate": "Bearer"})(send)
