@@ -41,22 +41,22 @@ def _pairs(items: list[str] | None, flag: str) -> dict:
     return result
 
 
-def _existing(path: str | None, flag: str) -> str | None:
-    """``path`` when it exists; a one-line error naming the flag when it does not (before a model loads)."""
+def _check_exists(path: str | None, flag: str) -> None:
+    """A missing data file is named with its flag before any model loads."""
     if path is not None and not Path(path).exists():
         raise UsageError(f"{flag} {path}: no such file or folder.")
-    return path
 
 
-def _check_options(given: dict, known: list[str] | None, flag: str, command: str) -> None:
-    """Refuse an unknown ``--set`` option early, listing those that exist (None: any option is accepted)."""
+def _check_options(given: dict, known: list[str] | None, command: str) -> None:
+    """Refuse an unknown ``--set`` option before any model loads, listing those that exist (None: any
+    option is accepted)."""
     import difflib
 
     for key in given:
         if known is not None and key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise UsageError(f"unknown {flag} option {key!r} for taskzoo {command}.{hint} "
+            raise UsageError(f"unknown --set option {key!r} for taskzoo {command}.{hint} "
                              f"Options: {', '.join(sorted(known))}.")
 
 
@@ -142,7 +142,7 @@ def cmd_predict(args) -> None:
     if args.resume and not args.output:
         raise UsageError("--resume needs --output (the JSON lines file to continue).")
     options = _pairs(args.set, "--set")
-    _check_options(options, _predict_options(get_task(args.task).load_class()), "--set", "predict")
+    _check_options(options, _predict_options(get_task(args.task).load_class()), "predict")
     batch_size = args.batch_size or options.pop("batch_size", None)
     zoo = taskzoo.load(args.task, args.model, device=args.device)
     draw = zoo.name in DRAWN_TASKS
@@ -207,8 +207,8 @@ def cmd_finetune(args) -> None:
     from taskzoo.registry import get_task
     from taskzoo.training import TrainingConfig
 
-    _existing(args.train, "--train")
-    _existing(args.eval, "--eval")
+    _check_exists(args.train, "--train")
+    _check_exists(args.eval, "--eval")
     columns = _pairs(args.columns, "--columns")
     flags = dict(output_dir=args.output_dir, epochs=args.epochs, max_steps=args.max_steps,
                  batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -216,10 +216,10 @@ def cmd_finetune(args) -> None:
     # Dedicated flags win over the same option given with --set.
     config = {**_pairs(args.set, "--set"), **{key: value for key, value in flags.items() if value is not None}}
     known = [*TrainingConfig.__dataclass_fields__, *get_task(args.task).load_class().finetune_options]
-    _check_options(config, known, "--set", "finetune")
+    _check_options(config, known, "finetune")
     # A line per evaluation on standard error, through the trackers' hook (the user's trackers still log).
     trackers = config.get("log_with") or []
-    config["log_with"] = [*([trackers] if isinstance(trackers, str) else trackers), evaluation_printer()]
+    config["log_with"] = [*([trackers] if isinstance(trackers, str) else trackers), _evaluation_printer()]
     if args.metric:
         config["metrics"] = args.metric
     zoo = taskzoo.load(args.task, args.model)
@@ -229,7 +229,7 @@ def cmd_finetune(args) -> None:
                       "seconds": round(result.seconds, 2)}))
 
 
-def evaluation_printer():
+def _evaluation_printer():
     """An Accelerate tracker that prints one line per evaluation: step, the last training loss, metrics."""
     from accelerate.tracking import GeneralTracker
     from tqdm.auto import tqdm
@@ -257,7 +257,7 @@ def evaluation_printer():
 def cmd_evaluate(args) -> None:
     import taskzoo
 
-    _existing(args.data, "--data")
+    _check_exists(args.data, "--data")
     columns = _pairs(args.columns, "--columns")
     zoo = taskzoo.load(args.task, args.model)
     print(json.dumps(zoo.evaluate(args.data, batch_size=args.batch_size, columns=columns, metrics=args.metric)))
