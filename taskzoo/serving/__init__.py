@@ -72,8 +72,10 @@ def web_stack():
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``taskzoo serve`` sub-command's arguments (cli.py adds the sub-command)."""
-    parser.add_argument("task")
-    parser.add_argument("--model", help="local folder, packaged model or hub id (default: the task's)")
+    parser.add_argument("task", help="the task to serve: a task name or alias, e.g. text-classification "
+                        "(taskzoo tasks lists them)")
+    parser.add_argument("--model", metavar="PATH", help="local folder, packaged model (all-MiniLM-L6-v2) or hub id; "
+                        "default: the task's pinned default (see taskzoo tasks)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch-size", type=int, default=32, help="inputs in one predict call at most")
