@@ -174,7 +174,7 @@ def cmd_evaluate(args) -> None:
 def cmd_demo(args) -> None:
     from taskzoo.demo import run_demo
 
-    run_demo(args.tasks or None)
+    run_demo(args.tasks or None, output_dir=args.output_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="offline tour: tiny models, toy data, fine-tune each task")
     demo.add_argument("tasks", nargs="*", help="only these tasks (default: all)")
+    demo.add_argument("--output-dir", help="where the pictures and index.html go (default: ./taskzoo-demo, "
+                      "or ./taskzoo-demo-2, ... when that exists)")
     demo.set_defaults(run=cmd_demo)
     return parser
 
