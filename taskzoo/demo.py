@@ -41,8 +41,8 @@ def quiet_libraries() -> None:
 
 def demo_task(name: str, folder: Path, pictures: Path | None = None, progress: bool = True,
               say=print) -> dict:
-    """Run the tour for one task in ``folder`` (scratch space); returns a row of the table. With ``pictures``,
-    writes the task's PNGs there (their names are in the row's ``pictures``)."""
+    """Run the tour for one task in ``folder`` (scratch space); returns a row of the table, with the fine-tuned
+    task in ``task_model``. With ``pictures``, writes the task's PNGs there (names in the row's ``pictures``)."""
     import taskzoo
     from taskzoo import testing
 
@@ -65,7 +65,7 @@ def demo_task(name: str, folder: Path, pictures: Path | None = None, progress: b
     sample = zoo.input_of(held_out[0])
     row = {"task": name, "metric": metric, "greater_is_better": cls.greater_is_better, "before": before[metric],
            "after": after[metric], "all_after": after, "sample": sample, "prediction": zoo.predict(sample),
-           "pictures": []}
+           "history": result.history, "pictures": [], "task_model": zoo}
     if pictures is not None:
         row["pictures"] = save_pictures(zoo, held_out, row["prediction"], result.output_dir, pictures, name)
     row["seconds"] = time.perf_counter() - started
@@ -84,6 +84,7 @@ def save_pictures(zoo, held_out, prediction, run: Path, pictures: Path, name: st
     from taskzoo.visualize import side_by_side, visualize
 
     saved = []
+    pictures.mkdir(parents=True, exist_ok=True)
     if drawable(prediction):
         inputs = [zoo.input_of(row) for row in held_out.select(range(min(PICTURED, len(held_out))))]
         drawings = [visualize(image, found) for image, found in zip(inputs, zoo.predict(inputs))]
