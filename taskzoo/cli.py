@@ -272,7 +272,7 @@ def cmd_tiny_model(args) -> None:
 def cmd_demo(args) -> None:
     from taskzoo.demo import run_demo
 
-    run_demo(args.tasks or None)
+    run_demo(args.tasks or None, output_dir=args.output_dir)
 
 
 EXAMPLES = """examples:
@@ -356,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="offline tour: tiny models, toy data, fine-tune each task")
     demo.add_argument("tasks", nargs="*", help="only these tasks (default: all)")
+    demo.add_argument("--output-dir", help="where the pictures and index.html go (default: ./taskzoo-demo, "
+                      "or ./taskzoo-demo-2, ... when that exists)")
     demo.set_defaults(run=cmd_demo)
 
     from taskzoo.serving import add_arguments as serve_arguments  # light: the web stack loads on `serve` only

@@ -1,78 +1,229 @@
-"""``taskzoo demo``: an offline tour. For every task: build the tiny model and toy data, evaluate,
-fine-tune, evaluate again and predict a sample, then print a table. Runs in about a minute on 2 cores."""
+"""``taskzoo demo``: an offline tour. For every task: build a tiny random model and toy data, evaluate it,
+fine-tune it, predict held-out examples, then print a table and write the pictures (boxes, masks, generated
+images, training curves) with a one-page ``index.html`` into a folder. About a minute on 2 CPU cores."""
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from taskzoo.registry import get_task
+from taskzoo.registry import canonical_name, get_task
+
+DEFAULT_FOLDER = "taskzoo-demo"
+# The metric the table shows, where the task's primary one reads badly on a toy run: detection's "map" averages
+# IoU thresholds 0.5 to 0.95; map_50 (a box counts when it overlaps the true one by half) is "found it".
+SHOWN_METRIC = {"object-detection": "map_50"}
+PICTURED = 3  # held-out examples drawn per task that predicts boxes or masks
+BEFORE_AFTER = ('"before" is the tiny random model before fine-tuning; "after" is the same model fine-tuned '
+                "for a few seconds on toy data; both are scored on held-out toy data.")
 
 
 def quiet_libraries() -> None:
-    """Hide the load reports and progress bars of transformers and datasets: the demo prints a table."""
-    import datasets
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    try:
-        import diffusers
-
-        diffusers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
+    """Hide the load reports and progress bars of transformers, datasets and diffusers: the demo prints
+    its own. Environment variables for the libraries not imported yet (importing them takes seconds)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' and diffusers' loading bars
+    for name in ("transformers", "diffusers"):
+        if name in sys.modules:
+            sys.modules[name].utils.logging.set_verbosity_error()
+            sys.modules[name].utils.logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
 
 
-def demo_task(name: str, folder: Path) -> dict:
-    """Run the tour for one task; returns a row of the table."""
+def demo_task(name: str, folder: Path, pictures: Path | None = None, progress: bool = True,
+              say=print) -> dict:
+    """Run the tour for one task in ``folder`` (scratch space); returns a row of the table, with the fine-tuned
+    task in ``task_model``. With ``pictures``, writes the task's PNGs there (names in the row's ``pictures``)."""
     import taskzoo
     from taskzoo import testing
 
     cls = get_task(name).load_class()
     settings = dict(cls.demo_config)
     train_size, eval_size = settings.pop("train_size"), settings.pop("eval_size")
+    metric = SHOWN_METRIC.get(name, cls.primary_metric)
     started = time.perf_counter()
+    say(f"  building a tiny random model and {train_size} + {eval_size} toy examples")
     model_path = testing.tiny_model(name, folder / "tiny-model")
     train = testing.toy_dataset(name, train_size, seed=0)
     held_out = testing.toy_dataset(name, eval_size, seed=1)
     zoo = taskzoo.load(name, model=model_path, device="cpu")
+    say(f"  evaluating it on the {eval_size} held-out examples")
     before = zoo.evaluate(held_out)
-    zoo.finetune(train, eval=held_out, output_dir=str(folder / "run"), progress=False, **settings)
-    after = zoo.evaluate(held_out)
+    result = zoo.finetune(train, eval=held_out, output_dir=str(folder / "run"), progress=progress,
+                          save_checkpoints=False, metric_for_best=metric, **settings)
+    after = result.final_metrics  # the last evaluation scored the final weights
+    say(f"  predicting {'held-out examples' if pictures else 'a held-out example'}")
     sample = zoo.input_of(held_out[0])
-    return {"task": name, "metric": cls.primary_metric, "before": before[cls.primary_metric],
-            "after": after[cls.primary_metric], "seconds": time.perf_counter() - started,
-            "sample": sample, "prediction": zoo.predict(sample)}
+    row = {"task": name, "metric": metric, "greater_is_better": cls.greater_is_better, "before": before[metric],
+           "after": after[metric], "all_after": after, "sample": sample, "prediction": zoo.predict(sample),
+           "history": result.history, "pictures": [], "task_model": zoo}
+    if pictures is not None:
+        row["pictures"] = save_pictures(zoo, held_out, row["prediction"], result.output_dir, pictures, name)
+    row["seconds"] = time.perf_counter() - started
+    return row
 
 
-def _short(value, width: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=lambda v: f"<{type(v).__name__}>")
-    return text if len(text) <= width else text[: width - 3] + "..."
+def drawable(prediction) -> bool:
+    """Whether taskzoo.visualize draws this prediction: a list of boxes or masks."""
+    return isinstance(prediction, list) and all(isinstance(item, dict) and ({"box", "mask"} & set(item))
+                                                for item in prediction)
 
 
-def run_demo(names: list[str] | None = None) -> list[dict]:
+def save_pictures(zoo, held_out, prediction, run: Path, pictures: Path, name: str) -> list[str]:
+    """The task's pictures as PNG files in ``pictures``: predicted boxes or masks drawn over a few held-out
+    images, the images generated at the last evaluation, and the training curve. Returns the file names."""
+    from taskzoo.visualize import side_by_side, visualize
+
+    saved = []
+    pictures.mkdir(parents=True, exist_ok=True)
+    if drawable(prediction):
+        inputs = [zoo.input_of(row) for row in held_out.select(range(min(PICTURED, len(held_out))))]
+        drawings = [visualize(image, found) for image, found in zip(inputs, zoo.predict(inputs))]
+        side_by_side(drawings).save(pictures / f"{name}.png")
+        saved.append(f"{name}.png")
+    grids = sorted(run.glob("validation-step-*.png"))  # text-to-image renders its prompts at each evaluation
+    if grids:
+        shutil.copy(grids[-1], pictures / f"{name}.png")
+        saved.append(f"{name}.png")
+    if (run / "training_curves.png").exists():
+        shutil.copy(run / "training_curves.png", pictures / f"{name}-training.png")
+        saved.append(f"{name}-training.png")
+    return saved
+
+
+def output_folder(requested: str | os.PathLike | None) -> Path:
+    """The folder the pictures go to: ``requested``, or ./taskzoo-demo (-2, -3, ... when that one exists)."""
+    if requested is not None:
+        return Path(requested)
+    number, folder = 1, Path(DEFAULT_FOLDER)
+    while folder.exists():
+        number += 1
+        folder = Path(f"{DEFAULT_FOLDER}-{number}")
+    return folder
+
+
+def run_demo(names: list[str] | None = None, output_dir: str | os.PathLike | None = None,
+             progress: bool = True) -> list[dict]:
+    """The tour of ``names`` (default: every task). Unknown names are refused before anything runs."""
     import taskzoo
 
+    names = [canonical_name(name) for name in names] if names else taskzoo.tasks()
+    pictures = output_folder(output_dir)
+    print(f"taskzoo demo: {len(names)} task(s), each a tiny random model fine-tuned on toy data, offline.\n"
+          f"Pictures and a report will be written to {pictures}/\n", flush=True)
+    pictures.mkdir(parents=True, exist_ok=True)
     quiet_libraries()
-    names = names or taskzoo.tasks()
     rows = []
-    print(f"taskzoo demo: {len(names)} tasks, tiny random models fine-tuned on toy data, offline.\n")
-    with tempfile.TemporaryDirectory(prefix="taskzoo-demo-") as folder:
-        for name in names:
-            row = demo_task(name, Path(folder) / name)
+    with tempfile.TemporaryDirectory(prefix="taskzoo-demo-") as scratch:
+        for number, name in enumerate(names, 1):
+            print(f"[{number}/{len(names)}] {name}", flush=True)
+            row = demo_task(name, Path(scratch) / name, pictures, progress=progress,
+                            say=lambda text: print(text, flush=True))
             rows.append(row)
-            print(f"{name}: {row['metric']} {row['before']:.3f} -> {row['after']:.3f} "
-                  f"in {row['seconds']:.1f} s; predict({_short(row['sample'], 40)}) = {_short(row['prediction'])}")
-    print(f"\n{'task':28} {'metric':10} {'before':>8} {'after':>8} {'seconds':>8}")
-    for row in rows:
-        print(f"{row['task']:28} {row['metric']:10} {row['before']:8.3f} {row['after']:8.3f} {row['seconds']:8.1f}")
+            print(f"  {row['metric']} {row['before']:.3f} -> {row['after']:.3f} ({_better(row)}) "
+                  f"in {row['seconds']:.1f} s\n  predict({readable(row['sample'], 40)}) = "
+                  f"{readable(row['prediction'])}\n", flush=True)
+    print(table(rows))
     _show_packaged_similarity()
+    report = write_report(rows, pictures)
+    print(f"\nPictures (detections, masks, generated images, training curves) and this table: {report}")
     return rows
+
+
+# ------------------------------------------------------------------------------------------------ output
+def _arrow(row: dict) -> str:
+    arrow = "↑" if row["greater_is_better"] else "↓"
+    try:
+        arrow.encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "(higher)" if row["greater_is_better"] else "(lower)"
+    return arrow
+
+
+def _better(row: dict) -> str:
+    return "higher is better" if row["greater_is_better"] else "lower is better"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'task':29} {'metric':12} {'before':>8} {'after':>8} {'seconds':>8}"]
+    for row in rows:
+        lines.append(f"{row['task']:29} {row['metric'] + ' ' + _arrow(row):12} {row['before']:8.3f} "
+                     f"{row['after']:8.3f} {row['seconds']:8.1f}")
+    up, down = _arrow({"greater_is_better": True}), _arrow({"greater_is_better": False})
+    lines.append(f"{up} higher is better, {down} lower is better. {BEFORE_AFTER}")
+    return "\n".join(lines)
+
+
+def _rounded(value):
+    """Scores to 3 decimals, images and arrays as a short description, for reading."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(item) for item in value]
+    if hasattr(value, "size") and hasattr(value, "mode"):  # a PIL image
+        return f"<{value.size[0]}x{value.size[1]} image>"
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return f"<{type(value).__name__}>"
+
+
+def readable(value, width: int = 100) -> str:
+    """``value`` as one line of at most ``width`` characters, cut at a word boundary with "..."."""
+    text = value if isinstance(value, str) else json.dumps(_rounded(value), ensure_ascii=False)
+    if len(text) <= width:
+        return text
+    cut = text[: width - 3]
+    space = max(cut.rfind(" "), cut.rfind(","))
+    return (cut[:space] if space > width // 2 else cut).rstrip(" ,") + "..."
+
+
+def write_report(rows: list[dict], folder: Path) -> Path:
+    """index.html in ``folder``: the table, the sample predictions and the pictures (no scripts, no CDN)."""
+    cells = "".join(
+        f"<tr><td>{html.escape(row['task'])}</td><td>{html.escape(row['metric'])} {_arrow(row)}</td>"
+        f"<td>{row['before']:.3f}</td><td>{row['after']:.3f}</td><td>{row['seconds']:.1f}</td></tr>"
+        for row in rows)
+    sections = ""
+    for row in rows:
+        figures = "".join(f'<figure><img src="{html.escape(picture)}" alt="{html.escape(picture)}">'
+                          f"<figcaption>{html.escape(_caption(picture))}</figcaption></figure>"
+                          for picture in row["pictures"])
+        sections += (f"<h2>{html.escape(row['task'])}</h2><p>{html.escape(row['metric'])} "
+                     f"{row['before']:.3f} &rarr; {row['after']:.3f} ({_better(row)})</p>"
+                     f"<p><code>predict({html.escape(readable(row['sample'], 60))})</code> = "
+                     f"<code>{html.escape(readable(row['prediction'], 300))}</code></p>{figures}")
+    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>taskzoo demo</title><style>"
+            "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
+            "table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}"
+            "td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}"
+            "img{max-width:100%;border:1px solid #ddd}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}"
+            "code{background:#f4f4f4;padding:0 .2em;word-break:break-word}</style></head><body>"
+            "<h1>taskzoo demo</h1><p>Every task, offline: a tiny random model fine-tuned on toy data. "
+            f"{html.escape(BEFORE_AFTER)} &uarr; higher is better, &darr; lower is better.</p>"
+            "<table><tr><th>task</th><th>metric</th><th>before</th><th>after</th><th>seconds</th></tr>"
+            f"{cells}</table>{sections}</body></html>\n")
+    path = folder / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _caption(picture: str) -> str:
+    if picture.endswith("-training.png"):
+        return "Training loss and the held-out metric during fine-tuning."
+    if picture.startswith("text-to-image"):
+        return "The validation prompts rendered after fine-tuning (fixed seeds)."
+    return "Predictions of the fine-tuned model on held-out toy images."
 
 
 def _show_packaged_similarity() -> None:

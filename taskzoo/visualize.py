@@ -66,6 +66,21 @@ def visualize(image: Any, prediction: Any, path: str | os.PathLike | None = None
     return picture
 
 
+def side_by_side(pictures: list, gap: int = 8):
+    """PIL images in one row on white, ``gap`` pixels apart and aligned at the top (several drawings, one PNG)."""
+    from PIL import Image
+
+    if not pictures:
+        raise ValueError("side_by_side() needs at least one picture.")
+    row = Image.new("RGB", (sum(p.width for p in pictures) + gap * (len(pictures) - 1),
+                            max(p.height for p in pictures)), (255, 255, 255))
+    x = 0
+    for picture in pictures:
+        row.paste(picture.convert("RGB"), (x, 0))
+        x += picture.width + gap
+    return row
+
+
 def _corners(box) -> tuple[float, float, float, float]:
     if isinstance(box, Mapping):
         return tuple(float(box[key]) for key in ("xmin", "ymin", "xmax", "ymax"))

@@ -61,3 +61,21 @@ def trained_classifier(tiny_model_path):
     result = zoo.finetune(toy_dataset("text-classification", 256, seed=0), eval=held_out, epochs=3,
                           learning_rate=3e-3, batch_size=16, progress=False, save_checkpoints=False)
     return zoo, before, result, held_out
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """demo_run(task) -> the row of `taskzoo demo`'s own run of that task (the fine-tuned task in
+    row["task_model"], its pictures in row["folder"]), run once per session."""
+    from taskzoo.demo import demo_task
+
+    rows = {}
+
+    def get(task: str) -> dict:
+        if task not in rows:
+            folder = tmp_path_factory.mktemp("demo_" + task.replace("-", "_"))
+            rows[task] = {**demo_task(task, folder, folder / "pictures", progress=False, say=lambda text: None),
+                          "folder": folder / "pictures"}
+        return rows[task]
+
+    return get

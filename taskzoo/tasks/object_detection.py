@@ -36,7 +36,6 @@ from taskzoo.errors import DataError
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
 
-TOY_COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 230)}  # the toy data's two kinds of rectangle
 OBJECTS = {"bbox": List(List(Value("float64"))), "category": List(Value("int64"))}  # after prepare()
 
 
@@ -74,8 +73,9 @@ class ObjectDetection(Task):
     required_columns = ("image", "objects")
     default_batch_size = 8
     default_learning_rate = 1e-4  # DETR's
-    # A tiny DETR learns slowly (Hungarian matching): in ~15 s map rises from ~0.0003 to ~0.01 (map_50 ~0.05).
-    demo_config = dict(train_size=96, eval_size=24, epochs=30, batch_size=8, learning_rate=3e-3)
+    # The tiny RT-DETR reaches map_50 0.54 to 0.77 on held-out toy data in 300 steps (seeds 0-3; ~0 before).
+    demo_config = dict(train_size=200, eval_size=48, max_steps=300, batch_size=8, learning_rate=1e-3,
+                       scheduler="constant", eval_every=50)
 
     def __init__(self, model, processor, *, head_trained: bool = True, **kwargs):
         super().__init__(model, processor, **kwargs)
@@ -219,45 +219,20 @@ class ObjectDetection(Task):
 
     # ---------------------------------------------------------------------------------- testing kit
     @staticmethod
-    def tiny_model(path: str | os.PathLike) -> Path:
-        """A tiny random DETR (HF ResNet backbone, no timm, nothing pretrained) for the toy labels."""
-        from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessorPil, ResNetConfig
+    def tiny_model(path: str | os.PathLike, family: str = "rt-detr") -> Path:
+        """A tiny random detector for the toy labels (nothing pretrained, no timm), saved at ``path``:
+        RT-DETR (``family="rt-detr"``, the default: it learns the toy boxes in a few hundred steps) or
+        the original DETR (``family="detr"``)."""
+        from taskzoo.testing import detection
 
-        backbone = ResNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
-                                layer_type="basic", out_features=["stage2"])  # stride 8: 8x8 features at 64 px
-        names = list(TOY_COLOURS)
-        # d_model 64 rather than 32: the loss halved reliably across seeds (a prototype's sweep).
-        config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone,
-                            num_queries=8, d_model=64, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=128,
-                            decoder_ffn_dim=128, encoder_attention_heads=2, decoder_attention_heads=2, dropout=0.0,
-                            num_labels=len(names), id2label=dict(enumerate(names)),
-                            label2id={name: i for i, name in enumerate(names)})
-        torch.manual_seed(0)
-        DetrForObjectDetection(config).save_pretrained(path)
-        # Aspect ratio kept and batches padded, as DETR's own processor does at 800/1333.
-        DetrImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(path)
-        return Path(path)
+        return detection.tiny_detector(Path(path), family)
 
     @staticmethod
     def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
-        """64x64 noisy images with one or two filled rectangles, red or blue, at random places."""
-        from PIL import Image as PILImage, ImageDraw
+        """64x64 noisy images with one or two filled rectangles, red or blue, that do not touch."""
+        from taskzoo.testing import detection
 
-        rng, names = np.random.default_rng(seed), list(TOY_COLOURS)
-        images, objects = [], []
-        for _ in range(n):
-            image = PILImage.fromarray(np.clip(rng.integers(90, 150) + rng.normal(0, 10, (64, 64, 3)), 0, 255)
-                                       .astype(np.uint8))
-            draw, item = ImageDraw.Draw(image), {"bbox": [], "category": []}
-            for _ in range(rng.integers(1, 3)):
-                kind, width, height = int(rng.integers(2)), int(rng.integers(12, 33)), int(rng.integers(12, 33))
-                x, y = int(rng.integers(0, 64 - width)), int(rng.integers(0, 64 - height))
-                draw.rectangle((x, y, x + width - 1, y + height - 1), fill=TOY_COLOURS[names[kind]])  # w x h px
-                item["bbox"].append([x, y, width, height])
-                item["category"].append(kind)
-            images.append(image)
-            objects.append(item)
-        return Dataset.from_dict({"image": images, "objects": objects}, features=_features(names))
+        return detection.toy_rectangles(n, seed, _features(list(detection.TOY_COLOURS)))
 
 
 # ------------------------------------------------------------------------------------------ data helpers

@@ -1,0 +1,85 @@
+"""The object-detection part of the testing kit: tiny RT-DETR and DETR models, and toy images of coloured
+rectangles with their boxes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, Features
+
+TOY_COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 230)}  # the toy data's two kinds of rectangle
+TOY_SIDES = (16, 41)  # rectangle sides in pixels (in 64x64 images): large enough for IoU >= 0.5 to be learnable
+
+
+def tiny_detector(path: Path, family: str = "rt-detr") -> Path:
+    if family not in ("rt-detr", "detr"):
+        raise ValueError(f"family must be 'rt-detr' or 'detr'; got {family!r}.")
+    names = list(TOY_COLOURS)
+    labels = dict(num_labels=len(names), id2label=dict(enumerate(names)),
+                  label2id={name: i for i, name in enumerate(names)})
+    torch.manual_seed(0)
+    (tiny_rt_detr if family == "rt-detr" else tiny_detr)(path, labels)
+    return path
+
+
+def tiny_rt_detr(path: Path, labels: dict) -> None:
+    """RT-DETR: its decoder starts from the encoder's best-scoring positions (query selection) rather than from
+    learned queries, so it learns the toy boxes in a few hundred steps where DETR needs thousands."""
+    from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrImageProcessorPil, RTDetrResNetConfig
+
+    # Strides 4, 8 and 16: 16x16, 8x8 and 4x4 feature maps at 64 px.
+    backbone = RTDetrResNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1],
+                                  layer_type="basic", out_features=["stage1", "stage2", "stage3"])
+    # The real model freezes its pretrained backbone's batch norms; a random backbone must train them.
+    # No denoising queries: at this size they cost time and did not speed learning up.
+    config = RTDetrConfig(backbone_config=backbone, use_pretrained_backbone=False, freeze_backbone_batch_norms=False,
+                          encoder_in_channels=[16, 32, 64], feat_strides=[4, 8, 16], encoder_hidden_dim=32,
+                          encoder_layers=1, encoder_ffn_dim=64, encoder_attention_heads=2, hidden_expansion=0.5,
+                          d_model=32, num_queries=8, decoder_in_channels=[32, 32, 32], decoder_ffn_dim=64,
+                          decoder_layers=1, decoder_attention_heads=2, decoder_n_points=2, num_denoising=0, **labels)
+    RTDetrForObjectDetection(config).save_pretrained(path)
+    RTDetrImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(path)  # as the real one, at 640
+
+
+def tiny_detr(path: Path, labels: dict) -> None:
+    """The original DETR (HF ResNet backbone); its processor keeps the aspect ratio and pads batches."""
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessorPil, ResNetConfig
+
+    backbone = ResNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
+                            layer_type="basic", out_features=["stage2"])  # stride 8: 8x8 features at 64 px
+    config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone,
+                        num_queries=8, d_model=64, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=128,
+                        decoder_ffn_dim=128, encoder_attention_heads=2, decoder_attention_heads=2, dropout=0.0,
+                        **labels)
+    DetrForObjectDetection(config).save_pretrained(path)
+    DetrImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(path)
+
+
+def toy_rectangles(n: int, seed: int, features: Features) -> Dataset:
+    """``n`` 64x64 noisy grey images with one or two filled rectangles, red or blue, at random places and
+    sizes; rectangles keep 2 px apart, so that every box can be told from the picture."""
+    from PIL import Image, ImageDraw
+
+    rng, names = np.random.default_rng(seed), list(TOY_COLOURS)
+    images, objects = [], []
+    for _ in range(n):
+        image = Image.fromarray(np.clip(rng.integers(90, 150) + rng.normal(0, 10, (64, 64, 3)), 0, 255)
+                                .astype(np.uint8))
+        draw, item = ImageDraw.Draw(image), {"bbox": [], "category": []}
+        for _ in range(rng.integers(1, 3)):
+            for _attempt in range(20):  # a place clear of the rectangles drawn already
+                kind, width, height = int(rng.integers(2)), *(int(side) for side in rng.integers(*TOY_SIDES, 2))
+                x, y = int(rng.integers(0, 64 - width)), int(rng.integers(0, 64 - height))
+                if not any(x < bx + bw + 2 and bx < x + width + 2 and y < by + bh + 2 and by < y + height + 2
+                           for bx, by, bw, bh in item["bbox"]):
+                    break
+            else:
+                continue
+            draw.rectangle((x, y, x + width - 1, y + height - 1), fill=TOY_COLOURS[names[kind]])  # w x h px
+            item["bbox"].append([x, y, width, height])
+            item["category"].append(kind)
+        images.append(image)
+        objects.append(item)
+    return Dataset.from_dict({"image": images, "objects": objects}, features=features)

@@ -1,0 +1,95 @@
+"""`taskzoo demo` as a new user meets it: learning they believe, pictures, a report, and early errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from taskzoo.demo import output_folder, readable, run_demo, table, write_report
+from taskzoo.errors import UnknownTaskError
+
+
+def test_detection_demo_finds_the_boxes(demo_run):
+    row = demo_run("object-detection")
+    assert row["metric"] == "map_50" and row["greater_is_better"]
+    assert row["before"] < 0.1 and row["after"] >= 0.5, (row["before"], row["after"])
+
+
+def test_speech_recognition_demo_transcribes(demo_run):
+    row = demo_run("automatic-speech-recognition")
+    assert row["metric"] == "wer" and not row["greater_is_better"]
+    assert row["before"] >= 0.9 and row["after"] <= 0.25, (row["before"], row["after"])
+
+
+def test_detection_pictures_show_boxes_over_the_held_out_images(demo_run):
+    row = demo_run("object-detection")
+    assert row["pictures"] == ["object-detection.png", "object-detection-training.png"]
+    boxes = Image.open(row["folder"] / "object-detection.png")
+    assert boxes.format == "PNG" and boxes.width > 3 * 384  # three enlarged drawings side by side
+    curve = Image.open(row["folder"] / "object-detection-training.png")
+    assert curve.format == "PNG" and curve.width > 300
+
+
+def test_the_demo_writes_pictures_and_a_report_that_shows_them(tmp_path, capsys):
+    rows = run_demo(["text-classification", "segmentation"], output_dir=tmp_path / "out", progress=False)
+    printed = capsys.readouterr().out
+    assert [row["task"] for row in rows] == ["text-classification", "image-segmentation"]
+    assert rows[0]["after"] > rows[0]["before"] and rows[1]["after"] > rows[1]["before"] + 0.3
+    files = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert files == ["image-segmentation-training.png", "image-segmentation.png", "index.html",
+                     "text-classification-training.png"]
+    page = (tmp_path / "out" / "index.html").read_text()
+    for name in files[:-2] + files[-1:]:
+        assert f'src="{name}"' in page and Image.open(tmp_path / "out" / name).format == "PNG"
+    assert "http" not in page and "<script" not in page  # self-contained: no CDN, nothing to fetch
+    assert "accuracy ↑" in page and "mean_iou ↑" in page and "before fine-tuning" in page
+    # Every phase says what it does, and the end names the report.
+    for phase in ("building a tiny random model", "evaluating it on", "predicting"):
+        assert printed.count(phase) == 2
+    assert printed.rstrip().endswith(str(tmp_path / "out" / "index.html"))
+
+
+def test_the_table_says_which_way_is_better_and_what_before_means():
+    rows = [{"task": "automatic-speech-recognition", "metric": "wer", "greater_is_better": False, "before": 1.726,
+             "after": 0.12, "seconds": 12.0, "pictures": [], "sample": "a.wav", "prediction": {"text": "one"}},
+            {"task": "text-classification", "metric": "accuracy", "greater_is_better": True, "before": 0.5,
+             "after": 1.0, "seconds": 0.7, "pictures": [], "sample": "good", "prediction": {"label": "positive"}}]
+    lines = table(rows).splitlines()
+    assert lines[1].split()[:3] == ["automatic-speech-recognition", "wer", "↓"]
+    assert lines[2].split()[:3] == ["text-classification", "accuracy", "↑"]
+    assert "tiny random model before fine-tuning" in lines[-1] and "lower is better" in lines[-1]
+
+
+def test_sample_predictions_are_rounded_and_cut_at_a_word():
+    assert readable({"label": "red", "score": 0.7389291524887085}) == '{"label": "red", "score": 0.739}'
+    text = readable("the quick brown fox jumps over the lazy dog " * 3, width=40)
+    assert len(text) <= 40 and text.endswith("...") and text[:-3] in "the quick brown fox jumps over the lazy dog "
+    assert readable([{"image": Image.new("RGB", (64, 32))}]) == '[{"image": "<64x32 image>"}]'
+
+
+def test_the_default_folder_is_new(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert str(output_folder(None)) == "taskzoo-demo"
+    (tmp_path / "taskzoo-demo").mkdir()
+    (tmp_path / "taskzoo-demo-2").mkdir()
+    assert str(output_folder(None)) == "taskzoo-demo-3"
+    assert output_folder(tmp_path / "mine") == tmp_path / "mine"
+
+
+def test_a_misspelt_task_fails_before_any_output(tmp_path, capsys):
+    with pytest.raises(UnknownTaskError, match="Did you mean 'text-classification'"):
+        run_demo(["image-classification", "text-clasification"], output_dir=tmp_path / "out")
+    assert capsys.readouterr().out == "" and not (tmp_path / "out").exists()
+    run = subprocess.run([sys.executable, "-m", "taskzoo.cli", "demo", "text-clasification"], capture_output=True,
+                         text=True, cwd=tmp_path, env={**os.environ, "TASKZOO_DEBUG": ""}, timeout=120)
+    assert run.returncode == 2 and run.stdout == "" and list(tmp_path.iterdir()) == []
+    assert len(run.stderr.strip().splitlines()) == 1 and "Did you mean 'text-classification'?" in run.stderr
+
+
+def test_the_report_escapes_what_it_shows(tmp_path):
+    row = {"task": "text-classification", "metric": "accuracy", "greater_is_better": True, "before": 0.5,
+           "after": 1.0, "seconds": 1.0, "pictures": [], "sample": "<b>bold</b>", "prediction": {"label": "<i>"}}
+    page = write_report([row], tmp_path).read_text()
+    assert "<b>bold" not in page and "&lt;b&gt;bold" in page
