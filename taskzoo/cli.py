@@ -63,6 +63,7 @@ def cmd_tasks(args) -> None:
 def cmd_predict(args) -> None:
     import taskzoo
     from taskzoo import batch_predict
+    from taskzoo.result_files import json_line
 
     inputs = [_input(item) for item in args.inputs]
     if args.input_file:
@@ -84,7 +85,7 @@ def cmd_predict(args) -> None:
     else:
         outputs = zoo.predict(inputs, batch_size=args.batch_size, **options)
         for index, (item, output) in enumerate(zip(inputs, outputs)):
-            sys.stdout.write(batch_predict.json_line(zoo, index, {"input": item}, item, output, args.save_visuals))
+            sys.stdout.write(json_line(zoo, index, {"input": item}, item, output, args.save_visuals))
 
 
 def cmd_finetune(args) -> None:
