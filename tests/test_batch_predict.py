@@ -1,6 +1,7 @@
 """Prediction at scale: rows of a file or folder -> one JSON line per row, in order, resumable, over N processes."""
 
 import base64
+import csv
 import io
 import json
 import os
@@ -59,8 +60,8 @@ def big_csv(tmp_path_factory, classifier):
     """A CSV of ROWS texts with ids, and its straight 1-process CLI run: the reference for the others."""
     folder = tmp_path_factory.mktemp("big")
     texts = [f"{'a good' if i % 3 else 'an awful'} film, number {i}" + " indeed" * (i % 7) for i in range(ROWS)]
-    lines = "".join(f"k{i},{text}\n" for i, text in enumerate(texts))
-    (folder / "reviews.csv").write_text("id,text\n" + lines)
+    with open(folder / "reviews.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("id", "text"), *((f"k{i}", text) for i, text in enumerate(texts))])
     straight = taskzoo_cli("text-classification", "--model", classifier[0], "--data", folder / "reviews.csv",
                            "--output", folder / "straight.jsonl", "--batch-size", "16")
     assert straight.returncode == 0, straight.stderr
@@ -228,9 +229,9 @@ def wait_for_lines(process, paths, deadline_s=400) -> None:
 
 
 def test_resume_after_sigkill_completes_without_duplicates_or_gaps(classifier, big_csv, tmp_path):
-    csv, _, straight = big_csv
+    table, _, straight = big_csv
     output = tmp_path / "out.jsonl"
-    args = ("text-classification", "--model", classifier[0], "--data", csv, "--output", output, "--batch-size", "16")
+    args = ("text-classification", "--model", classifier[0], "--data", table, "--output", output, "--batch-size", "16")
     process = taskzoo_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_lines(process, [output])
     process.send_signal(signal.SIGKILL)
@@ -245,8 +246,8 @@ def test_resume_after_sigkill_completes_without_duplicates_or_gaps(classifier, b
 
 
 def test_two_processes_write_the_one_process_file(classifier, big_csv, tmp_path):
-    csv, _, straight = big_csv
-    launched = taskzoo_cli("text-classification", "--model", classifier[0], "--data", csv, "--output",
+    table, _, straight = big_csv
+    launched = taskzoo_cli("text-classification", "--model", classifier[0], "--data", table, "--output",
                            tmp_path / "two.jsonl", "--batch-size", "16", launcher=torchrun(29591), env=CPU_PROCESSES)
     assert launched.returncode == 0, launched.stderr[-3000:]
     lines = read_lines(tmp_path / "two.jsonl")
@@ -278,9 +279,9 @@ def kill_tree(pid: int) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers through /proc")
 def test_two_processes_killed_and_resumed(classifier, big_csv, tmp_path):
-    csv, _, straight = big_csv
+    table, _, straight = big_csv
     output = tmp_path / "out.jsonl"
-    args = ("text-classification", "--model", classifier[0], "--data", csv, "--output", output, "--batch-size", "16")
+    args = ("text-classification", "--model", classifier[0], "--data", table, "--output", output, "--batch-size", "16")
     process = taskzoo_cli(*args, launcher=torchrun(29592), env=CPU_PROCESSES, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
     wait_for_lines(process, [OutputFiles(output, rank, 2).mine for rank in (0, 1)])
