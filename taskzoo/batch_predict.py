@@ -42,12 +42,12 @@ class Rows:
     columns the input came from (named when it turns out to be bad)."""
 
     def __init__(self, task, data: Any, columns: Mapping[str, str] | None = None, id_column: str | None = None):
+        if id_column in RECORD_KEYS:
+            raise DataError(f"The id column cannot be called {id_column!r}: each line has its own {id_column!r}.")
         self.task, self.columns = task, dict(columns or {})
         self.name = str(data) if isinstance(data, (str, os.PathLike)) else "the data"
         self.rows, self.folder = _open(task, data)
         self.total = len(self.rows) if hasattr(self.rows, "__len__") else None
-        if id_column in RECORD_KEYS:
-            raise DataError(f"The id column cannot be called {id_column!r}: each line has its own {id_column!r}.")
         self.id_column, self.id_required = id_column or "id", id_column is not None
         self.resolved: set[str] | None = None  # input columns of relative file paths, decided on the first row
 
@@ -230,9 +230,9 @@ def write_predictions(task, rows: Rows | Inputs, output: str | os.PathLike, *, b
             bar.update(len(block))
     bar.close()
     accelerator.wait_for_everyone()
+    # The others return now: a merge of a large output may outlast the process group's barrier timeout.
     if world > 1 and accelerator.is_main_process:
         files.merge()
-    accelerator.wait_for_everyone()  # every process returns once OUT is complete
     return Path(output)
 
 

@@ -85,10 +85,10 @@ class OutputFiles:
 
     def start(self, resume: bool) -> int:
         """Main process: clear an earlier run's files, or (resume) check and trim them; returns the rows done."""
+        self.output.parent.mkdir(parents=True, exist_ok=True)
         if not resume:
             for path, _ in self.existing_parts():
                 path.unlink()
-            self.output.parent.mkdir(parents=True, exist_ok=True)
             self.output.unlink(missing_ok=True)
             self.output.touch()
             return 0
