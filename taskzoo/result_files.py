@@ -8,6 +8,7 @@ equal to r modulo N into ``OUT.part-r-of-N``; the main process merges the parts 
 from __future__ import annotations
 
 import base64
+import glob
 import heapq
 import io
 import json
@@ -80,7 +81,8 @@ class OutputFiles:
 
     def existing_parts(self) -> list[tuple[Path, int]]:
         pattern = re.compile(re.escape(self.output.name) + r"\.part-\d+-of-(\d+)$")
-        found = [(path, pattern.match(path.name)) for path in self.output.parent.glob(self.output.name + ".part-*")]
+        found = [(path, pattern.match(path.name))
+                 for path in self.output.parent.glob(glob.escape(self.output.name) + ".part-*")]
         return sorted((path, int(match.group(1))) for path, match in found if match)
 
     def start(self, resume: bool) -> int:
