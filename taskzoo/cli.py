@@ -94,26 +94,6 @@ def _read_inputs(path: str) -> list:
     return inputs
 
 
-def _json_default(value):
-    if hasattr(value, "save"):  # PIL images: not JSON; described instead (see --save-visuals)
-        return f"<{type(value).__name__} {getattr(value, 'size', '')}>"
-    return str(value)
-
-
-def _save_images(value, folder: Path, stem: str):
-    """Replace the PIL images inside an output by the paths of PNG files written for them."""
-    if hasattr(value, "save") and hasattr(value, "size"):
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{stem}.png"
-        value.save(path)
-        return str(path)
-    if isinstance(value, dict):
-        return {key: _save_images(item, folder, f"{stem}-{key}") for key, item in value.items()}
-    if isinstance(value, list):
-        return [_save_images(item, folder, f"{stem}-{i}") for i, item in enumerate(value)]
-    return value
-
-
 def cmd_tasks(args) -> None:
     from taskzoo.models import PACKAGED_MODELS
     from taskzoo.registry import ALIASES, TASKS
@@ -130,76 +110,37 @@ def cmd_tasks(args) -> None:
 
 def cmd_predict(args) -> None:
     import taskzoo
+    from taskzoo import batch_predict
     from taskzoo.registry import get_task
+    from taskzoo.result_files import json_line
 
     inputs = [_input(item) for item in args.inputs]
     if args.input_file:
         if not Path(args.input_file).is_file():
             raise UsageError(f"--input-file {args.input_file}: no such file.")
         inputs += _read_inputs(args.input_file)
-    if not inputs:
-        raise UsageError("give inputs as arguments or with --input-file.")
-    if args.resume and not args.output:
-        raise UsageError("--resume needs --output (the JSON lines file to continue).")
+    if args.data and inputs:
+        raise UsageError("give inputs as arguments or --input-file, or rows with --data; not both.")
+    if not inputs and not args.data:
+        raise UsageError("give inputs as arguments, with --input-file, or rows with --data.")
+    if (args.resume or args.data) and not args.output:
+        raise UsageError(f"{'--resume' if args.resume else '--data'} needs --output (a JSON lines file).")
+    if args.data:
+        _check_exists(args.data, "--data")
     options = _pairs(args.set, "--set")
     _check_options(options, _predict_options(get_task(args.task).load_class()), "predict")
     batch_size = args.batch_size or options.pop("batch_size", None)
     zoo = taskzoo.load(args.task, args.model, device=args.device)
-    draw = zoo.name in DRAWN_TASKS
-    if not args.output:
+    files = dict(batch_size=batch_size, resume=args.resume, save_visuals=args.save_visuals)
+    if args.data:
+        zoo.predict_to_jsonl(args.data, args.output, columns=_pairs(args.columns, "--columns"),
+                             id_column=args.id_column, **files, **options)
+    elif args.output:
+        batch_predict.write_predictions(zoo, batch_predict.Inputs(inputs), args.output, **files, **options)
+    else:
         outputs = zoo.predict(inputs, batch_size=batch_size, **options)
         for index, (item, output) in enumerate(zip(inputs, outputs)):
-            sys.stdout.write(_line(index, item, output, args.save_visuals, draw))
-        return
-    done = _finished_lines(Path(args.output)) if args.resume else 0
-    if done:
-        print(f"resuming: {done} of {len(inputs)} inputs already in {args.output}", file=sys.stderr)
-    # Results are appended block by block and flushed, so an interrupted run loses one block at most.
-    options["progress"] = False
-    block = max(256, 8 * (batch_size or 32))
-    with open(args.output, "a" if done else "w") as handle:
-        for start in range(done, len(inputs), block):
-            items = inputs[start:start + block]
-            outputs = zoo.predict(items, batch_size=batch_size, **options)
-            handle.write("".join(_line(start + i, item, out, args.save_visuals, draw)
-                                 for i, (item, out) in enumerate(zip(items, outputs))))
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-# Tasks whose outputs people look at rather than read: --save-visuals also draws them over the input image.
-DRAWN_TASKS = ("object-detection", "image-segmentation")
-
-
-def _line(index: int, item, output, visuals: str | None = None, draw: bool = False) -> str:
-    record = {"index": index, "input": item}
-    if visuals and draw:
-        from taskzoo import visualize
-
-        path = Path(visuals) / f"{index:06d}-visual.png"
-        visualize(item, output, path)
-        record["visual"] = str(path)
-    if visuals:
-        output = _save_images(output, Path(visuals), f"{index:06d}")
-    return json.dumps({**record, "output": output}, default=_json_default) + "\n"
-
-
-def _finished_lines(path: Path) -> int:
-    """How many results an earlier run wrote; a torn last line (killed mid-write) is dropped."""
-    if not path.exists():
-        return 0
-    lines = path.read_text().split("\n")
-    complete = []
-    for number, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if record.get("index") != number:
-            raise UsageError(f"{path} line {number + 1} is not result {number}; cannot resume from it.")
-        complete.append(line)
-    path.write_text("".join(line + "\n" for line in complete))
-    return len(complete)
+            sys.stdout.write(json_line(zoo, index, {"input": item}, item, output, args.save_visuals))
 
 
 def cmd_finetune(args) -> None:
@@ -313,8 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_and_model(predict, "predict")
     predict.add_argument("inputs", nargs="*", help="texts, paths, or JSON values (a JSON pair for pairs)")
     predict.add_argument("--input-file", help="JSON lines or plain text lines, one input each")
+    predict.add_argument("--data", help="predict every row of a CSV / JSON / JSONL / Parquet file or an image, "
+                         "audio or COCO folder (streamed; needs --output; see docs/predict.md)")
     predict.add_argument("--output", help="write JSON lines here instead of standard output")
     predict.add_argument("--resume", action="store_true", help="continue an interrupted --output file")
+    predict.add_argument("--id-column", help="with --data: the column copied into each line (default: id)")
+    predict.add_argument("--columns", action="append", metavar="YOURS=TASKS", help="with --data: rename a column")
     predict.add_argument("--save-visuals", metavar="DIR", help="write output images (generated images, "
                          "masks, drawings of boxes) as PNG files here; the JSON holds their paths")
     predict.add_argument("--batch-size", type=int)
