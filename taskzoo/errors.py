@@ -19,3 +19,7 @@ class DataError(TaskzooError, ValueError):
 
 class TrainingError(TaskzooError, RuntimeError):
     """Fine-tuning cannot go on (for example: the loss became NaN)."""
+
+
+class LaunchError(TaskzooError, RuntimeError):
+    """The processes were launched in a way that would make them work against each other."""

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from taskzoo import data as data_utils
-from taskzoo import strategies
+from taskzoo import strategies, streaming
 from taskzoo.errors import DataError
 
 
@@ -91,6 +91,15 @@ class Task:
     def prepare(self, dataset, training: bool):
         """Check values and convert them for this model. Default: unchanged."""
         return dataset
+
+    def prepared(self, dataset, training: bool):
+        """``prepare`` for in-memory data; for a stream (IterableDataset), ``prepare_stream``."""
+        return self.prepare_stream(dataset, training) if streaming.is_stream(dataset) else self.prepare(dataset, training)
+
+    def prepare_stream(self, stream, training: bool):
+        """A stream's rows checked and converted as they are read. Default: ``prepare`` on small chunks of
+        it; a task whose prepare decides from the whole data overrides this."""
+        return streaming.prepare_in_chunks(self, stream, training)
 
     def train_lengths(self, dataset) -> list[int] | None:
         """Sizes of the training rows, for batches of similar length; None (the default): plain shuffling."""
@@ -266,7 +275,7 @@ class Task:
         dataset = self.load_data(data, "eval", columns)
         if dataset is None:
             raise DataError("The DatasetDict has no validation or test split to evaluate on.")
-        dataset = self.prepare(dataset, training=False)
+        dataset = self.prepared(dataset, training=False)
         metrics = evaluate_task(self, dataset, batch_size=batch_size or self.default_batch_size,
                                 mixed_precision=mixed_precision)
         self.warn_truncated("evaluate")
@@ -290,17 +299,21 @@ class Task:
         config = TrainingConfig.from_kwargs(self, **config)
         loaded = data_utils.to_dataset(train, self.read_path)
         train_set = self.load_data(loaded, "train", columns)
+        streaming.check_trainable(train_set, config.max_steps)
         if eval is None:
-            eval_set = self.load_data(loaded, "eval", columns) if isinstance(loaded, DatasetDict) else None
+            splits = isinstance(loaded, (DatasetDict, streaming.IterableDatasetDict))
+            eval_set = self.load_data(loaded, "eval", columns) if splits else None
         else:
             eval_set = self.load_data(eval, "eval", columns)
         torch.manual_seed(config.seed)  # a new head (or adapters) starts the same for the same seed
         self.prepare_for_training(train_set)
         self.apply_strategy(config.strategy)
-        train_set = self.prepare(train_set, training=True)
-        eval_set = self.prepare(eval_set, training=False) if eval_set is not None else None
+        train_set = self.prepared(train_set, training=True)
+        eval_set = self.prepared(eval_set, training=False) if eval_set is not None else None
         trainer = self
-        if config.strategy == "freeze" and self.cached_head and self.training_options.get("cache_features"):
+        # A stream is read once per pass, never held: its features are not cached.
+        if config.strategy == "freeze" and self.cached_head and self.training_options.get("cache_features") \
+                and not streaming.is_stream(train_set):
             from taskzoo.feature_cache import CachedHeadTraining, build_cache
 
             train_set = build_cache(self, train_set, config.eval_batch_size or config.batch_size)

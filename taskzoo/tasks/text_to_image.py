@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from taskzoo import data as data_utils
+from taskzoo import streaming
 from taskzoo.errors import DataError, ModelNotFoundError
 from taskzoo.diffusion import EMA, DiffusionModel, clip_scores, image_grid
 from taskzoo.task import Task
@@ -143,7 +144,8 @@ class TextToImage(Task):
             self.resolution = self._check_size(options["resolution"], "resolution")
         prompts = options["validation_prompts"]
         # Default: the first captions of the training data, so the grid shows what the model learns.
-        prompts = list(dict.fromkeys(dataset["text"]))[:4] if prompts is None else prompts
+        first = streaming.head(dataset, 256)["text"]  # a stream is not read to its end for this
+        prompts = list(dict.fromkeys(first))[:4] if prompts is None else prompts
         self._validation_prompts = [prompts] if isinstance(prompts, str) else list(prompts)
 
     def prepare(self, dataset, training: bool):
