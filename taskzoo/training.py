@@ -167,18 +167,19 @@ class _Run:
         # A stream is this process's shards, read in its own order; Accelerate does not see it (it would have
         # every process read all of it). Its position goes into each checkpoint (stream.state_dict()).
         self.stream = streaming.for_this_process(train_set, accelerator) if streaming.is_stream(train_set) else None
+        # A generator of its own keeps the loader from drawing on the global RNG each epoch, which would
+        # shift dropout masks between a straight run and a resumed one.
+        generator = torch.Generator().manual_seed(config.seed)
         if self.stream is not None:
             self.train_loader = DataLoader(self.stream, batch_size=config.batch_size, collate_fn=task.collate,
-                                           num_workers=config.num_workers)
+                                           num_workers=config.num_workers, generator=generator)
         else:
-            # A generator of its own keeps the loader from drawing on the global RNG each epoch, which would
-            # shift dropout masks between a straight run and a resumed one.
             lengths = task.train_lengths(train_set) if config.group_by_length else None
             order = {"shuffle": True} if lengths is None else \
                 {"sampler": LengthGroupedSampler(lengths, config.batch_size, config.seed)}
             self.train_loader = accelerator.prepare(DataLoader(
                 train_set, batch_size=config.batch_size, collate_fn=task.collate, **order,
-                num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed)))
+                num_workers=config.num_workers, generator=generator))
         self.eval_loader = None if eval_set is None else eval_loader(
             task, eval_set, config.eval_batch_size or config.batch_size, accelerator, config.num_workers)
 
