@@ -1,4 +1,5 @@
-"""Loading and checking user data: formats, column mapping, splits, labels, images and audio.
+"""Loading and checking user data: formats, column mapping, splits, labels, images and audio; batches of
+rows of similar length (LengthGroupedSampler). Streams: streaming.py.
 
 Everything here refuses bad input with a message that names the column, file or value, before any
 training starts, rather than silently fixing it.
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 
@@ -158,6 +160,35 @@ def read_metadata_folder(path: str | os.PathLike, column: str, example: str = ""
     if missing:
         raise DataError(f"{metadata} names {len(missing)} missing file(s), e.g. {missing[0]}.")
     return rows.add_column(column, files).remove_columns("file_name")
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """A random order whose batches hold rows of similar length, so they pad little: shuffle, cut into
+    chunks of 16 batches, sort each chunk by length, cut it into batches, then shuffle the batches (a
+    short last batch stays last, keeping the loader's batch boundaries). The order depends only on
+    (seed, epoch), so a resumed run and every process see the same one (Accelerate calls set_epoch)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order, size = torch.randperm(len(self.lengths), generator=generator).tolist(), self.batch_size
+        batches = []
+        for start in range(0, len(order), 16 * size):
+            chunk = sorted(order[start:start + 16 * size], key=lambda i: -self.lengths[i])
+            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        short = [batches.pop()] if batches and len(batches[-1]) < size else []
+        for index in [*torch.randperm(len(batches), generator=generator).tolist()]:
+            yield from batches[index]
+        for batch in short:
+            yield from batch
 
 
 # ----------------------------------------------------------------------------------------------- labels

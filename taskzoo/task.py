@@ -93,13 +93,10 @@ class Task:
         return dataset
 
     def prepared(self, dataset, training: bool):
-        """``prepare`` for in-memory data; for a stream (IterableDataset), ``prepare_stream``."""
-        return self.prepare_stream(dataset, training) if streaming.is_stream(dataset) else self.prepare(dataset, training)
-
-    def prepare_stream(self, stream, training: bool):
-        """A stream's rows checked and converted as they are read. Default: ``prepare`` on small chunks of
-        it; a task whose prepare decides from the whole data overrides this."""
-        return streaming.prepare_in_chunks(self, stream, training)
+        """``prepare`` for in-memory data; a stream (IterableDataset) gets it on small chunks as they are read
+        (a task whose prepare decides from the whole data overrides this for streams)."""
+        return streaming.prepare_in_chunks(self, dataset, training) if streaming.is_stream(dataset) \
+            else self.prepare(dataset, training)
 
     def train_lengths(self, dataset) -> list[int] | None:
         """Sizes of the training rows, for batches of similar length; None (the default): plain shuffling."""
@@ -310,8 +307,7 @@ class Task:
         self.apply_strategy(config.strategy)
         train_set = self.prepared(train_set, training=True)
         eval_set = self.prepared(eval_set, training=False) if eval_set is not None else None
-        trainer = self
-        # A stream is read once per pass, never held: its features are not cached.
+        trainer = self  # (a stream is never held in memory, so its features are not cached)
         if config.strategy == "freeze" and self.cached_head and self.training_options.get("cache_features") \
                 and not streaming.is_stream(train_set):
             from taskzoo.feature_cache import CachedHeadTraining, build_cache

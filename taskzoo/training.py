@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from taskzoo import checkpoints, streaming
 from taskzoo.accelerators import new_accelerator
+from taskzoo.data import LengthGroupedSampler
 from taskzoo.errors import TrainingError
 from taskzoo.evaluation import eval_loader, run_evaluation
 
@@ -96,16 +97,12 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}.")
         if self.max_steps is None and not self.epochs > 0:
             raise ValueError(f"epochs must be positive; got {self.epochs!r}.")
-        if self.early_stopping_patience is not None and not (isinstance(self.early_stopping_patience, int)
-                                                             and self.early_stopping_patience > 0):
-            raise ValueError(f"early_stopping_patience must be a positive integer or None; "
-                             f"got {self.early_stopping_patience!r}.")
-        if self.checkpoint_every not in ("eval", None) and not (isinstance(self.checkpoint_every, int)
-                                                                and self.checkpoint_every > 0):
-            raise ValueError(f"checkpoint_every must be 'eval', a positive number of steps or None; "
-                             f"got {self.checkpoint_every!r}.")
-        if not (isinstance(self.keep_checkpoints, int) and self.keep_checkpoints > 0):
-            raise ValueError(f"keep_checkpoints must be a positive integer; got {self.keep_checkpoints!r}.")
+        for name, others in (("checkpoint_every", ("eval", None)), ("early_stopping_patience", (None,)),
+                             ("keep_checkpoints", ())):
+            value = getattr(self, name)
+            if value not in others and not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} must be a positive integer{''.join(f' or {o!r}' for o in others)}; "
+                                 f"got {value!r}.")
         if self.eval_every != "epoch" and not (isinstance(self.eval_every, int) and self.eval_every > 0):
             raise ValueError(f"eval_every must be 'epoch' or a positive number of steps; got {self.eval_every!r}.")
 
@@ -197,7 +194,7 @@ class _Run:
         self.checkpointed_at = None  # the step of the latest training-state checkpoint
         self.losses = []  # training losses since the last log line
 
-    def resume_or_start_fresh(self, train_size: int) -> None:
+    def resume_or_start_fresh(self, train_size: int | str) -> None:
         """Restore where a checkpointed run stood, or clear an earlier run's log and checkpoints."""
         config, accelerator, output_dir = self.config, self.accelerator, self.output_dir
         # Where the run stands; saved with every checkpoint and restored on resume.
@@ -372,35 +369,6 @@ class _Run:
         for tracker in accelerator.trackers:
             tracker.finish()
         return result
-
-
-class LengthGroupedSampler(torch.utils.data.Sampler):
-    """A random order whose batches hold rows of similar length, so they pad little: shuffle, cut into
-    chunks of 16 batches, sort each chunk by length, cut it into batches, then shuffle the batches (a
-    short last batch stays last, keeping the loader's batch boundaries). The order depends only on
-    (seed, epoch), so a resumed run and every process see the same one (Accelerate calls set_epoch)."""
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order, size = torch.randperm(len(self.lengths), generator=generator).tolist(), self.batch_size
-        batches = []
-        for start in range(0, len(order), 16 * size):
-            chunk = sorted(order[start:start + 16 * size], key=lambda i: -self.lengths[i])
-            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
-        short = [batches.pop()] if batches and len(batches[-1]) < size else []
-        for index in [*torch.randperm(len(batches), generator=generator).tolist()]:
-            yield from batches[index]
-        for batch in short:
-            yield from batch
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

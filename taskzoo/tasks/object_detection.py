@@ -123,13 +123,12 @@ class ObjectDetection(Task):
 
     def prepare_for_training(self, dataset) -> None:
         given = self.training_options.get("labels")
-        if given is None and streaming.is_stream(dataset):
-            feature = _category_feature(dataset.features or {})
-            if not hasattr(feature, "names") and self.head_trained:
+        if given is None and streaming.is_stream(dataset) and not hasattr(_category_feature(dataset.features or {}),
+                                                                          "names"):
+            if self.head_trained:
                 return  # keep the model's labels; a category outside them is refused as the stream is read
-            if not hasattr(feature, "names"):
-                raise DataError("The model has no trained detection head, and a stream cannot be scanned for its "
-                                "categories: pass their names with labels=[...].")
+            raise DataError("The model has no trained detection head, and a stream cannot be scanned for its "
+                            "categories: pass their names with labels=[...].")
         names = [str(name) for name in given] if given is not None else _label_names(dataset)
         if names is None:  # integer categories: keep the model's names when they fit
             count = max((c for objects in dataset["objects"] for c in _unpack(objects)[1]), default=-1) + 1
@@ -313,8 +312,7 @@ def _label_names(dataset) -> list[str] | None:
     return None
 
 
-def _category_feature(features):
-    """The feature of objects.category (a ClassLabel holds the names), or None."""
+def _category_feature(features):  # objects.category's feature (a ClassLabel holds the names), or None
     feature = features.get("objects")
     feature = getattr(feature, "feature", feature)  # Sequence({...}) in older datasets
     return getattr(feature.get("category"), "feature", None) if isinstance(feature, Mapping) else None

@@ -52,9 +52,11 @@ class SentenceSimilarity(Task):
         return Path(path)
 
     # ----------------------------------------------------------------------------------------- data
-    def prepare_stream(self, stream, training: bool):
-        """As prepare, on the fly: the first 1000 rows say whether scores run to 1 or to 5 (a 0-5 set shows
-        values above 1 early); a later score outside that range is refused, naming it."""
+    def prepared(self, stream, training: bool):
+        """A stream as prepare below, on the fly: its first 1000 rows say whether scores run to 1 or to 5 (a 0-5
+        set shows values above 1 early); a later score outside that range is refused, naming it."""
+        if not streaming.is_stream(stream):
+            return super().prepared(stream, training)
         first = [s for s in streaming.head(stream, 1000)["score"] if isinstance(s, (int, float))]
         top = 5.0 if max(first, default=0) > 1 else 1.0
 

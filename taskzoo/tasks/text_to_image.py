@@ -143,9 +143,8 @@ class TextToImage(Task):
         if options["resolution"] is not None:
             self.resolution = self._check_size(options["resolution"], "resolution")
         prompts = options["validation_prompts"]
-        # Default: the first captions of the training data, so the grid shows what the model learns.
-        first = streaming.head(dataset, 256)["text"]  # a stream is not read to its end for this
-        prompts = list(dict.fromkeys(first))[:4] if prompts is None else prompts
+        # Default: the first captions of the training data (its first rows: a stream has no end).
+        prompts = list(dict.fromkeys(streaming.head(dataset, 256)["text"]))[:4] if prompts is None else prompts
         self._validation_prompts = [prompts] if isinstance(prompts, str) else list(prompts)
 
     def prepare(self, dataset, training: bool):
