@@ -160,6 +160,9 @@ class _Run:
         # The optimizer is made here and prepared together with the model: Accelerate then points it at the
         # parameters FSDP and DeepSpeed shard (their rule: prepare model and optimizer in one call).
         optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.learning_rate)
+        deepspeed = accelerator.state.deepspeed_plugin  # it sizes its buffers by the batch, told here (no loader)
+        if deepspeed is not None and deepspeed.is_auto("train_micro_batch_size_per_gpu"):
+            deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         # A stream is this process's shards, read in its own order; Accelerate does not see it (it would have
         # every process read all of it). Its position goes into each checkpoint (stream.state_dict()).
