@@ -64,7 +64,7 @@ def prepare_in_chunks(task, stream: IterableDataset, training: bool) -> Iterable
         try:
             return task.prepare(chunk, training)[:]
         except DataError as error:
-            raise DataError(f"In rows {indices[0]}-{indices[-1]} of the stream (row numbers below count from "
+            raise DataError(f"In rows {indices[0]}-{indices[-1]} of the stream (a row number below counts from row "
                             f"{indices[0]}): {error}") from error
 
     return stream.map(prepare, batched=True, batch_size=CHUNK_ROWS, with_indices=True,
