@@ -69,10 +69,10 @@ def test_a_stream_without_max_steps_is_refused(tiny_model_path):
 
 
 def test_a_label_outside_the_models_is_refused_naming_it_and_its_rows(tiny_model_path):
-    rows = [{"text": "good film", "label": "positive"}] * 70 + [{"text": "meh", "label": "neutral"}]
+    rows = [{"text": "good film", "label": "positive"}] * 300 + [{"text": "meh", "label": "neutral"}]
     stream = Dataset.from_list(rows).to_iterable_dataset()
     zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
-    with pytest.raises(DataError, match=r"rows 64-70 .*'neutral'.*\['negative', 'positive'\]"):
+    with pytest.raises(DataError, match=r"rows 256-300 .*'neutral'.*\['negative', 'positive'\]"):
         zoo.evaluate(stream)
 
 
