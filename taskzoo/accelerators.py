@@ -1,6 +1,10 @@
-"""Accelerator set-up shared by the training loop and standalone evaluation."""
+"""Accelerator set-up shared by the training loop, evaluation and sharded prediction."""
 
 from __future__ import annotations
+
+import os
+
+from taskzoo.errors import LaunchError
 
 
 def new_accelerator(**kwargs):
@@ -8,10 +12,26 @@ def new_accelerator(**kwargs):
 
     Accelerate keeps its settings in a process-wide singleton that refuses to change; a library is
     called many times per process, so the mixed-precision part is reset (the process group is kept).
+    Refuses to run when several processes were launched but Accelerate does not see them (see below).
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-    return Accelerator(**kwargs)
+    accelerator = Accelerator(**kwargs)
+    check_launch(accelerator)
+    return accelerator
+
+
+def check_launch(accelerator) -> None:
+    """Several launched processes (WORLD_SIZE > 1) that Accelerate runs as one each would train N separate
+    models into one output folder: refuse, saying how to launch on this machine."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size > 1 and accelerator.num_processes == 1:
+        raise LaunchError(
+            f"{world_size} processes were launched (WORLD_SIZE={world_size}), but Accelerate runs this one on its own "
+            f"(distributed type {accelerator.distributed_type}), so each would work alone and they would all write "
+            "the same output folder. On CPUs set ACCELERATE_USE_CPU=1 (ACCELERATE_USE_CPU=1 torchrun "
+            "--nproc_per_node N ...), or launch with `accelerate launch --num_processes N ...` "
+            "(add --cpu on a machine without GPUs).")

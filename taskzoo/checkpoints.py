@@ -2,7 +2,8 @@
 
 - ``best/`` and ``last/``: model folders that ``taskzoo.load`` and the plain loaders open;
 - ``checkpoints/step-N/``: full training state (model, optimizer, scheduler, RNG states, position in the
-  data) for an exact resume, the newest ``keep_checkpoints`` kept;
+  data: each process's stream position for a stream) for an exact resume, the newest ``keep_checkpoints``
+  kept; written by default at each evaluation and epoch end;
 - ``log.jsonl``: one record per log line or evaluation (:class:`RunLog`, which also feeds Accelerate's trackers);
 - ``training_curves.png``: the loss and the evaluation metric per step (:func:`plot_history`).
 
@@ -49,13 +50,24 @@ def swap_in(staging: Path, target: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def save_model(task, accelerator, target: Path) -> None:
-    """Save the task's model as a loadable folder at ``target`` (main process writes)."""
+def save_model(task, accelerator, target: Path, model=None) -> None:
+    """Save the task's model as a loadable folder at ``target`` (main process writes). ``model`` is the
+    prepared model: under FSDP or DeepSpeed each process holds a shard of each weight, and every process
+    takes part in gathering them (``accelerator.get_state_dict``) before the main process writes."""
+    from accelerate.utils import DistributedType
+
     accelerator.wait_for_everyone()
+    sharded = model is not None and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    weights = accelerator.get_state_dict(model) if sharded else None
     if accelerator.is_main_process:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            task.save(staging)
+            if weights is None:
+                task.save(staging)
+            else:  # Accelerate's recipe for sharded engines; the processor goes beside the weights
+                accelerator.unwrap_model(model).save_pretrained(staging, state_dict=weights)
+                if task.processor is not None:
+                    task.processor.save_pretrained(staging)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -63,8 +75,9 @@ def save_model(task, accelerator, target: Path) -> None:
     accelerator.wait_for_everyone()
 
 
-def save_training_state(accelerator, output_dir: Path, step: int, state: dict, keep: int) -> None:
-    """Write ``checkpoints/step-N`` (every process writes its RNG state), then drop the oldest."""
+def save_training_state(accelerator, output_dir: Path, step: int, state: dict, keep: int, stream=None) -> Path:
+    """Write ``checkpoints/step-N`` (every process writes its RNG state, and its position in ``stream``),
+    then drop the oldest; returns the checkpoint's folder."""
     folder = output_dir / "checkpoints"
     staging = folder / f".step-{step}-saving"
     if accelerator.is_main_process:
@@ -72,6 +85,8 @@ def save_training_state(accelerator, output_dir: Path, step: int, state: dict, k
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
+    if stream is not None:
+        (staging / f"stream_{accelerator.process_index}.json").write_text(json.dumps(stream.state_dict()))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (staging / STATE_FILE).write_text(json.dumps(state))
@@ -79,6 +94,7 @@ def save_training_state(accelerator, output_dir: Path, step: int, state: dict, k
         for old in checkpoint_folders(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    return folder / f"step-{step}"
 
 
 def checkpoint_folders(output_dir: Path) -> list[Path]:
@@ -96,7 +112,8 @@ def find_checkpoint(output_dir: Path, resume_from: str | os.PathLike) -> Path:
         found = checkpoint_folders(output_dir)
         if not found:
             raise TrainingError(f"resume_from='latest' but {output_dir / 'checkpoints'} holds no complete "
-                                "checkpoint. Set checkpoint_every=N to write them.")
+                                "checkpoint: they are written at each evaluation and epoch end (or every N steps "
+                                "with checkpoint_every=N), and the run stopped before the first.")
         return found[-1]
     path = Path(resume_from)
     if not (path / STATE_FILE).exists():
@@ -104,8 +121,16 @@ def find_checkpoint(output_dir: Path, resume_from: str | os.PathLike) -> Path:
     return path
 
 
-def load_training_state(accelerator, checkpoint: Path) -> dict:
+def load_training_state(accelerator, checkpoint: Path, stream=None) -> dict:
+    """Restore a checkpoint into the prepared objects (and ``stream``'s position); returns the run's state."""
     accelerator.load_state(str(checkpoint))
+    if stream is not None:
+        position = checkpoint / f"stream_{accelerator.process_index}.json"
+        if not position.exists():
+            raise TrainingError(f"{checkpoint} holds no stream position for process {accelerator.process_index}: "
+                                "it was written by an in-memory run or by fewer processes. Resume a stream with "
+                                "the same data and number of processes.")
+        stream.load_state_dict(json.loads(position.read_text()))
     return json.loads((checkpoint / STATE_FILE).read_text())
 
 

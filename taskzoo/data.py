@@ -1,4 +1,5 @@
-"""Loading and checking user data: formats, column mapping, splits, labels, images and audio.
+"""Loading and checking user data: formats, column mapping, splits, labels, images and audio; batches of
+rows of similar length (LengthGroupedSampler). Streams: streaming.py.
 
 Everything here refuses bad input with a message that names the column, file or value, before any
 training starts, rather than silently fixing it.
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 
+from taskzoo import streaming
 from taskzoo.errors import DataError
 
 TABLE_READERS = {
@@ -49,9 +52,10 @@ def read_table(path: str | os.PathLike) -> Dataset:
 def to_dataset(data: Any, read_path=read_table) -> Dataset | DatasetDict:
     """Turn a Dataset, DatasetDict, path, list of dicts or dict of lists into a datasets object.
 
-    ``read_path`` reads paths; tasks pass their own to accept folders (images, audio, COCO).
+    ``read_path`` reads paths; tasks pass their own to accept folders (images, audio, COCO). A stream
+    (``IterableDataset``, e.g. ``load_dataset(..., streaming=True)``) is kept as it is (see streaming.py).
     """
-    if isinstance(data, (Dataset, DatasetDict)):
+    if isinstance(data, (Dataset, DatasetDict)) or streaming.is_stream(data):
         return data
     if isinstance(data, (str, os.PathLike)):
         return read_path(data)
@@ -65,7 +69,7 @@ def to_dataset(data: Any, read_path=read_table) -> Dataset | DatasetDict:
         return Dataset.from_pandas(data, preserve_index=False)
     raise DataError(
         f"Cannot use data of type {type(data).__name__}: pass a datasets.Dataset, a DatasetDict, "
-        "a file path (CSV, JSON, JSONL, Parquet), a folder, or a list of dicts."
+        "an IterableDataset, a file path (CSV, JSON, JSONL, Parquet), a folder, or a list of dicts."
     )
 
 
@@ -78,9 +82,9 @@ def _from_python(build, rows) -> Dataset:
         raise DataError(f"The rows do not form a table (a column mixes types?): {error}") from error
 
 
-def pick_split(data: Dataset | DatasetDict, role: str) -> Dataset | None:
-    """The split of a DatasetDict for ``role`` ("train" or "eval"); a plain Dataset is returned as is."""
-    if isinstance(data, Dataset):
+def pick_split(data, role: str):
+    """The split of a (streamed) DatasetDict for ``role`` ("train" or "eval"); a single dataset is returned as is."""
+    if not isinstance(data, (DatasetDict, streaming.IterableDatasetDict)):
         return data
     names = ("train",) if role == "train" else EVAL_SPLIT_NAMES
     for name in names:
@@ -95,14 +99,15 @@ def rename_columns(dataset: Dataset, columns: Mapping[str, str] | None) -> Datas
     """Apply a ``{your_column: task_column}`` mapping, checking that each source column exists."""
     if not columns:
         return dataset
-    missing = [name for name in columns if name not in dataset.column_names]
+    present = column_names(dataset)
+    missing = [name for name in columns if name not in present]
     if missing:
         raise DataError(
             f"columns= maps {missing} but the data has no such column. "
-            f"Columns present: {dataset.column_names}."
+            f"Columns present: {present}."
         )
     renames = {old: new for old, new in columns.items() if old != new}
-    clashes = [new for new in renames.values() if new in dataset.column_names and new not in renames]
+    clashes = [new for new in renames.values() if new in present and new not in renames]
     if clashes:
         dataset = dataset.remove_columns(clashes)
     return dataset.rename_columns(renames)
@@ -110,15 +115,21 @@ def rename_columns(dataset: Dataset, columns: Mapping[str, str] | None) -> Datas
 
 def check_columns(dataset: Dataset, required: Sequence[str], task: str, where: str = "data") -> None:
     """Raise if the dataset is empty or lacks a required column, listing the columns it has."""
-    if len(dataset) == 0:
+    if isinstance(dataset, Dataset) and len(dataset) == 0:
         raise DataError(f"The {where} for {task} is empty.")
-    missing = [name for name in required if name not in dataset.column_names]
+    present = column_names(dataset)  # a stream that yields nothing is refused here
+    missing = [name for name in required if name not in present]
     if missing:
         raise DataError(
             f"The {where} for {task} has no column {missing[0]!r} (required: {list(required)}). "
-            f"Columns present: {dataset.column_names}. "
+            f"Columns present: {present}. "
             f"Rename yours with columns={{'your_column': {missing[0]!r}}}."
         )
+
+
+def column_names(dataset) -> list[str]:
+    """The columns of a Dataset or of a stream (whose first row tells, where it declares no features)."""
+    return streaming.column_names(dataset) if streaming.is_stream(dataset) else dataset.column_names
 
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -149,6 +160,35 @@ def read_metadata_folder(path: str | os.PathLike, column: str, example: str = ""
     if missing:
         raise DataError(f"{metadata} names {len(missing)} missing file(s), e.g. {missing[0]}.")
     return rows.add_column(column, files).remove_columns("file_name")
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """A random order whose batches hold rows of similar length, so they pad little: shuffle, cut into
+    chunks of 16 batches, sort each chunk by length, cut it into batches, then shuffle the batches (a
+    short last batch stays last, keeping the loader's batch boundaries). The order depends only on
+    (seed, epoch), so a resumed run and every process see the same one (Accelerate calls set_epoch)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order, size = torch.randperm(len(self.lengths), generator=generator).tolist(), self.batch_size
+        batches = []
+        for start in range(0, len(order), 16 * size):
+            chunk = sorted(order[start:start + 16 * size], key=lambda i: -self.lengths[i])
+            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        short = [batches.pop()] if batches and len(batches[-1]) < size else []
+        for index in [*torch.randperm(len(batches), generator=generator).tolist()]:
+            yield from batches[index]
+        for batch in short:
+            yield from batch
 
 
 # ----------------------------------------------------------------------------------------------- labels

@@ -21,6 +21,10 @@ class TrainingError(TaskzooError, RuntimeError):
     """Fine-tuning cannot go on (for example: the loss became NaN)."""
 
 
+class LaunchError(TaskzooError, RuntimeError):
+    """The processes were launched in a way that would make them work against each other."""
+
+
 # The library's messages suggest fixes in Python syntax; the command line says the same in its own flags.
 _CLI_SPELLINGS = [
     (r"[Rr]ename yours with columns=\{'your_column': '(\w+)'\}", r"Rename yours with --columns YOUR_COLUMN=\1"),

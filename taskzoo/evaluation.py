@@ -4,7 +4,9 @@ Under several processes Accelerate shards the data and pads the last batch with 
 ``gather_for_metrics`` collects every process's per-sample results and drops those repeats, so the
 metrics equal a single-process run. The main process alone keeps the gathered results and scores them
 (the task's metrics, then your own, each run once over every example), and broadcasts the scores, so
-that every process logs and picks the best checkpoint alike.
+that every process logs and picks the best checkpoint alike. A stream
+(IterableDataset) is split between the processes by shards instead (streaming.for_this_process); each
+keeps its results and they are gathered once at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from taskzoo import streaming
 from taskzoo.accelerators import new_accelerator
 from taskzoo.custom_metrics import Evaluation, MetricError, MetricSet
 
@@ -25,18 +28,27 @@ def run_evaluation(task, model: torch.nn.Module, loader: DataLoader, accelerator
     was_training = model.training
     model.eval()
     pairs: list = []
+    streamed = streaming.is_stream(loader.dataset)
+    batches = loader if not streamed else streaming.send_to(loader, accelerator)
     # Your metrics need the task's natural outputs, which some eval_steps only keep when asked (masks, images).
     keeping = task.keeping_metric_inputs() if metrics else nullcontext()
     with torch.inference_mode(), keeping:
-        for batch in tqdm(loader, desc=f"{task.name}: evaluate", leave=False,
-                          disable=not accelerator.is_local_main_process or len(loader) < 5):
+        for batch in tqdm(batches, desc=f"{task.name}: evaluate", leave=False,
+                          disable=not accelerator.is_local_main_process or (not streamed and len(loader) < 5)):
             with accelerator.autocast():
                 predictions, references = task.eval_step(model, batch)
+            if streamed:  # this process's own examples, gathered below
+                pairs.extend(zip(predictions, references))
+                continue
             # One (prediction, reference) pair per sample, so that trimming the padded tail
             # of the last batch stays aligned across both.
             gathered = accelerator.gather_for_metrics(list(zip(predictions, references)), use_gather_object=True)
             if accelerator.is_main_process:  # the others drop their copy at once: only the main process scores
                 pairs.extend(gathered)
+    if streamed and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        pairs = gather_object(pairs)
     model.train(was_training)
     evaluation = failed = None
     if accelerator.is_main_process:
@@ -75,13 +87,23 @@ def evaluate_task(task, dataset, batch_size: int, mixed_precision: str = "no",
     that were computed ride along on the error (``error.metrics``), so the evaluation is not lost.
     """
     accelerator = new_accelerator(mixed_precision=mixed_precision)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate)
-    # Only the loader is prepared: preparing the model would leave Accelerate's autocast wrapper on
-    # its forward, changing later predictions.
-    loader = accelerator.prepare(loader)
+    loader = eval_loader(task, dataset, batch_size, accelerator)
     task.model.to(accelerator.device)
     evaluation = run_evaluation(task, task.model, loader, accelerator, metrics)
     if evaluation.failures:
         raise MetricError(f"{task.name}: your metric failed: {evaluation.failure_text()}. The other scores are on "
                           "this error's .metrics.", evaluation.metrics, evaluation.failures)
     return evaluation.metrics
+
+
+def eval_loader(task, dataset, batch_size: int, accelerator, num_workers: int = 0) -> DataLoader:
+    """In-order batches of ``dataset``, this process's share of them under several processes.
+
+    Only the loader is prepared: preparing the model would leave Accelerate's autocast wrapper on its
+    forward, changing later predictions. A stream is split by shards instead of by Accelerate, which
+    would have every process read all of it."""
+    if streaming.is_stream(dataset):
+        return DataLoader(streaming.for_this_process(dataset, accelerator), batch_size=batch_size,
+                          collate_fn=task.collate, num_workers=num_workers)
+    return accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate,
+                                          num_workers=num_workers))

@@ -8,7 +8,8 @@ import tempfile
 import torch
 
 from taskzoo import data as data_utils
-from taskzoo import strategies
+from taskzoo import strategies, streaming
+from taskzoo.errors import DataError
 
 
 def model_labels(model: torch.nn.Module) -> list[str]:
@@ -16,12 +17,26 @@ def model_labels(model: torch.nn.Module) -> list[str]:
     return [config.id2label[i] for i in range(len(config.id2label))]
 
 
-def names_for_training(dataset, column: str, current: list[str], head_trained: bool) -> list[str] | None:
+def names_for_training(dataset, column: str, current: list[str], head_trained: bool,
+                       given: list[str] | None = None) -> list[str] | None:
     """The label names the data needs, or None when the model's head already fits it.
 
-    Names come from a ClassLabel feature or the strings in ``column``; plain integers keep the model's
-    names when they fit its head, and become LABEL_0, LABEL_1, ... when they do not."""
-    names = data_utils.label_names_of(dataset, column)
+    Names come from ``given`` (the ``labels=[...]`` option), a ClassLabel feature or the strings in
+    ``column``; plain integers keep the model's names when they fit its head, and become LABEL_0, LABEL_1, ...
+    when they do not. A stream cannot be scanned for its labels: without ``given`` or a ClassLabel it keeps
+    the model's trained head, and a label outside it is refused as the stream is read."""
+    names = [str(name) for name in given] if given is not None else None
+    if names is None and streaming.is_stream(dataset):
+        feature = (dataset.features or {}).get(column)
+        if hasattr(feature, "names"):
+            names = list(feature.names)
+        elif head_trained:
+            return None
+        else:
+            raise DataError(f"The model has no trained head, and a stream cannot be scanned for its label set: "
+                            f"pass the label names with labels=[...] (column {column!r}).")
+    if names is None:
+        names = data_utils.label_names_of(dataset, column)
     if names is None:
         count = max(dataset.unique(column)) + 1
         if head_trained and count <= len(current):

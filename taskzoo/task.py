@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from taskzoo import data as data_utils
-from taskzoo import strategies
+from taskzoo import strategies, streaming
 from taskzoo.batching import PreparedBatches, halving_on_oom
 from taskzoo.errors import DataError
 from taskzoo.models import library_bars_hidden
@@ -96,6 +96,12 @@ class Task:
     def prepare(self, dataset, training: bool):
         """Check values and convert them for this model. Default: unchanged."""
         return dataset
+
+    def prepared(self, dataset, training: bool):
+        """``prepare`` for in-memory data; a stream (IterableDataset) gets it on small chunks as they are read
+        (a task whose prepare decides from the whole data overrides this for streams)."""
+        return streaming.prepare_in_chunks(self, dataset, training) if streaming.is_stream(dataset) \
+            else self.prepare(dataset, training)
 
     def train_lengths(self, dataset) -> list[int] | None:
         """Sizes of the training rows, for batches of similar length; None (the default): plain shuffling."""
@@ -310,7 +316,7 @@ class Task:
         dataset = self.load_data(data, "eval", columns)
         if dataset is None:
             raise DataError("The DatasetDict has no validation or test split to evaluate on.")
-        dataset = self.prepare(dataset, training=False)
+        dataset = self.prepared(dataset, training=False)
         scores = evaluate_task(self, dataset, batch_size=batch_size or self.default_batch_size,
                                mixed_precision=mixed_precision, metrics=metrics)
         self.warn_truncated("evaluate")
@@ -336,17 +342,20 @@ class Task:
         config = TrainingConfig.from_kwargs(self, **config)
         loaded = data_utils.to_dataset(train, self.read_path)
         train_set = self.load_data(loaded, "train", columns)
+        streaming.check_trainable(train_set, config.max_steps)
         if eval is None:
-            eval_set = self.load_data(loaded, "eval", columns) if isinstance(loaded, DatasetDict) else None
+            splits = isinstance(loaded, (DatasetDict, streaming.IterableDatasetDict))
+            eval_set = self.load_data(loaded, "eval", columns) if splits else None
         else:
             eval_set = self.load_data(eval, "eval", columns)
         torch.manual_seed(config.seed)  # a new head (or adapters) starts the same for the same seed
         self.prepare_for_training(train_set)
         self.apply_strategy(config.strategy)
-        train_set = self.prepare(train_set, training=True)
-        eval_set = self.prepare(eval_set, training=False) if eval_set is not None else None
-        trainer = self
-        if config.strategy == "freeze" and self.cached_head and self.training_options.get("cache_features"):
+        train_set = self.prepared(train_set, training=True)
+        eval_set = self.prepared(eval_set, training=False) if eval_set is not None else None
+        trainer = self  # (a stream is never held in memory, so its features are not cached)
+        if config.strategy == "freeze" and self.cached_head and self.training_options.get("cache_features") \
+                and not streaming.is_stream(train_set):
             from taskzoo.feature_cache import CachedHeadTraining, build_cache
 
             train_set = build_cache(self, train_set, config.eval_batch_size or config.batch_size)

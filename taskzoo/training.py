@@ -20,11 +20,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from taskzoo import checkpoints
+from taskzoo import checkpoints, streaming
 from taskzoo.accelerators import new_accelerator
 from taskzoo.custom_metrics import MetricSet, greater_is_better
+from taskzoo.data import LengthGroupedSampler
 from taskzoo.errors import TrainingError
-from taskzoo.evaluation import run_evaluation
+from taskzoo.evaluation import eval_loader, run_evaluation
 
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -59,7 +60,9 @@ class TrainingConfig:
     metrics: Any = None  # your own metrics, scored at each evaluation (see taskzoo.custom_metrics)
     strategy: str = "full"  # what trains; each task lists its strategies
     group_by_length: bool = True  # batches of similar length (less padding), where the task knows lengths
-    checkpoint_every: int | None = None  # optimizer steps between full training-state checkpoints
+    # Full training-state checkpoints (for resume_from): "eval" at each evaluation and epoch end, N every N
+    # optimizer steps, None never. save_checkpoints=False turns the "eval" default off too.
+    checkpoint_every: int | str | None = "eval"
     keep_checkpoints: int = 2  # how many of those to keep (oldest deleted)
     resume_from: str | None = None  # "latest" or a checkpoints/step-N folder
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
@@ -98,10 +101,12 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}.")
         if self.max_steps is None and not self.epochs > 0:
             raise ValueError(f"epochs must be positive; got {self.epochs!r}.")
-        for name in ("checkpoint_every", "early_stopping_patience"):
+        for name, others in (("checkpoint_every", ("eval", None)), ("early_stopping_patience", (None,)),
+                             ("keep_checkpoints", ())):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value > 0):
-                raise ValueError(f"{name} must be a positive integer or None; got {value!r}.")
+            if value not in others and not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name} must be a positive integer{''.join(f' or {o!r}' for o in others)}; "
+                                 f"got {value!r}.")
         if self.eval_every != "epoch" and not (isinstance(self.eval_every, int) and self.eval_every > 0):
             raise ValueError(f"eval_every must be 'epoch' or a positive number of steps; got {self.eval_every!r}.")
         if self.greater_is_better not in (None, True, False):
@@ -127,7 +132,7 @@ class TrainingResult:
 def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingResult:
     """Fine-tune ``task.model`` on ``train_set``: set up, resume (or start fresh), the epoch loop, finish."""
     run = _Run(task, train_set, eval_set, config)
-    run.resume_or_start_fresh(len(train_set))
+    run.resume_or_start_fresh("a stream of" if streaming.is_stream(train_set) else len(train_set))
     run.train()
     return run.finish()
 
@@ -158,22 +163,35 @@ class _Run:
 
         model = task.model
         model.train()
+        # The optimizer is made here and prepared together with the model: Accelerate then points it at the
+        # parameters FSDP and DeepSpeed shard (their rule: prepare model and optimizer in one call).
+        optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.learning_rate)
+        deepspeed = accelerator.state.deepspeed_plugin  # it sizes its buffers by the batch, told here (no loader)
+        if deepspeed is not None and deepspeed.is_auto("train_micro_batch_size_per_gpu"):
+            deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        # A stream is this process's shards, read in its own order; Accelerate does not see it (it would have
+        # every process read all of it). Its position goes into each checkpoint (stream.state_dict()).
+        self.stream = streaming.for_this_process(train_set, accelerator) if streaming.is_stream(train_set) else None
         # A generator of its own keeps the loader from drawing on the global RNG each epoch, which would
         # shift dropout masks between a straight run and a resumed one.
-        lengths = task.train_lengths(train_set) if config.group_by_length else None
-        order = {"shuffle": True} if lengths is None else \
-            {"sampler": LengthGroupedSampler(lengths, config.batch_size, config.seed)}
-        train_loader = DataLoader(train_set, batch_size=config.batch_size, collate_fn=task.collate, **order,
-                                  num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed))
-        eval_loader = None
-        if eval_set is not None:
-            eval_loader = DataLoader(eval_set, batch_size=config.eval_batch_size or config.batch_size,
-                                     shuffle=False, collate_fn=task.collate, num_workers=config.num_workers)
-        optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.learning_rate)
-        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
-        self.eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
+        generator = torch.Generator().manual_seed(config.seed)
+        if self.stream is not None:
+            self.train_loader = DataLoader(self.stream, batch_size=config.batch_size, collate_fn=task.collate,
+                                           num_workers=config.num_workers, generator=generator)
+        else:
+            lengths = task.train_lengths(train_set) if config.group_by_length else None
+            order = {"shuffle": True} if lengths is None else \
+                {"sampler": LengthGroupedSampler(lengths, config.batch_size, config.seed)}
+            self.train_loader = accelerator.prepare(DataLoader(
+                train_set, batch_size=config.batch_size, collate_fn=task.collate, **order,
+                num_workers=config.num_workers, generator=generator))
+        self.eval_loader = None if eval_set is None else eval_loader(
+            task, eval_set, config.eval_batch_size or config.batch_size, accelerator, config.num_workers)
 
-        self.steps_per_epoch = max(1, math.ceil(len(self.train_loader) / config.gradient_accumulation_steps))
+        # A stream's length is unknown: max_steps counts the run (streaming.check_trainable made sure of it).
+        self.steps_per_epoch = None if self.stream is not None else \
+            max(1, math.ceil(len(self.train_loader) / config.gradient_accumulation_steps))
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
         warmup = config.warmup_steps or int(config.warmup_ratio * self.total_steps)
         scheduler_name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
@@ -182,10 +200,11 @@ class _Run:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.best_weights = None  # an in-memory copy of the best model, for restore_best
         self.evaluated_at = None  # the step of the latest evaluation
+        self.checkpointed_at = None  # the step of the latest training-state checkpoint
         self.losses = []  # training losses since the last log line
         self.greater_is_better = config.greater_is_better  # for metric_for_best; None: decided at the first evaluation
 
-    def resume_or_start_fresh(self, train_size: int) -> None:
+    def resume_or_start_fresh(self, train_size: int | str) -> None:
         """Restore where a checkpointed run stood, or clear an earlier run's log and checkpoints."""
         config, accelerator, output_dir = self.config, self.accelerator, self.output_dir
         # Where the run stands; saved with every checkpoint and restored on resume.
@@ -193,7 +212,8 @@ class _Run:
                       "bad_evaluations": 0, "history": []}
         if config.resume_from is not None:
             self.state = checkpoints.load_training_state(
-                accelerator, checkpoints.find_checkpoint(output_dir, config.resume_from))
+                accelerator, checkpoints.find_checkpoint(output_dir, config.resume_from), self.stream)
+            self.checkpointed_at = self.state["step"]
         elif accelerator.is_main_process:
             (output_dir / "log.jsonl").unlink(missing_ok=True)
             shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
@@ -216,11 +236,7 @@ class _Run:
                              unit="step", disable=not (config.progress and accelerator.is_local_main_process))
         self.started, self.start_step, stop = time.perf_counter(), state["step"], False
         while state["step"] < self.total_steps and not stop:
-            self.train_loader.set_epoch(state["epoch"])
-            # On resume, skip the batches of this epoch that were already trained on.
-            loader = accelerator.skip_first_batches(self.train_loader, state["batches_in_epoch"]) \
-                if state["batches_in_epoch"] else self.train_loader
-            for batch in loader:
+            for batch in self.epoch_batches():
                 state["batches_in_epoch"] += 1
                 self.learn(batch)
                 if not accelerator.sync_gradients:
@@ -229,10 +245,14 @@ class _Run:
                 if state["step"] >= self.total_steps or stop:
                     break
             else:  # the epoch ran to its end
+                if state["batches_in_epoch"] == 0:
+                    raise TrainingError("The training data yielded no batch in a whole pass.")
                 state["epoch"] += 1
                 state["batches_in_epoch"] = 0
                 if self.eval_loader is not None and config.eval_every == "epoch":
                     stop = self.evaluate(state["step"])
+                if config.checkpoint_every == "eval" and state["step"] < self.total_steps and not stop:
+                    self.checkpoint()
         if self.eval_loader is not None and not stop and self.evaluated_at != state["step"]:
             self.evaluate(state["step"])  # the run ended between evaluations: score the final model too
         self.progress.close()
@@ -240,6 +260,17 @@ class _Run:
             self.log.info(f"Early stopping at step {state['step']}: no improvement of {config.metric_for_best} in "
                           f"{config.early_stopping_patience} evaluations (best {state['best_metric']:.4f} at step "
                           f"{state['best_step']}).")
+
+    def epoch_batches(self):
+        """This epoch's batches; on resume, from where the checkpoint stood in it."""
+        accelerator, state = self.accelerator, self.state
+        if self.stream is not None:  # the stream's own state_dict, loaded on resume, says where it stood
+            self.stream.set_epoch(state["epoch"])
+            return streaming.batches_in_step(self.train_loader, accelerator)
+        self.train_loader.set_epoch(state["epoch"])
+        # Skip the batches of this epoch that were already trained on.
+        return accelerator.skip_first_batches(self.train_loader, state["batches_in_epoch"]) \
+            if state["batches_in_epoch"] else self.train_loader
 
     def learn(self, batch) -> None:
         """Forward and backward on one batch; the optimizer steps once gradients are accumulated."""
@@ -271,13 +302,34 @@ class _Run:
             mean_loss = self.accelerator.reduce(torch.stack(self.losses).mean(), reduction="mean").item()
             self.losses = []
             self.progress.set_postfix(loss=f"{mean_loss:.4f}")
-            self.log.write({"step": step, "epoch": round(step / self.steps_per_epoch, 3), "loss": mean_loss,
+            self.log.write({"step": step, "epoch": self.epoch_number(), "loss": mean_loss,
                             "learning_rate": self.scheduler.get_last_lr()[0]})
         if self.eval_loader is not None and config.eval_every != "epoch" and step % config.eval_every == 0:
             stop = self.evaluate(step)
-        if config.checkpoint_every and step % config.checkpoint_every == 0:
-            checkpoints.save_training_state(self.accelerator, self.output_dir, step, state, config.keep_checkpoints)
+            if config.checkpoint_every == "eval" and step < self.total_steps and not stop:
+                self.checkpoint()
+        if isinstance(config.checkpoint_every, int) and step % config.checkpoint_every == 0:
+            self.checkpoint()
         return stop
+
+    def epoch_number(self) -> float:
+        """Epochs done, with the fraction of this one where the length is known (not for a stream)."""
+        if self.steps_per_epoch is None:
+            return self.state["epoch"]
+        return round(self.state["step"] / self.steps_per_epoch, 3)
+
+    def checkpoint(self) -> None:
+        """The full training state to checkpoints/step-N, for resume_from (once per step); the log says
+        where and how long it took, so that the cost stays visible."""
+        step = self.state["step"]
+        if self.checkpointed_at == step or (self.config.checkpoint_every == "eval"
+                                            and not self.config.save_checkpoints):
+            return
+        self.checkpointed_at, started = step, time.perf_counter()
+        path = checkpoints.save_training_state(self.accelerator, self.output_dir, step, self.state,
+                                               self.config.keep_checkpoints, self.stream)
+        self.log.info(f"Checkpoint at step {step}: {path} ({time.perf_counter() - started:.1f} s; "
+                      "checkpoint_every=None turns these off)")
 
     def evaluate(self, step: int) -> bool:
         """Evaluate, keep the best model; returns True when early stopping says stop."""
@@ -285,7 +337,7 @@ class _Run:
         self.evaluated_at = step
         evaluation = run_evaluation(task, self.model, self.eval_loader, accelerator, config.metrics)
         metrics = self.result.final_metrics = evaluation.metrics
-        record = {"step": step, "epoch": round(step / self.steps_per_epoch, 3),
+        record = {"step": step, "epoch": self.epoch_number(),
                   **{f"eval_{k}": v for k, v in metrics.items()}}
         if evaluation.failures:  # a metric of yours failed: say so, and go on with the others
             record["metric_errors"] = evaluation.failure_text()
@@ -306,7 +358,7 @@ class _Run:
         if best is None or sign * (value - best) > config.early_stopping_min_delta:
             state.update(best_metric=value, best_step=step, bad_evaluations=0)
             if config.save_checkpoints:
-                checkpoints.save_model(task, accelerator, self.output_dir / "best")
+                checkpoints.save_model(task, accelerator, self.output_dir / "best", self.model)
             if config.restore_best:
                 self.best_weights = {k: v.detach().to("cpu", copy=True)
                                      for k, v in accelerator.unwrap_model(self.model).state_dict().items()}
@@ -340,7 +392,7 @@ class _Run:
             task.model.load_state_dict(self.best_weights)
         task.model.eval()
         if config.save_checkpoints:
-            checkpoints.save_model(task, accelerator, self.output_dir / "last")
+            checkpoints.save_model(task, accelerator, self.output_dir / "last", self.model)
         result.history = self.log.records
         if config.plot and accelerator.is_main_process:
             checkpoints.plot_history(self.log.records, config.metric_for_best, self.output_dir / "training_curves.png")
@@ -349,35 +401,6 @@ class _Run:
         for tracker in accelerator.trackers:
             tracker.finish()
         return result
-
-
-class LengthGroupedSampler(torch.utils.data.Sampler):
-    """A random order whose batches hold rows of similar length, so they pad little: shuffle, cut into
-    chunks of 16 batches, sort each chunk by length, cut it into batches, then shuffle the batches (a
-    short last batch stays last, keeping the loader's batch boundaries). The order depends only on
-    (seed, epoch), so a resumed run and every process see the same one (Accelerate calls set_epoch)."""
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order, size = torch.randperm(len(self.lengths), generator=generator).tolist(), self.batch_size
-        batches = []
-        for start in range(0, len(order), 16 * size):
-            chunk = sorted(order[start:start + 16 * size], key=lambda i: -self.lengths[i])
-            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
-        short = [batches.pop()] if batches and len(batches[-1]) < size else []
-        for index in [*torch.randperm(len(batches), generator=generator).tolist()]:
-            yield from batches[index]
-        for batch in short:
-            yield from batch
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

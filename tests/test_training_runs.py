@@ -192,3 +192,82 @@ def test_a_failing_training_state_save_keeps_the_previous_checkpoint_and_resume_
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
     assert [p.name for p in checkpoint_folders(run)] == ["step-4", "step-6"]
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # staging debris gone
+
+
+def run_script(model, output_dir, *options, nproc: int = 1, env: dict | None = None, port: int = 29573):
+    launcher = [sys.executable] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
+    return subprocess.run([*launcher, SCRIPT, model, output_dir, *options], capture_output=True, text=True,
+                          timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def test_a_default_streaming_run_resumes_after_sigkill_with_the_same_weights(tiny_model_path, tmp_path):
+    """No checkpoint_every: checkpoints come with the evaluations (steps 8, 16) and epoch ends (12); the kill
+    lands 4 batches into the second pass, which the stream's saved position continues."""
+    model, options = tiny_model_path("text-classification"), ["--stream", "--checkpoint-every", "default",
+                                                              "--eval-size", "16"]
+    straight = run_script(model, tmp_path / "straight", *options)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, SCRIPT, model, killed, *options, "--step-seconds", "0.3"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step-16").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "last").exists()  # it really died mid-run
+    assert sorted(p.name for p in (killed / "checkpoints").glob("step-*")) == ["step-12", "step-16"]
+
+    resumed = run_script(model, killed, *options, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = weights(tmp_path / "straight" / "last"), weights(killed / "last")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_two_processes_stream_their_own_shards_and_end_identical(tiny_model_path, tmp_path):
+    model = tiny_model_path("text-classification")
+    launched = run_script(model, tmp_path / "ddp", "--stream", "--record", "--checkpoint-every", "default",
+                          "--eval-size", "37", "--max-steps", "9", nproc=2, env={"ACCELERATE_USE_CPU": "1"})
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)
+    # Each process reads 2 of the 4 files (48 rows, 6 batches a pass); the first pass sees every row once.
+    seen = [json.loads((tmp_path / "ddp" / f"seen{r}.json").read_text()) for r in (0, 1)]
+    assert [len(batches) for batches in seen] == [9, 9]
+    first_pass = [row for batches in seen for batch in batches[:6] for row in batch]
+    assert sorted(first_pass) == list(range(96))
+    assert not set(sum(seen[0], [])) & set(sum(seen[1], []))  # no row is read by both
+    # Evaluation over 37 streamed samples split over 2 processes equals a single-process evaluation.
+    zoo = taskzoo.load("text-classification", model=tmp_path / "ddp" / "last", device="cpu")
+    assert zoo.evaluate(toy_dataset("text-classification", 37, seed=1)) == pytest.approx(ranks[0]["final_metrics"])
+    # The checkpoint at the epoch end (6) and evaluation (8) holds each process's stream position; only the
+    # main process wrote the log.
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints" / "step-8").glob("stream_*")) == \
+        ["stream_0.json", "stream_1.json"]
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "ddp" / "log.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == [2, 4, 6, 8, 9]
+
+
+def test_processes_launched_without_a_distributed_accelerator_are_refused(tiny_model_path, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29575",
+         SCRIPT, tiny_model_path("text-classification"), tmp_path / "run", "--max-steps", "2"],
+        capture_output=True, text=True, timeout=400, env={**env, "OMP_NUM_THREADS": "1"})
+    assert launched.returncode != 0
+    assert "LaunchError: 2 processes were launched" in launched.stderr and "ACCELERATE_USE_CPU=1" in launched.stderr
+    assert not (tmp_path / "run" / "last").exists()
+
+
+def test_new_accelerator_refuses_a_world_it_cannot_see(monkeypatch):
+    from taskzoo.accelerators import new_accelerator
+    from taskzoo.errors import LaunchError
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(LaunchError, match=r"WORLD_SIZE=4.*accelerate launch"):
+        new_accelerator()

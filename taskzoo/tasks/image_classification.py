@@ -32,6 +32,8 @@ class ImageClassification(Task):
     primary_metric = "accuracy"
     required_columns = ("image", "label")
     default_batch_size = 32
+    # Label names for the head (their order gives the ids); needed for a stream, which cannot be scanned.
+    finetune_options = {**Task.finetune_options, "labels": None}
     demo_config = dict(train_size=256, eval_size=64, epochs=4, learning_rate=3e-3, batch_size=16)
 
     # With a frozen body, the classifier's input can be cached (strategy="freeze"): a one-module head.
@@ -85,7 +87,8 @@ class ImageClassification(Task):
     def prepare_for_training(self, dataset) -> None:
         from transformers import AutoModelForImageClassification
 
-        names = heads.names_for_training(dataset, "label", self.labels, self.head_trained)
+        names = heads.names_for_training(dataset, "label", self.labels, self.head_trained,
+                                         self.training_options.get("labels"))
         if names is not None:  # a new label set: a fresh head of the right size, the names kept
             self.model = heads.with_new_head(self.model, AutoModelForImageClassification, names).to(self.device)
             self.head_trained = True

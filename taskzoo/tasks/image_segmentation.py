@@ -165,7 +165,7 @@ class ImageSegmentation(Task):
         if dataset is None:
             return None
         dataset = data_utils.rename_columns(dataset, columns)
-        alias = next((name for name in MASK_COLUMNS if name in dataset.column_names), "mask")
+        alias = next((name for name in MASK_COLUMNS if name in data_utils.column_names(dataset)), "mask")
         if alias != "mask":  # the Hub's datasets call it annotation (scene_parse_150) or label (sidewalk)
             dataset = dataset.rename_column(alias, "mask")
         data_utils.check_columns(dataset, self.required_columns, self.name, where=f"{role} data")

@@ -31,7 +31,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
 
 from taskzoo import data as data_utils
-from taskzoo import heads, metrics, strategies
+from taskzoo import heads, metrics, strategies, streaming
 from taskzoo.errors import DataError
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
@@ -73,6 +73,8 @@ class ObjectDetection(Task):
     required_columns = ("image", "objects")
     default_batch_size = 8
     default_learning_rate = 1e-4  # DETR's
+    # Category names for the head (their order gives the ids); needed for a stream, which cannot be scanned.
+    finetune_options = {**Task.finetune_options, "labels": None}
     # The tiny RT-DETR reaches map_50 0.54 to 0.77 on held-out toy data in 300 steps (seeds 0-3; ~0 before).
     demo_config = dict(train_size=200, eval_size=48, max_steps=300, batch_size=8, learning_rate=1e-3,
                        scheduler="constant", eval_every=50)
@@ -120,7 +122,14 @@ class ObjectDetection(Task):
         return data_utils.read_metadata_folder(path, "image", example=example)
 
     def prepare_for_training(self, dataset) -> None:
-        names = _label_names(dataset)
+        given = self.training_options.get("labels")
+        if given is None and streaming.is_stream(dataset) and not hasattr(_category_feature(dataset.features or {}),
+                                                                          "names"):
+            if self.head_trained:
+                return  # keep the model's labels; a category outside them is refused as the stream is read
+            raise DataError("The model has no trained detection head, and a stream cannot be scanned for its "
+                            "categories: pass their names with labels=[...].")
+        names = [str(name) for name in given] if given is not None else _label_names(dataset)
         if names is None:  # integer categories: keep the model's names when they fit
             count = max((c for objects in dataset["objects"] for c in _unpack(objects)[1]), default=-1) + 1
             if self.head_trained and count <= len(self.labels):
@@ -277,9 +286,7 @@ def _unpack(objects, row: int = 0) -> tuple[list, list]:
 
 def _label_names(dataset) -> list[str] | None:
     """The category names: from a ClassLabel, or the sorted strings; None for plain integers."""
-    feature = dataset.features["objects"]
-    feature = getattr(feature, "feature", feature)  # Sequence({...}) in older datasets
-    category = getattr(feature.get("category"), "feature", None) if isinstance(feature, Mapping) else None
+    category = _category_feature(dataset.features)
     if hasattr(category, "names"):
         return list(category.names)
     values = {c for objects in dataset["objects"] for c in _unpack(objects)[1]}
@@ -288,6 +295,12 @@ def _label_names(dataset) -> list[str] | None:
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
         raise DataError(f"objects.category must hold strings or integers; found {sorted(map(repr, values))[:5]}.")
     return None
+
+
+def _category_feature(features):  # objects.category's feature (a ClassLabel holds the names), or None
+    feature = features.get("objects")
+    feature = getattr(feature, "feature", feature)  # Sequence({...}) in older datasets
+    return getattr(feature.get("category"), "feature", None) if isinstance(feature, Mapping) else None
 
 
 def _image_size(image) -> tuple[int, int]:

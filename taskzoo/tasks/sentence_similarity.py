@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from taskzoo import metrics, strategies
+from taskzoo import metrics, strategies, streaming
 from taskzoo.batching import PreparedBatches, halving_on_oom
 from taskzoo.errors import DataError
 from taskzoo.models import library_bars_hidden
@@ -56,6 +56,22 @@ class SentenceSimilarity(Task):
         return Path(path)
 
     # ----------------------------------------------------------------------------------------- data
+    def prepared(self, stream, training: bool):
+        """A stream as prepare below, on the fly: its first 1000 rows say whether scores run to 1 or to 5 (a 0-5
+        set shows values above 1 early); a later score outside that range is refused, naming it."""
+        if not streaming.is_stream(stream):
+            return super().prepared(stream, training)
+        first = [s for s in streaming.head(stream, 1000)["score"] if isinstance(s, (int, float))]
+        top = 5.0 if max(first, default=0) > 1 else 1.0
+
+        def check(row: dict) -> dict:
+            score = row["score"]
+            if not isinstance(score, (int, float)) or isinstance(score, bool) or not 0 <= score <= top:
+                raise DataError(f"Column 'score' must hold numbers in [0, {top:g}] (the range the stream's first "
+                                f"rows show); a row has {score!r}.")
+            return {"score": score / top}
+        return stream.map(check)
+
     def prepare(self, dataset, training: bool):
         """Check the gold scores and bring them to [0, 1] (STS-B style 0-5 scores are divided by 5)."""
         scores = dataset["score"]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from datasets import Audio, Dataset, DatasetDict, Value
 
-from taskzoo import audio_chunks, generation, metrics, strategies
+from taskzoo import audio_chunks, generation, metrics, strategies, streaming
 from taskzoo import data as data_utils
 from taskzoo.ctc import ctc_tokenizer
 from taskzoo.errors import DataError
@@ -137,7 +137,10 @@ class SpeechRecognition(Task):
         """CTC: a character vocabulary and a new output layer when the model's do not fit the transcripts."""
         if not self.is_ctc:
             return
-        characters = set("".join(dataset["text"])) - {" "}
+        # A stream cannot be read to its end for this: its first rows stand for it (a character that first
+        # appears later is read as the unknown token, as in evaluation data).
+        texts = streaming.head(dataset, 1000)["text"] if streaming.is_stream(dataset) else dataset["text"]
+        characters = set("".join(texts)) - {" "}
         tokenizer = getattr(self.processor, "tokenizer", None)
         unknown = characters - set(tokenizer.get_vocab()) if tokenizer is not None else characters
         if tokenizer is not None and not unknown and len(tokenizer) <= self.model.config.vocab_size:

@@ -26,6 +26,8 @@ class TextClassification(Task):
     primary_metric = "accuracy"
     required_columns = ("text", "label")
     default_batch_size = 32
+    # Label names for the head (their order gives the ids); needed for a stream, which cannot be scanned.
+    finetune_options = {**Task.finetune_options, "labels": None}
 
     # With a frozen body, the classifier's input can be cached (strategy="freeze"): a one-module head.
     cached_head = property(lambda self: strategies.single_head(self.model))
@@ -58,7 +60,8 @@ class TextClassification(Task):
     def prepare_for_training(self, dataset) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        names = heads.names_for_training(dataset, "label", self.labels, self.head_trained)
+        names = heads.names_for_training(dataset, "label", self.labels, self.head_trained,
+                                         self.training_options.get("labels"))
         if names is not None:  # a new label set, or a checkpoint without a head: a fresh head
             self.model = heads.with_new_head(self.model, AutoModelForSequenceClassification, names).to(self.device)
             self.head_trained = True

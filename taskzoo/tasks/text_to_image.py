@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from taskzoo import data as data_utils
+from taskzoo import streaming
 from taskzoo.errors import DataError, ModelNotFoundError
 from taskzoo.diffusion import EMA, DiffusionModel, clip_scores, image_grid
 from taskzoo.models import library_bars_hidden
@@ -144,8 +145,8 @@ class TextToImage(Task):
         if options["resolution"] is not None:
             self.resolution = self._check_size(options["resolution"], "resolution")
         prompts = options["validation_prompts"]
-        # Default: the first captions of the training data, so the grid shows what the model learns.
-        prompts = list(dict.fromkeys(dataset["text"]))[:4] if prompts is None else prompts
+        # Default: the first captions of the training data (its first rows: a stream has no end).
+        prompts = list(dict.fromkeys(streaming.head(dataset, 256)["text"]))[:4] if prompts is None else prompts
         self._validation_prompts = [prompts] if isinstance(prompts, str) else list(prompts)
 
     def prepare(self, dataset, training: bool):

@@ -18,7 +18,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from taskzoo import data as data_utils
-from taskzoo import generation, metrics
+from taskzoo import generation, metrics, streaming
 from taskzoo.errors import DataError
 from taskzoo.models import library_bars_hidden
 from taskzoo.task import Task
@@ -153,13 +153,16 @@ class Translation(Task):
         if dataset is None:
             return None
         dataset = data_utils.rename_columns(dataset, columns)
-        if "translation" in dataset.column_names and not {"source", "target"} & set(dataset.column_names):
+        present = data_utils.column_names(dataset)
+        if "translation" in present and not {"source", "target"} & set(present):
             dataset = self._from_translation_dicts(dataset)
         data_utils.check_columns(dataset, self.required_columns, self.name, where=f"{role} data")
         return dataset
 
     def _from_translation_dicts(self, dataset):
-        feature = dataset.features["translation"]
+        feature = (dataset.features or {}).get("translation")
+        if feature is None:  # a stream that declares no features: its first row shows the languages
+            feature = streaming.head(dataset, 1)[0]["translation"]
         languages = list(getattr(feature, "languages", None) or (feature if isinstance(feature, dict) else []))
         if not languages:
             raise DataError(f"Column 'translation' must hold dicts {{language: text}}; it holds {feature}.")
@@ -171,6 +174,9 @@ class Translation(Task):
             if language not in languages:
                 raise DataError(f"Column 'translation' has no {language!r} texts ({role} language); it holds "
                                 f"{languages}. Pass source_lang= and target_lang= among those.")
+        if streaming.is_stream(dataset):
+            return dataset.map(lambda row: {"source": row["translation"][source], "target": row["translation"][target]},
+                               remove_columns=["translation"])
         flat = dataset.flatten()  # a struct column -> one column per language, without a copy
         keep = {f"translation.{source}": "source", f"translation.{target}": "target"}
         drop = [name for name in flat.column_names if name.startswith("translation.") and name not in keep]
