@@ -26,11 +26,12 @@ if taskzoo is None:
     sys.exit("the taskzoo command is not installed (pip install -e .)")
 
 
-def run_once() -> tuple[float, float, dict[str, float], str]:
-    """(wall seconds, longest silence in seconds, {task: seconds}, output) of one `taskzoo demo`."""
+def run_once() -> tuple[float, tuple[float, str], dict[str, float], str]:
+    """(wall seconds, (longest silence in seconds, what was printed before it), {task: seconds}, output) of
+    one `taskzoo demo`."""
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as folder:
         started = last = time.perf_counter()
-        silences, chunks = [0.0], []
+        silences, chunks = [(0.0, "")], []
         process = subprocess.Popen([taskzoo, "demo", *args.tasks], cwd=folder, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -38,7 +39,7 @@ def run_once() -> tuple[float, float, dict[str, float], str]:
             nonlocal last
             while chunk := process.stdout.read1(4096):
                 now = time.perf_counter()
-                silences.append(now - last)
+                silences.append((now - last, b"".join(chunks[-3:]).decode(errors="replace")))
                 last = now
                 chunks.append(chunk)
 
@@ -59,7 +60,8 @@ def run_once() -> tuple[float, float, dict[str, float], str]:
 print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
 for number in range(args.runs):
     wall, silence, seconds, _ = run_once()
-    print(f"run {number + 1}: {wall:.1f} s wall, longest silence {silence:.1f} s")
+    before = silence[1].replace("\r", "\n").strip().splitlines()[-1:] or [""]
+    print(f"run {number + 1}: {wall:.1f} s wall, longest silence {silence[0]:.1f} s, after: {before[0][:100]!r}")
     for task, value in seconds.items():
         print(f"  {task:30} {value:6.1f} s")
 print(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")

@@ -46,7 +46,7 @@ def test_the_demo_writes_pictures_and_a_report_that_shows_them(tmp_path, capsys)
     assert "http" not in page and "<script" not in page  # self-contained: no CDN, nothing to fetch
     assert "accuracy ↑" in page and "mean_iou ↑" in page and "before fine-tuning" in page
     # Every phase says what it does, and the end names the report.
-    for phase in ("building a tiny random model", "evaluating it on", "predicting"):
+    for phase in ("building a tiny random model", "toy training examples", "evaluating it on", "predicting"):
         assert printed.count(phase) == 2
     assert printed.rstrip().endswith(str(tmp_path / "out" / "index.html"))
 
