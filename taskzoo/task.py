@@ -24,7 +24,6 @@ and in training.py.
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -233,35 +232,12 @@ class Task:
         ``predict(compile=True)``; None where predict cannot be compiled. Default: ``self.model``."""
         return self, "model"
 
-    @contextmanager
     def compiled(self, enabled: bool = True):
-        """Within this context the compile target is its ``torch.compile``'d version (made once, then kept).
+        """Within this context the compile target is its ``torch.compile``'d version (made once, then kept;
+        see :func:`taskzoo.compiling.compiled`)."""
+        from taskzoo.compiling import compiled
 
-        Inductor's freezing folds the weights into the compiled code as constants (bf16 weights are cast
-        once, CPU matrices are pre-packed), so the compiled version is dropped whenever the weights can
-        change: fine-tuning clears it, and a replaced model is compiled afresh.
-        """
-        if not enabled:
-            yield
-            return
-        target = self.compile_target()
-        if target is None:
-            raise ValueError(f"{self.name}: compile=True is not supported for this model: its predict generates "
-                             "step by step, which torch.compile would recompile for every length.")
-        owner, attribute = target
-        module = getattr(owner, attribute)
-        if self.device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++",
-                                                                            "clang++")):
-            raise RuntimeError("compile=True on CPU needs a C++ compiler (g++ or clang++), and none was found; "
-                               "install one or predict without compile.")
-        cached = self.__dict__.get("_compiled")
-        if cached is None or cached[0] is not module:
-            cached = self._compiled = (module, torch.compile(module, options={"freezing": True}))
-        setattr(owner, attribute, cached[1])
-        try:
-            yield
-        finally:
-            setattr(owner, attribute, module)
+        return compiled(self, enabled)
 
     def check_batch_size(self, batch_size: int | None) -> int:
         batch_size = self.default_batch_size if batch_size is None else batch_size
