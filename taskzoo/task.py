@@ -199,26 +199,14 @@ class Task:
         self.warn_truncated("predict")
         return outputs[0] if single else outputs
 
-    def predict_to_jsonl(self, data: Any, output: str | os.PathLike, batch_size: int | None = None,
-                         columns: Mapping[str, str] | None = None, id_column: str | None = None,
-                         resume: bool = False, save_visuals: str | os.PathLike | None = None,
-                         progress: bool | None = None, **options) -> Path:
-        """Predict every row of ``data`` into ``output``: one JSON line ``{"index", "id", "output"}`` per row,
-        in input order, for data of any size. Returns the output's path.
-
-        ``data`` is what finetune reads (a CSV, TSV, JSON, JSONL or Parquet file, an image or audio folder,
-        a COCO json; tables are streamed), a plain folder of images or audio files, a Dataset, an
-        IterableDataset or a list of dicts. Rows become inputs as ``input_of(row)`` says, after
-        ``columns={"yours": "the task's"}``. ``id_column`` (default: ``id`` where there is one) is copied into
-        each line. ``resume=True`` continues an interrupted output file. Under ``accelerate launch`` /
-        ``torchrun`` the processes share the rows and the main process writes the one complete file.
-        ``save_visuals`` is a folder for output images (else they are inlined as base64 PNG); ``options``
-        go to :meth:`predict`. See docs/predict.md.
-        """
+    def predict_to_jsonl(self, data: Any, output: str | os.PathLike, **options) -> Path:
+        """Predict every row of ``data`` (a data file or folder of any size, a Dataset, an IterableDataset or
+        a list of dicts) into ``output``: one JSON line ``{"index", "id", "output"}`` per row, in input order;
+        resumable, and shared by the processes of ``accelerate launch``. Options: ``batch_size``, ``columns``,
+        ``id_column``, ``resume``, ``save_visuals``, ``progress`` and predict's own. See docs/predict.md."""
         from taskzoo.batch_predict import predict_to_jsonl
 
-        return predict_to_jsonl(self, data, output, batch_size=batch_size, columns=columns, id_column=id_column,
-                                resume=resume, save_visuals=save_visuals, progress=progress, **options)
+        return predict_to_jsonl(self, data, output, **options)
 
     def autocast(self, mixed_precision: str):
         """The autocast context for predict's opt-in mixed precision ("no" leaves it off)."""
