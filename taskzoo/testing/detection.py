@@ -31,7 +31,8 @@ def tiny_rt_detr(path: Path, labels: dict) -> None:
 
     # Two feature levels, strides 8 and 16 (8x8 and 4x4 maps at 64 px), where the real model has three: each
     # level adds a stack of conv + batch-norm blocks to the hybrid encoder, and at this size time goes per op, not
-    # per pixel (a third level, stride 4, made every step ~1.45x as slow and did not make the boxes better).
+    # per pixel: a third level (stride 4) made each training step ~1.45x as slow, for no better boxes (the demo's
+    # 300 steps end at map_50 0.58-0.67 over training seeds 0-3 and 42 with two levels; 0.54-0.77 with three).
     backbone = RTDetrResNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1],
                                   layer_type="basic", out_features=["stage2", "stage3"])
     # The real model freezes its pretrained backbone's batch norms; a random backbone must train them.
