@@ -4,7 +4,8 @@ task from its table, and the longest stretch it printed nothing (progress bars c
     python bench/demo_time.py [--runs 1] [TASK ...]
 
 The goal is under 60 s for all eight tasks on a quiet 2-core machine. Figures from a busy machine are
-not comparable: say how busy it was (the load average is printed).
+not comparable: say how busy it was (the load average is printed). The tour runs torch on one thread;
+`OMP_NUM_THREADS=2 python bench/demo_time.py` times it on two, to check that choice on your machine.
 """
 
 import argparse
@@ -57,7 +58,8 @@ def run_once() -> tuple[float, tuple[float, str], dict[str, float], str]:
     return wall, max(silences), seconds, output
 
 
-print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
+print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores; "
+      f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset (the tour uses 1 torch thread)')}")
 for number in range(args.runs):
     wall, silence, seconds, _ = run_once()
     before = silence[1].replace("\r", "\n").strip().splitlines()[-1:] or [""]

@@ -7,7 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
-from taskzoo.demo import output_folder, readable, run_demo, table, write_report
+from taskzoo.demo import one_thread, output_folder, readable, run_demo, table, write_report
 from taskzoo.errors import UnknownTaskError
 
 
@@ -93,3 +93,20 @@ def test_the_report_escapes_what_it_shows(tmp_path):
            "after": 1.0, "seconds": 1.0, "pictures": [], "sample": "<b>bold</b>", "prediction": {"label": "<i>"}}
     page = write_report([row], tmp_path).read_text()
     assert "<b>bold" not in page and "&lt;b&gt;bold" in page
+
+
+def test_the_tour_runs_torch_on_one_thread_unless_the_user_chose(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # restored afterwards
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        with one_thread():
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
