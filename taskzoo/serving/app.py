@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from taskzoo.errors import TaskzooError
-from taskzoo.serving.batching import Batcher, batch_key
+from taskzoo.serving.batching import Batcher, LengthGroupedPredict, batch_key
 from taskzoo.serving.codec import (MEDIA, SERVER_OPTIONS, Limits, RequestError, check_parameters,
                                    decode_media, decode_request, example_input, to_json)
 
@@ -38,12 +38,10 @@ USER_ERRORS = (RequestError, TaskzooError, ValueError, TypeError, KeyError)
 def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batch_size: int | None = None,
                api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
     """The server's ASGI app for a loaded task (``taskzoo.load(...)``); run it with uvicorn, or use
-    :func:`taskzoo.serve`, which does. Up to ``max_batch_size`` inputs of concurrent requests go into one
-    predict call, which runs them in length-sorted batches of ``batch_size`` (default: the task's)."""
+    :func:`taskzoo.serve`, which does. Up to ``max_batch_size`` inputs of concurrent requests are gathered
+    and run in batches of similar lengths, of at most ``batch_size`` inputs (default: the task's)."""
     limits = limits or Limits()
-    task.check_batch_size(batch_size)  # refused now, not at the first request
-    batcher = Batcher(lambda items, parameters: task.predict(items, batch_size=batch_size, progress=False,
-                                                             **parameters), max_batch_size, max_wait_ms)
+    batcher = Batcher(LengthGroupedPredict(task, batch_size), max_batch_size, max_wait_ms)  # checks batch_size
 
     @asynccontextmanager
     async def lifespan(app):
@@ -76,7 +74,7 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
                 "labels": getattr(task, "labels", None), "input": MEDIA.get(task.name, "text"),
                 "example": json.loads(example_input(task)), "predict_options": predict_options(task),
                 "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "limits": asdict(limits),
-                "predict_calls": batcher.calls}
+                "predict_calls": batcher.calls, "inputs_predicted": batcher.inputs}
 
     @app.post("/predict", summary="predict one input or a list", openapi_extra=predict_schema(task))
     async def predict(request: Request):
