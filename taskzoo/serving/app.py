@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import secrets
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -64,7 +65,7 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
     async def http_error(request, error: HTTPException):
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
 
-    @app.get("/health", summary="200 once the model is loaded (the server listens only then)")
+    @app.get("/health", summary="200 once the model is loaded (503 while it loads)")
     async def health():
         return {"status": "ok", "task": task.name}
 
@@ -211,9 +212,10 @@ def add_docs(app: FastAPI) -> None:
                                    swagger_favicon_url="docs-assets/favicon-32x32.png")
 
 
-def json_error(message: str, status: int, headers: dict | None = None):
-    """A raw ASGI response ``{"error": message}``, for the middlewares below (they run outside FastAPI)."""
-    body = json.dumps({"error": message}).encode()
+def json_error(message: str, status: int, headers: dict | None = None, fields: dict | None = None):
+    """A raw ASGI response ``{**fields, "error": message}``, for the middlewares and the loading app below
+    (they run outside FastAPI)."""
+    body = json.dumps({**(fields or {}), "error": message}).encode()
     extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def respond(send):
@@ -278,3 +280,35 @@ class APIKey:
         else:
             return await self.app(scope, receive, send)
         await json_error(message, 401, {"WWW-Authenticate": "Bearer"})(send)
+
+
+class LoadingApp:
+    """The server while its model loads, in a thread: ``/health`` answers 503 ``{"status": "loading"}`` and
+    every other route 503 with Retry-After, until the app for the loaded task (``make_app(load())``) takes
+    over. A load that fails calls ``on_failure`` (which stops the server) and is kept in ``error``."""
+
+    def __init__(self, load, make_app):
+        self.load, self.make_app = load, make_app
+        self.app, self.error = None, None
+
+    def start(self, on_failure) -> None:
+        def run():
+            try:
+                self.app = self.make_app(self.load())
+            except BaseException as error:  # noqa: BLE001 - raised again by serve() once the server has stopped
+                self.error = error
+                on_failure()
+        threading.Thread(target=run, name="taskzoo-load", daemon=True).start()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":  # uvicorn's start and stop, which come to this app, loaded or not
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            if self.app is not None:
+                await self.app.state.batcher.close()  # what the loaded app's own lifespan does on shutdown
+            return await send({"type": "lifespan.shutdown.complete"})
+        if self.app is not None:
+            return await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            await json_error("The model is still loading; try again in a moment.", 503, {"Retry-After": "5"},
+                             {"status": "loading"} if scope["path"].rstrip("/") == "/health" else None)(send)
