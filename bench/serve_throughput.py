@@ -6,12 +6,13 @@ package), one mixed-length sentence per request. For 1, 8 and 32 concurrent clie
 CPU time per request and the mean number of inputs per batched predict call, then checks that both servers
 answered every sentence alike.
 
-    python bench/serve_throughput.py [--requests 256] [--clients 1 8 32] [--max-wait-ms 5] [--threads 1]
+    python bench/serve_throughput.py [--requests 256] [--clients 1 8 32] [--max-wait-ms 5] [--threads 1 2]
 
 The load comes from a separate process with a minimal client (raw HTTP/1.1 on keep-alive connections, one
 per simulated client, on asyncio), so that the clients cost the server as little CPU as possible; on a small
 machine they still share its cores. Both servers get the same client, the same code path (the one-at-a-time
-server is the same server with --max-batch-size 1 --max-wait-ms 0) and the same torch threads.
+server is the same server with --max-batch-size 1 --max-wait-ms 0) and the same torch threads; a table is
+printed for each number of threads (by default 1 and 2).
 """
 
 import argparse
@@ -88,50 +89,60 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
+def measure(model, texts: list[str], threads: int, args, client_process) -> tuple[dict, dict]:
+    """Both servers with ``threads`` torch threads each: {(server, clients): figures}, {server: outputs}."""
+    servers = {"batched": ("--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)),
+               "one at a time": ("--max-batch-size", "1", "--max-wait-ms", "0")}
+    results, answers = {}, {}
+    for name, flags in servers.items():
+        with ServerProcess("text-classification", model, *flags, "--timeout", "600", "--log-level", "warning",
+                           threads=threads or None) as server:
+            for clients in args.clients:
+                before, (calls, inputs) = cpu_seconds(server.process.pid), batching_counts(server.url)
+                seconds, latencies, outputs = client_process.apply(load_process, (server.url, clients, texts))
+                cpu = (cpu_seconds(server.process.pid) - before) / (len(latencies) + 1)  # +1: the warm-up
+                calls_after, inputs_after = batching_counts(server.url)
+                results[name, clients] = (len(latencies) / seconds, percentile(latencies, 50),
+                                          percentile(latencies, 99), cpu,
+                                          (inputs_after - inputs) / (calls_after - calls))
+                answers.setdefault(name, {}).update(outputs)
+    return results, answers
+
+
+def report(results: dict, answers: dict, texts: list[str], threads: int, args) -> None:
+    print(f"\n{args.requests} requests of one sentence each, all-MiniLM-L6-v2 + 2-label head, {threads or 'all'} "
+          f"torch thread(s) per server; batched server: --max-batch-size {args.max_batch_size} "
+          f"--max-wait-ms {args.max_wait_ms:g}")
+    print(f"{'clients':>7} | {'server':<13} | {'requests/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | speed-up | "
+          "server CPU ms/request | inputs/call")
+    for clients in args.clients:
+        baseline = results["one at a time", clients][0]
+        for name in ("batched", "one at a time"):
+            rate, p50, p99, cpu, per_call = results[name, clients]
+            print(f"{clients:>7} | {name:<13} | {rate:>10.1f} | {p50 * 1000:>8.1f} | {p99 * 1000:>8.1f} | "
+                  f"{rate / baseline:>7.2f}x | {cpu * 1000:>21.1f} | {per_call:.1f}")
+    batched, single = answers["batched"], answers["one at a time"]
+    same_labels = sum(batched[t]["label"] == single[t]["label"] for t in texts)
+    difference = max(abs(batched[t]["score"] - single[t]["score"]) for t in texts)
+    print(f"outputs: {same_labels}/{len(texts)} labels identical, scores within {difference:.1e} "
+          "(batching pads shorter sentences; the attention mask hides the padding)")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=256, help="requests per run (each client sends its share)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server (0: all cores)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch threads of each server, one table per value (0: all cores)")
     args = parser.parse_args()
 
     texts = mixed_length_sentences(args.requests, seed=1)
     model = minilm_classifier()
-    servers = {"batched": ("--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)),
-               "one at a time": ("--max-batch-size", "1", "--max-wait-ms", "0")}
-    results, answers = {}, {}
     with multiprocessing.get_context("spawn").Pool(1) as client_process:
-        for name, flags in servers.items():
-            with ServerProcess("text-classification", model, *flags, "--timeout", "600", "--log-level", "warning",
-                               threads=args.threads or None) as server:
-                for clients in args.clients:
-                    before, (calls, inputs) = cpu_seconds(server.process.pid), batching_counts(server.url)
-                    seconds, latencies, outputs = client_process.apply(load_process, (server.url, clients, texts))
-                    cpu = (cpu_seconds(server.process.pid) - before) / (len(latencies) + 1)  # +1: the warm-up
-                    calls_after, inputs_after = batching_counts(server.url)
-                    results[name, clients] = (len(latencies) / seconds, percentile(latencies, 50),
-                                              percentile(latencies, 99), cpu,
-                                              (inputs_after - inputs) / (calls_after - calls))
-                    answers.setdefault(name, {}).update(outputs)
-
-    print(f"\n{args.requests} requests of one sentence each, all-MiniLM-L6-v2 + 2-label head, {args.threads or 'all'} "
-          f"torch thread(s); batched server: --max-batch-size {args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}")
-    print(f"{'clients':>7} | {'server':<13} | {'requests/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | speed-up | "
-          "server CPU ms/request | inputs/call")
-    for clients in args.clients:
-        baseline = results["one at a time", clients][0]
-        for name in servers:
-            rate, p50, p99, cpu, per_call = results[name, clients]
-            print(f"{clients:>7} | {name:<13} | {rate:>10.1f} | {p50 * 1000:>8.1f} | {p99 * 1000:>8.1f} | "
-                  f"{rate / baseline:>7.2f}x | {cpu * 1000:>21.1f} | {per_call:.1f}")
-
-    batched, single = answers["batched"], answers["one at a time"]
-    same_labels = sum(batched[t]["label"] == single[t]["label"] for t in texts)
-    difference = max(abs(batched[t]["score"] - single[t]["score"]) for t in texts)
-    print(f"\noutputs: {same_labels}/{len(texts)} labels identical, scores within {difference:.1e} "
-          "(batching pads shorter sentences; the attention mask hides the padding)")
+        for threads in args.threads:
+            report(*measure(model, texts, threads, args, client_process), texts, threads, args)
 
 
 if __name__ == "__main__":
