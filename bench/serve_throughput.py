@@ -2,57 +2,75 @@
 
 Text-classification on all-MiniLM-L6-v2 with a seeded 2-label head (a real pretrained model, shipped in a
 package), one mixed-length sentence per request. For 1, 8 and 32 concurrent clients it drives each server
-(one after the other, never both at once) on 127.0.0.1 and prints requests/s and p50/p99 latency, then checks
-that both servers answered every sentence alike.
+on 127.0.0.1 (in turn, never both at once, --repeats times each; the best run counts) and prints requests/s,
+p50/p99 latency, the server's CPU time per request and the mean number of inputs per batched call, then
+checks that both servers answered every sentence alike.
 
-    python bench/serve_throughput.py [--requests 256] [--clients 1 8 32] [--max-wait-ms 5]
+    python bench/serve_throughput.py [--requests 256] [--clients 1 8 32] [--max-wait-ms 5] [--repeats 2] [--threads 1 2]
 
-The clients run in this process, on the same cores as the server: on a small machine they take a share of
-the CPU from it (both sides alike), so the figures are lower bounds of what the server alone can do. The
-server's CPU time per request (from /proc) is printed too: on a machine shared with other work it is a
-steadier measure of what batching saves than requests/s.
+The load comes from a separate process with a minimal client (raw HTTP/1.1 on keep-alive connections, one
+per simulated client, on asyncio), so that the clients cost the server as little CPU as possible; on a small
+machine they still share its cores. Both servers get the same client, the same code path (the one-at-a-time
+server is the same server with --max-batch-size 1 --max-wait-ms 0) and the same torch threads; a table is
+printed for each number of threads (by default 1 and 2).
 """
 
 import argparse
 import asyncio
+import contextlib
+import itertools
+import json
+import multiprocessing
 import os
+import re
 import statistics
 import time
-
-import httpx
+import urllib.request
+from urllib.parse import urlsplit
 
 from common import minilm_classifier, mixed_length_sentences
 from taskzoo.serving.process import ServerProcess
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--requests", type=int, default=256, help="requests per run (each client sends its share)")
-parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-parser.add_argument("--max-batch-size", type=int, default=32)
-parser.add_argument("--max-wait-ms", type=float, default=5.0)
-parser.add_argument("--threads", type=int, default=1, help="torch threads of each server (0: all cores)")
-args = parser.parse_args()
-
-texts = mixed_length_sentences(args.requests, seed=1)
-model = minilm_classifier()
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.I)
 
 
-async def drive(url: str, clients: int) -> tuple[float, list[float], dict]:
-    """Each client sends its share of the sentences one after another; returns (seconds, latencies, outputs)."""
+async def post(reader, writer, host: str, body: bytes) -> bytes:
+    """One POST /predict on an open keep-alive connection; the response body (an error status raises)."""
+    writer.write(b"POST /predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+    head = await reader.readuntil(b"\r\n\r\n")
+    payload = await reader.readexactly(int(CONTENT_LENGTH.search(head).group(1)))
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"{head.splitlines()[0].decode()}: {payload.decode()[:300]}")
+    return payload
+
+
+async def drive(url: str, clients: int, texts: list[str]) -> tuple[float, list[float], dict]:
+    """Each client sends its share of the sentences one after another on its own connection;
+    returns (seconds, latencies, outputs by sentence)."""
+    address = urlsplit(url)
     latencies, outputs = [], {}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        async def one_client(share: list[str]):
-            for text in share:
-                started = time.perf_counter()
-                answer = await client.post("/predict", json={"inputs": text})
-                latencies.append(time.perf_counter() - started)
-                answer.raise_for_status()
-                outputs[text] = answer.json()
+    connections = [await asyncio.open_connection(address.hostname, address.port) for _ in range(clients)]
+    await post(*connections[0], address.netloc, json.dumps({"inputs": "warm up"}).encode())
 
-        await client.post("/predict", json={"inputs": "warm up"})
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client(texts[i::clients]) for i in range(clients)))
-        return time.perf_counter() - started, latencies, outputs
+    async def one_client(reader, writer, share: list[str]):
+        for text in share:
+            started = time.perf_counter()
+            answer = await post(reader, writer, address.netloc, json.dumps({"inputs": text}).encode())
+            latencies.append(time.perf_counter() - started)
+            outputs[text] = json.loads(answer)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client(*connections[i], texts[i::clients]) for i in range(clients)))
+    seconds = time.perf_counter() - started
+    for _, writer in connections:
+        writer.close()
+    return seconds, latencies, outputs
+
+
+def load_process(url: str, clients: int, texts: list[str]):
+    """Runs in the client process."""
+    return asyncio.run(drive(url, clients, texts))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -62,37 +80,77 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def percentile(values: list[float], q: float) -> float:
+def batching_counts(url: str) -> tuple[int, int]:
+    """(predict calls, inputs predicted) so far, from the server's /info."""
+    with urllib.request.urlopen(url + "/info") as answer:
+        info = json.load(answer)
+    return info["predict_calls"], info["inputs_predicted"]
+
+
+def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-servers = {"batched": ("--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)),
-           "one at a time": ("--max-batch-size", "1", "--max-wait-ms", "0")}
-results, answers = {}, {}
-for name, flags in servers.items():
-    with ServerProcess("text-classification", model, *flags, "--timeout", "600", "--log-level", "warning",
-                       threads=args.threads or None) as server:
-        for clients in args.clients:
-            before = cpu_seconds(server.process.pid)
-            seconds, latencies, outputs = asyncio.run(drive(server.url, clients))
-            cpu = (cpu_seconds(server.process.pid) - before) / (len(latencies) + 1)  # +1: the warm-up request
-            results[name, clients] = (len(latencies) / seconds, percentile(latencies, 50), percentile(latencies, 99),
-                                      cpu)
+def measure(model, texts: list[str], threads: int, args, client_process) -> tuple[dict, dict]:
+    """Both servers with ``threads`` torch threads each: {(server, clients): figures of its best run},
+    {server: outputs}. Both are up at once, but driven in turn, run for run, so that a machine whose load
+    changes treats both alike."""
+    servers = {"batched": ("--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)),
+               "one at a time": ("--max-batch-size", "1", "--max-wait-ms", "0")}
+    results, answers = {}, {}
+    with contextlib.ExitStack() as stack:
+        running = {name: stack.enter_context(ServerProcess(
+            "text-classification", model, *flags, "--timeout", "600", "--log-level", "warning",
+            threads=threads or None)) for name, flags in servers.items()}
+        for clients, _, (name, server) in itertools.product(args.clients, range(args.repeats), running.items()):
+            before, (calls, inputs) = cpu_seconds(server.process.pid), batching_counts(server.url)
+            seconds, latencies, outputs = client_process.apply(load_process, (server.url, clients, texts))
+            cpu = (cpu_seconds(server.process.pid) - before) / (len(latencies) + 1)  # +1: the warm-up
+            calls_after, inputs_after = batching_counts(server.url)
+            figures = (len(latencies) / seconds, percentile(latencies, 50), percentile(latencies, 99), cpu,
+                       (inputs_after - inputs) / (calls_after - calls))
+            if (name, clients) not in results or figures[0] > results[name, clients][0]:
+                results[name, clients] = figures
             answers.setdefault(name, {}).update(outputs)
+    return results, answers
 
-print(f"\n{args.requests} requests of one sentence each, all-MiniLM-L6-v2 + 2-label head, {args.threads or 'all'} "
-      f"torch thread(s); batched server: --max-batch-size {args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}")
-print(f"{'clients':>7} | {'server':<13} | {'requests/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | speed-up | "
-      "server CPU ms/request")
-for clients in args.clients:
-    baseline = results["one at a time", clients][0]
-    for name in servers:
-        rate, p50, p99, cpu = results[name, clients]
-        print(f"{clients:>7} | {name:<13} | {rate:>10.1f} | {p50 * 1000:>8.1f} | {p99 * 1000:>8.1f} | "
-              f"{rate / baseline:>7.2f}x | {cpu * 1000:.1f}")
 
-batched, single = answers["batched"], answers["one at a time"]
-same_labels = sum(batched[t]["label"] == single[t]["label"] for t in texts)
-difference = max(abs(batched[t]["score"] - single[t]["score"]) for t in texts)
-print(f"\noutputs: {same_labels}/{len(texts)} labels identical, scores within {difference:.1e} "
-      "(batching pads shorter sentences; the attention mask hides the padding)")
+def report(results: dict, answers: dict, texts: list[str], threads: int, args) -> None:
+    print(f"\n{args.requests} requests of one sentence each, all-MiniLM-L6-v2 + 2-label head, {threads or 'all'} "
+          f"torch thread(s) per server; batched server: --max-batch-size {args.max_batch_size} "
+          f"--max-wait-ms {args.max_wait_ms:g}")
+    print(f"{'clients':>7} | {'server':<13} | {'requests/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | speed-up | "
+          "server CPU ms/request | inputs/call")
+    for clients in args.clients:
+        baseline = results["one at a time", clients][0]
+        for name in ("batched", "one at a time"):
+            rate, p50, p99, cpu, per_call = results[name, clients]
+            print(f"{clients:>7} | {name:<13} | {rate:>10.1f} | {p50 * 1000:>8.1f} | {p99 * 1000:>8.1f} | "
+                  f"{rate / baseline:>7.2f}x | {cpu * 1000:>21.1f} | {per_call:.1f}")
+    batched, single = answers["batched"], answers["one at a time"]
+    same_labels = sum(batched[t]["label"] == single[t]["label"] for t in texts)
+    difference = max(abs(batched[t]["score"] - single[t]["score"]) for t in texts)
+    print(f"outputs: {same_labels}/{len(texts)} labels identical, scores within {difference:.1e} "
+          "(batching pads shorter sentences; the attention mask hides the padding)")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=256, help="requests per run (each client sends its share)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each server, in turn; the best is shown")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch threads of each server, one table per value (0: all cores)")
+    args = parser.parse_args()
+
+    texts = mixed_length_sentences(args.requests, seed=1)
+    model = minilm_classifier()
+    with multiprocessing.get_context("spawn").Pool(1) as client_process:
+        for threads in args.threads:
+            report(*measure(model, texts, threads, args, client_process), texts, threads, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -324,7 +324,7 @@ def test_malformed_requests_get_400(client_of):
 
 def test_wrong_kinds_of_input_get_400_with_the_python_message(zoo_of, client_of):
     refused(client_of("text-classification").post("/predict", json={"inputs": 42}), 400,
-            "inputs is not a text-classification input (got a JSON number)")
+            "inputs is a JSON number (42), not text: text-classification takes strings")
     refused(client_of("translation").post("/predict", json={"inputs": [["a", "b"]]}), 400,
             "inputs[0] is not a translation input")
     images = client_of("image-classification")

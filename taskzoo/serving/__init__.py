@@ -23,26 +23,41 @@ def serve(zoo, host: str = "127.0.0.1", port: int = 8000, *, max_batch_size: int
     """Serve a loaded task over HTTP until SIGTERM or Ctrl-C, which stop accepting connections, finish the
     requests in flight and return.
 
-    Concurrent requests are batched into one predict call of up to ``max_batch_size`` inputs, waiting at most
-    ``max_wait_ms`` for company; predict runs them in length-sorted batches of ``batch_size`` (default: the
-    task's). ``api_key`` (or the environment variable ``TASKZOO_API_KEY``) makes /predict and /info answer
+    ``zoo`` is a loaded task, or a function that loads one: then the server listens at once, and answers 503
+    (``/health``: ``{"status": "loading"}``) until the model has loaded; a load that fails stops the server
+    and is raised.
+
+    Concurrent requests are gathered, up to ``max_batch_size`` inputs, waiting at most ``max_wait_ms`` for
+    company, and run in batches of similar lengths of at most ``batch_size`` inputs (default: the task's). ``api_key`` (or the environment variable ``TASKZOO_API_KEY``) makes /predict and /info answer
     401 without it. The limits refuse larger requests with 413 (``max_body_mb``,
     ``max_image_pixels``, ``max_audio_seconds``) and slower ones with 504 (``timeout_s``).
     """
     uvicorn = web_stack()
-    from taskzoo.serving.app import create_app
+    from taskzoo.serving.app import LoadingApp, create_app
     from taskzoo.serving.codec import Limits
 
     api_key = api_key or os.environ.get("TASKZOO_API_KEY") or None
     limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_image_pixels=max_image_pixels,
                     max_audio_seconds=max_audio_seconds, timeout_s=timeout_s)
-    app = create_app(zoo, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, batch_size=batch_size,
-                     api_key=api_key, limits=limits)
+
+    def make_app(task):
+        return create_app(task, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, batch_size=batch_size,
+                          api_key=api_key, limits=limits)
+    app = make_app(zoo) if hasattr(zoo, "predict") else LoadingApp(zoo, make_app)
     if host not in LOOPBACK and not api_key:
         logging.getLogger("taskzoo.serve").warning(
             "Serving on %s without an API key: anyone who can reach this address can use the model.", host)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                            timeout_graceful_shutdown=None))  # in-flight requests finish
+    if isinstance(app, LoadingApp):
+        app.start(on_failure=lambda: setattr(server, "should_exit", True))
+    run(server)
+    if isinstance(app, LoadingApp) and app.error is not None:
+        raise app.error
+
+
+def run(server) -> None:
+    """``server.run()``, from the main thread with SIGTERM and Ctrl-C as graceful stops."""
     if threading.current_thread() is not threading.main_thread():
         server.run()
         return
@@ -104,8 +119,8 @@ def run_command(args) -> None:
     if args.max_batch_size < 1 or args.max_wait_ms < 0 or (args.batch_size is not None and args.batch_size < 1):
         raise ValueError(f"--max-batch-size and --batch-size must be at least 1 and --max-wait-ms at least 0; got "
                          f"{args.max_batch_size}, {args.batch_size} and {args.max_wait_ms}.")
-    zoo = taskzoo.load(args.task, args.model, device=args.device)
-    serve(zoo, args.host, args.port, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+    # The server listens while the model loads (/health answers 503 until it is ready).
+    serve(lambda: taskzoo.load(args.task, args.model, device=args.device), args.host, args.port, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
           batch_size=args.batch_size, api_key=args.api_key, timeout_s=args.timeout, max_body_mb=args.max_body_mb,
           max_image_pixels=args.max_image_pixels, max_audio_seconds=args.max_audio_seconds, log_level=args.log_level)
 

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import secrets
+import threading
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from taskzoo.errors import TaskzooError
-from taskzoo.serving.batching import Batcher, batch_key
+from taskzoo.serving.batching import Batcher, LengthGroupedPredict, batch_key
 from taskzoo.serving.codec import (MEDIA, SERVER_OPTIONS, Limits, RequestError, check_parameters,
                                    decode_media, decode_request, example_input, to_json)
 
@@ -38,12 +39,10 @@ USER_ERRORS = (RequestError, TaskzooError, ValueError, TypeError, KeyError)
 def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batch_size: int | None = None,
                api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
     """The server's ASGI app for a loaded task (``taskzoo.load(...)``); run it with uvicorn, or use
-    :func:`taskzoo.serve`, which does. Up to ``max_batch_size`` inputs of concurrent requests go into one
-    predict call, which runs them in length-sorted batches of ``batch_size`` (default: the task's)."""
+    :func:`taskzoo.serve`, which does. Up to ``max_batch_size`` inputs of concurrent requests are gathered
+    and run in batches of similar lengths, of at most ``batch_size`` inputs (default: the task's)."""
     limits = limits or Limits()
-    task.check_batch_size(batch_size)  # refused now, not at the first request
-    batcher = Batcher(lambda items, parameters: task.predict(items, batch_size=batch_size, progress=False,
-                                                             **parameters), max_batch_size, max_wait_ms)
+    batcher = Batcher(LengthGroupedPredict(task, batch_size), max_batch_size, max_wait_ms)  # checks batch_size
 
     @asynccontextmanager
     async def lifespan(app):
@@ -66,7 +65,7 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
     async def http_error(request, error: HTTPException):
         return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
 
-    @app.get("/health", summary="200 once the model is loaded (the server listens only then)")
+    @app.get("/health", summary="200 once the model is loaded (503 while it loads)")
     async def health():
         return {"status": "ok", "task": task.name}
 
@@ -76,7 +75,7 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
                 "labels": getattr(task, "labels", None), "input": MEDIA.get(task.name, "text"),
                 "example": json.loads(example_input(task)), "predict_options": predict_options(task),
                 "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "limits": asdict(limits),
-                "predict_calls": batcher.calls}
+                "predict_calls": batcher.calls, "inputs_predicted": batcher.inputs}
 
     @app.post("/predict", summary="predict one input or a list", openapi_extra=predict_schema(task))
     async def predict(request: Request):
@@ -213,9 +212,10 @@ def add_docs(app: FastAPI) -> None:
                                    swagger_favicon_url="docs-assets/favicon-32x32.png")
 
 
-def json_error(message: str, status: int, headers: dict | None = None):
-    """A raw ASGI response ``{"error": message}``, for the middlewares below (they run outside FastAPI)."""
-    body = json.dumps({"error": message}).encode()
+def json_error(message: str, status: int, headers: dict | None = None, fields: dict | None = None):
+    """A raw ASGI response ``{**fields, "error": message}``, for the middlewares and the loading app below
+    (they run outside FastAPI)."""
+    body = json.dumps({**(fields or {}), "error": message}).encode()
     extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def respond(send):
@@ -280,3 +280,35 @@ class APIKey:
         else:
             return await self.app(scope, receive, send)
         await json_error(message, 401, {"WWW-Authenticate": "Bearer"})(send)
+
+
+class LoadingApp:
+    """The server while its model loads, in a thread: ``/health`` answers 503 ``{"status": "loading"}`` and
+    every other route 503 with Retry-After, until the app for the loaded task (``make_app(load())``) takes
+    over. A load that fails calls ``on_failure`` (which stops the server) and is kept in ``error``."""
+
+    def __init__(self, load, make_app):
+        self.load, self.make_app = load, make_app
+        self.app, self.error = None, None
+
+    def start(self, on_failure) -> None:
+        def run():
+            try:
+                self.app = self.make_app(self.load())
+            except BaseException as error:  # noqa: BLE001 - raised again by serve() once the server has stopped
+                self.error = error
+                on_failure()
+        threading.Thread(target=run, name="taskzoo-load", daemon=True).start()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":  # uvicorn's start and stop, which come to this app, loaded or not
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            if self.app is not None:
+                await self.app.state.batcher.close()  # what the loaded app's own lifespan does on shutdown
+            return await send({"type": "lifespan.shutdown.complete"})
+        if self.app is not None:
+            return await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            await json_error("The model is still loading; try again in a moment.", 503, {"Retry-After": "5"},
+                             {"status": "loading"} if scope["path"].rstrip("/") == "/health" else None)(send)

@@ -6,6 +6,10 @@ parameters and kind of input: a call takes one set of options, and mixed kinds o
 group is one predict call, run in a single worker thread so that the event loop keeps answering while the model
 works and the model runs one call at a time. When a group fails, each of its requests is run again on its own,
 so that one bad request gets its own error and the others their outputs.
+
+A gathered batch of mixed lengths is not run as one padded forward pass: :class:`LengthGroupedPredict` splits
+it, by length, into the groups that cost least (each group is padded to its longest input, and each costs a
+fixed amount more, which it learns from the server's own predict calls).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +49,7 @@ class Batcher:
         self.waiting: collections.deque[Job] = collections.deque()  # taken from the queue, not yet run
         self.worker: asyncio.Task | None = None
         self.calls = 0  # predict calls made: what batching saves, shown by /info and counted by the tests
+        self.inputs = 0  # inputs predicted: inputs / calls is the mean batch the server formed
 
     async def submit(self, items: list, parameters: dict, key: str) -> list:
         loop = asyncio.get_running_loop()
@@ -91,6 +97,8 @@ class Batcher:
     async def _gather(self) -> list[Job]:
         """The next batch: the first waiting job, then more until max_batch_size inputs or max_wait."""
         first = self.waiting.popleft() if self.waiting else await self.queue.get()
+        while first.future.done():  # timed out while queued
+            first = self.waiting.popleft() if self.waiting else await self.queue.get()
         batch, size = [first], len(first.items)
         deadline = asyncio.get_running_loop().time() + self.max_wait
         while size < self.max_batch_size:
@@ -111,6 +119,8 @@ class Batcher:
                 if getter.cancelled():
                     break
                 job = getter.result()
+            if job.future.done():  # its request timed out while queued: its work is dropped
+                continue
             if size + len(job.items) > self.max_batch_size:
                 self.waiting.appendleft(job)  # first in the next batch
                 break
@@ -121,7 +131,7 @@ class Batcher:
     def _run(self, jobs: list[Job]) -> list:
         """In the worker thread: one predict call for the jobs, split back; on failure each job alone."""
         items = [item for job in jobs for item in job.items]
-        self.calls += 1
+        self.calls, self.inputs = self.calls + 1, self.inputs + len(items)
         try:
             outputs = self.predict(items, jobs[0].parameters)
         except Exception as error:  # noqa: BLE001 - handed to the request(s) it belongs to
@@ -134,6 +144,72 @@ class Batcher:
             results.append(outputs[start:start + len(job.items)])
             start += len(job.items)
         return results
+
+
+class LengthGroupedPredict:
+    """``predict(items, parameters)`` for the batcher: the items split by length into the groups that cost
+    least, one ``task.predict`` call (one padded batch) per group, outputs put back in order.
+
+    A gathered batch spans the whole range of lengths (a 3-word and a 100-word sentence), and one padded batch
+    would compute every input at the longest one's length: on a CPU that costs more than running them one by
+    one. Each group costs ``fixed + size x its longest length``, ``fixed`` being what one more call costs (on a
+    CPU mostly reading the weights once more). Both are fitted to the server's own calls (seconds against
+    padded length); until there are enough of them, or where lengths do not vary (images), a batch is one call.
+    """
+
+    def __init__(self, task: Any, batch_size: int | None = None, history: int = 64):
+        self.task, self.batch_size = task, task.check_batch_size(batch_size)
+        self.timings: collections.deque[tuple[float, float]] = collections.deque(maxlen=history)
+        self.warm = False  # the first call also pays one-time costs (lazy set-up, first kernels): not timed
+
+    def __call__(self, items: list, parameters: dict) -> list:
+        lengths = [self.task.input_length(item) for item in items]
+        outputs: list = [None] * len(items)
+        for group in length_groups(lengths, self.batch_size, self.fixed_cost()):
+            started = time.perf_counter()
+            results = self.task.predict([items[i] for i in group], batch_size=len(group), progress=False,
+                                        **parameters)
+            if self.warm:
+                self.timings.append((len(group) * max(lengths[i] for i in group), time.perf_counter() - started))
+            self.warm = True
+            for i, result in zip(group, results):
+                outputs[i] = result
+        return outputs
+
+    def fixed_cost(self) -> float | None:
+        """What one more predict call costs, in units of padded length (least squares over the recent calls);
+        None while that is unknown."""
+        if len(self.timings) < 8:
+            return None
+        units, seconds = zip(*self.timings)
+        mean_units, mean_seconds = sum(units) / len(units), sum(seconds) / len(seconds)
+        spread = sum((u - mean_units) ** 2 for u in units)
+        if spread == 0:
+            return None
+        per_unit = sum((u - mean_units) * (s - mean_seconds) for u, s in self.timings) / spread
+        fixed = mean_seconds - per_unit * mean_units
+        return fixed / per_unit if per_unit > 0 and fixed > 0 else None
+
+
+def length_groups(lengths: list[int], max_size: int, fixed: float | None) -> list[list[int]]:
+    """Indices of ``lengths`` in groups of at most ``max_size`` that minimise the sum over groups of
+    ``fixed + size x longest`` (a dynamic programme over the lengths sorted longest first). ``fixed`` None:
+    the fewest groups, the longest inputs together, as predict would batch them."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+    if fixed is None:
+        return [order[start:start + max_size] for start in range(0, len(order), max_size)]
+    # best[j]: the least cost of the first j inputs; start[j]: where the last group of that split begins.
+    best, start = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(max(0, j - max_size), j):
+            cost = best[i] + fixed + (j - i) * lengths[order[i]]  # order[i]: the group's longest input
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    groups, j = [], len(order)
+    while j:
+        groups.append(order[start[j]:j])
+        j = start[j]
+    return groups[::-1]
 
 
 def batch_key(task: Any, items: list, parameters: dict) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -90,6 +91,8 @@ def check_parameters(task, parameters: Any, limits: Limits) -> dict:
 def decode_inputs(task, inputs: Any, limits: Limits) -> tuple[list, bool]:
     """JSON inputs -> (a list of predict inputs, whether one input was sent)."""
     media = MEDIA.get(task.name)
+    if media is None:
+        check_text(task, inputs, "inputs")
     # A two-element list is one pair where the task cannot take its elements alone (sentence-similarity);
     # for text-classification, which takes both, ["a", "b"] is two texts and [["a", "b"]] one pair.
     if (media is None and isinstance(inputs, list) and len(inputs) == 2 and task.is_single(tuple(inputs))
@@ -105,6 +108,20 @@ def decode_inputs(task, inputs: Any, limits: Limits) -> tuple[list, bool]:
     if not items:
         raise RequestError("'inputs' is an empty list: send at least one input.")
     return items, not isinstance(inputs, list)
+
+
+def check_text(task, value: Any, where: str) -> None:
+    """A text task's inputs hold strings (null for an absent ``text_pair``) in lists and objects; a number or
+    boolean anywhere is refused here, named by its place, rather than failing inside the tokenizer."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            check_text(task, item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(task, item, f"{where}.{key}")
+    elif value is not None and not isinstance(value, str):
+        raise RequestError(f"{where} is a JSON {json_type(value)} ({json.dumps(value)}), not text: {task.name} takes "
+                           f"strings; send, for example, {{\"inputs\": {example_input(task)}}}.")
 
 
 def decode_item(task, media: str | None, value: Any, where: str, limits: Limits) -> Any:
