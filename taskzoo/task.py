@@ -180,8 +180,7 @@ class Task:
         batch_size = self.check_batch_size(batch_size)
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
             raise ValueError(f"num_workers must be a non-negative integer; got {num_workers!r}.")
-        if not single:
-            self.check_inputs(items)
+        self.check_inputs(items)
         # Length-sorted batches pad less; outputs are put back in input order below.
         order = sorted(range(len(items)), key=lambda i: self.input_length(items[i]), reverse=True)
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]

@@ -111,6 +111,13 @@ def test_mixed_kinds_of_input_are_refused(trained_classifier):
         trained_classifier[0].predict(["good", ("a", "b")])
 
 
+@pytest.mark.parametrize("inputs, named", [(["good", 3], r"input 1 is a int \(3\)"), (7, r"input 0 is a int \(7\)"),
+                                           ([("good", None), ("a", 2.5)], r"input 1 is a float \(2.5\)")])
+def test_inputs_that_are_not_text_are_refused_by_position(trained_classifier, inputs, named):
+    with pytest.raises(ValueError, match=named + r", not text"):
+        trained_classifier[0].predict(inputs)
+
+
 def test_out_of_memory_halves_the_batch_and_retries(trained_classifier, monkeypatch):
     zoo = trained_classifier[0]
     texts = [f"good film {i}" if i % 2 else f"awful plot {i}" for i in range(10)]

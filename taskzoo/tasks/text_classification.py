@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -106,7 +106,8 @@ class TextClassification(Task):
 
     # -------------------------------------------------------------------------------------- predict
     def is_single(self, inputs) -> bool:
-        return isinstance(inputs, (str, Mapping)) or (
+        # Anything not iterable (a stray number) is one input too, so that check_inputs names it.
+        return isinstance(inputs, (str, Mapping)) or not isinstance(inputs, Iterable) or (
             isinstance(inputs, tuple) and len(inputs) == 2 and all(isinstance(x, str) for x in inputs))
 
     def input_kind(self, item) -> str:
@@ -115,6 +116,15 @@ class TextClassification(Task):
         if isinstance(item, Mapping) or (isinstance(item, tuple) and len(item) == 2):
             return "text pair"
         return type(item).__name__
+
+    def check_inputs(self, items: list) -> None:
+        # Checked here, naming the item, rather than failing deep in the tokenizer ("'int' has no len()").
+        for position, item in enumerate(items):
+            for part in self._split_pair(item) if self.input_kind(item) == "text pair" else (item,):
+                if part is not None and not isinstance(part, str):
+                    raise ValueError(f"{self.name}: input {position} is a {type(part).__name__} ({part!r:.40}), "
+                                     "not text: give strings, or (text, text_pair) pairs.")
+        super().check_inputs(items)
 
     @staticmethod
     def _split_pair(item):
