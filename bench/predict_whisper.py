@@ -22,13 +22,14 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AddedToken, GenerationConfig, WhisperConfig, WhisperFeatureExtractor
-from transformers import WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer, pipeline
+from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor
+from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
 import taskzoo
 from common import compare_with_pipeline, mixed_length_sentences
 from taskzoo.data import load_audio
 from taskzoo.demo import quiet_libraries
+from taskzoo.testing.speech import whisper_tokenizer
 
 SIZES = {  # openai/whisper-tiny and openai/whisper-base; the rest are WhisperConfig's defaults (80 mel bins, ...)
     "tiny": dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6,
@@ -55,14 +56,7 @@ def whisper_folder(size: str) -> Path:
     languages = [f"<|{code}|>" for code in list(LANGUAGES)[:99]]  # whisper-tiny/base know 99 languages
     special = ["<|startoftranscript|>", *languages, "<|translate|>", "<|transcribe|>", "<|startoflm|>",
                "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-    timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
-    for token in ["<|endoftext|>", *special, *timestamps]:
-        vocab[token] = len(vocab)
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, extra_special_tokens=special, pad_token="<|endoftext|>",
-                                 language="en", task="transcribe", predict_timestamps=False)
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in special], special_tokens=True)
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in timestamps])
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", *special]}
+    tokenizer, ids = whisper_tokenizer(vocab, merges, special)
     end, start, no_timestamps = ids["<|endoftext|>"], ids["<|startoftranscript|>"], ids["<|notimestamps|>"]
     config = WhisperConfig(vocab_size=51865, num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
                            pad_token_id=end, bos_token_id=end, eos_token_id=end, decoder_start_token_id=start,
