@@ -177,8 +177,9 @@ class SpeechRecognition(Task):
             raise DataError(f"An audio clip of {max(map(len, audio)) / self.sampling_rate:.1f} s is longer than "
                             f"the model's {window / self.sampling_rate:.0f} s window; split such clips for "
                             "training and evaluation (predict() chunks long inputs itself).")
-        features = self.feature_extractor(audio, sampling_rate=self.sampling_rate, return_attention_mask=True,
-                                          return_tensors="pt")
+        with torch.autocast("cpu", enabled=False):  # predict's bf16 autocast would give the STFT bf16, which fails
+            features = self.feature_extractor(audio, sampling_rate=self.sampling_rate, return_attention_mask=True,
+                                              return_tensors="pt")
         return {"input_features": features.input_features, "attention_mask": features.attention_mask}
 
     def _labels(self, texts: list[str]) -> torch.Tensor:
