@@ -40,13 +40,16 @@ def generate(task, model, /, *, max_new_tokens: int | None = None, prompt_length
     budget = new_token_budget(model, max_new_tokens, prompt_length)
     # max_length=None: the budget replaces the checkpoint's max_length (else generate warns that both are set).
     output = model.generate(**options, max_new_tokens=budget, max_length=None)
-    config = model.generation_config
-    forced_end = options.get("forced_eos_token_id", config.forced_eos_token_id)
-    generated = output[:, prompt_length if prompt_in_output else 0:]
-    cut = int(stopped_at_limit(generated, budget, _end_ids(config), forced_end is not None).sum())
+    count_cut(task, model, output[:, prompt_length if prompt_in_output else 0:], budget,
+              options.get("forced_eos_token_id", model.generation_config.forced_eos_token_id) is not None)
+    return output
+
+
+def count_cut(task, model, generated: torch.Tensor, budget: int, forced_end: bool = False) -> None:
+    """Count on ``task`` the rows of ``generated`` (prompt removed) that stopped at the limit, not at their end."""
+    cut = int(stopped_at_limit(generated, budget, _end_ids(model.generation_config), forced_end).sum())
     if cut:
         task.count_cut_outputs(cut, budget)
-    return output
 
 
 def stopped_at_limit(generated: torch.Tensor, budget: int, end_ids: list[int], forced_end: bool) -> torch.Tensor:

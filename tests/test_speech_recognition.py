@@ -307,3 +307,70 @@ def test_whisper_fine_tunes_saves_and_reloads(whisper_path, held_out, tmp_path):
     again = taskzoo.load(TASK, model=tmp_path / "whisper", device="cpu")
     assert again.predict(rows[0]["audio"], max_new_tokens=5) == zoo.predict(rows[0]["audio"], max_new_tokens=5)
     assert AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path / "whisper").generation_config.lang_to_id
+
+
+@pytest.fixture(scope="module")
+def varied_whisper(whisper_path, held_out):
+    """The tiny Whisper with its matrices drawn wide (std 1), timestamps suppressed: unlike the fresh kit model,
+    which repeats one token, its transcripts differ clip by clip, so taskzoo's greedy loop and generate are
+    compared on many different token sequences (the untrained kit has no trained Whisper to compare on)."""
+    zoo = taskzoo.load(TASK, model=whisper_path, device="cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in zoo.model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0, 1.0)
+        # A longer end-token embedding (tied to the output layer): 4 of these 12 clips end within 8 to 13 tokens.
+        zoo.model.model.decoder.embed_tokens.weight[zoo.model.generation_config.eos_token_id] *= 4
+    config = zoo.model.generation_config
+    config.suppress_tokens = list(range(config.no_timestamps_token_id + 1, zoo.model.config.vocab_size))
+    return zoo, list(held_out.select(range(12))["audio"])
+
+
+def test_whisper_greedy_loop_transcribes_exactly_as_generate(varied_whisper):
+    zoo, audio = varied_whisper
+    real_generate = zoo.model.generate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the greedy loop should have decoded this")
+
+    zoo.model.generate = refuse
+    try:
+        fast = zoo.predict(audio, batch_size=6, max_new_tokens=30)
+    finally:
+        zoo.model.generate = real_generate
+    reference = zoo.predict(audio, batch_size=6, max_new_tokens=30, use_generate=True)
+    assert fast == reference
+    assert len({row["text"] for row in fast}) == len(audio)  # every clip its own transcript
+
+
+def test_whisper_greedy_tokens_equal_generates_including_rows_that_end_early(varied_whisper):
+    from taskzoo import whisper_greedy
+
+    zoo, audio = varied_whisper
+    features = zoo._inputs([zoo._audio(a) for a in audio])
+    options = zoo._generate_options()
+    end = zoo.model.generation_config.eos_token_id
+    with torch.inference_mode():
+        ours = whisper_greedy.decode(zoo.model, features["input_features"], options, 40)
+        theirs = zoo.model.generate(**features, **options, max_new_tokens=40, max_length=None)
+    lengths = [(row != end).sum().item() for row in ours]
+    assert len(set(lengths)) > 1  # some rows ended before others: the loop dropped them from its batch
+    assert [row[:n].tolist() for row, n in zip(ours, lengths)] == [row[:n].tolist() for row, n in zip(theirs, lengths)]
+    assert all((row[n:] == end).all() for row, n in zip(theirs, lengths))
+
+
+def test_whisper_timestamps_and_beam_search_still_go_through_generate(varied_whisper):
+    from taskzoo import whisper_greedy
+
+    zoo, _ = varied_whisper
+    options = zoo._generate_options()
+    assert whisper_greedy.applies(zoo.model, options)
+    assert not whisper_greedy.applies(zoo.model, {**options, "return_timestamps": True})
+    assert not whisper_greedy.applies(zoo.model, {**options, "num_beams": 2})
+    assert not whisper_greedy.applies(zoo.model, {"task": "transcribe"})  # no language: generate detects it
+    zoo.model.generation_config.num_beams = 3
+    try:
+        assert not whisper_greedy.applies(zoo.model, options)
+    finally:
+        zoo.model.generation_config.num_beams = None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from datasets import Audio, Dataset, DatasetDict, Value
 
-from taskzoo import audio_chunks, generation, metrics, strategies, streaming
+from taskzoo import audio_chunks, generation, metrics, strategies, streaming, whisper_greedy
 from taskzoo import data as data_utils
 from taskzoo.ctc import ctc_tokenizer
 from taskzoo.errors import DataError
@@ -177,8 +177,9 @@ class SpeechRecognition(Task):
             raise DataError(f"An audio clip of {max(map(len, audio)) / self.sampling_rate:.1f} s is longer than "
                             f"the model's {window / self.sampling_rate:.0f} s window; split such clips for "
                             "training and evaluation (predict() chunks long inputs itself).")
-        features = self.feature_extractor(audio, sampling_rate=self.sampling_rate, return_attention_mask=True,
-                                          return_tensors="pt")
+        with torch.autocast("cpu", enabled=False):  # predict's bf16 autocast would give the STFT bf16, which fails
+            features = self.feature_extractor(audio, sampling_rate=self.sampling_rate, return_attention_mask=True,
+                                              return_tensors="pt")
         return {"input_features": features.input_features, "attention_mask": features.attention_mask}
 
     def _labels(self, texts: list[str]) -> torch.Tensor:
@@ -287,12 +288,16 @@ class SpeechRecognition(Task):
             raise ValueError("This Whisper model is English-only: it takes no language or task.")
         return {key: value for key, value in options.items() if value is not None}
 
-    def _whisper_generate(self, model, inputs: dict, options: dict) -> torch.Tensor:
-        """Whisper's generate with taskzoo's length limit (see taskzoo/generation.py). Its prompt is
+    def _whisper_generate(self, model, inputs: dict, options: dict, use_generate: bool = False) -> torch.Tensor:
+        """Whisper's tokens within taskzoo's length limit (see taskzoo/generation.py). Its prompt is
         <|startoftranscript|>, the language and task (multilingual models) and <|notimestamps|> unless
-        timestamps are predicted; the tokens it returns hold neither the prompt nor the end token."""
+        timestamps are predicted; the tokens returned hold no prompt. Greedy decoding without timestamps
+        takes taskzoo's own loop (the same tokens, faster: taskzoo/whisper_greedy.py), the rest generate."""
         options = dict(options)
         prompt = 1 + 2 * self._is_multilingual() + (not options.get("return_timestamps"))
+        tokens = None if use_generate else whisper_greedy.greedy_tokens(self, model, inputs["input_features"], options)
+        if tokens is not None:
+            return tokens
         return generation.generate(self, model, max_new_tokens=options.pop("max_new_tokens", None),
                                    prompt_length=prompt, prompt_in_output=False, **inputs, **options)
 
@@ -313,8 +318,9 @@ class SpeechRecognition(Task):
         ``(array, sampling_rate)`` tuple, or an array at ``sampling_rate`` (default: the model's).
 
         Options: ``return_timestamps`` (adds ``chunks``), ``chunk_length_s`` / ``stride_length_s`` for long
-        audio, and for Whisper ``language``, ``task`` and ``max_new_tokens``. ``batch_size`` also batches
-        the windows of long inputs.
+        audio, and for Whisper ``language``, ``task``, ``max_new_tokens`` and ``use_generate=True`` (every
+        window through transformers' ``generate``, not taskzoo's greedy loop: same tokens, slower).
+        ``batch_size`` also batches the windows of long inputs.
         """
         window_batch = batch_size or self.default_batch_size
         return super().predict(inputs, batch_size=batch_size, progress=progress, window_batch=window_batch,
@@ -327,7 +333,7 @@ class SpeechRecognition(Task):
         return [self._audio(item, sampling_rate) for item in inputs]  # decoded, at the model's rate
 
     def predict_batch(self, audio, window_batch=8, sampling_rate=None, return_timestamps=False,
-                      chunk_length_s=None, stride_length_s=None, **generate_options):
+                      chunk_length_s=None, stride_length_s=None, use_generate=False, **generate_options):
         if self.is_ctc and generate_options:
             raise ValueError(f"{sorted(generate_options)} apply to Whisper models only; this is a CTC model.")
         limit = None if self.is_ctc else self.feature_extractor.chunk_length  # Whisper: its window at most
@@ -350,7 +356,7 @@ class SpeechRecognition(Task):
                 for w, rows, n in zip(group, logits, frames):
                     pieces[w.item].append(audio_chunks.ctc_frames(rows, w, n, align))
             else:
-                for w, tokens in zip(group, self._whisper_generate(self.model, inputs, options)):
+                for w, tokens in zip(group, self._whisper_generate(self.model, inputs, options, use_generate)):
                     chunked = len(audio[w.item]) > window
                     pieces[w.item].append(audio_chunks.whisper_output(tokens, w, self.sampling_rate, chunked))
         if self.is_ctc:

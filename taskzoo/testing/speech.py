@@ -62,8 +62,8 @@ def tiny_ctc(path: Path) -> Path:
 def tiny_whisper(path: Path) -> Path:
     """Whisper's real 30 s window and prompt, with a byte-level BPE tokenizer trained on the toy words."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AddedToken, GenerationConfig, WhisperConfig, WhisperFeatureExtractor
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
+    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -75,16 +75,7 @@ def tiny_whisper(path: Path) -> Path:
     # <|en|> right after <|startoftranscript|>, timestamps right after <|notimestamps|>.
     special = ["<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
                "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-    timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
-    for token in ["<|endoftext|>", *special, *timestamps]:
-        vocab[token] = len(vocab)
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, extra_special_tokens=special, pad_token="<|endoftext|>",
-                                 language="en", task="transcribe", predict_timestamps=False)
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in special], special_tokens=True)
-    # Timestamps are not special tokens: the stitcher finds them by id, decode() strips them.
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in timestamps])
-    tokenizer.set_prefix_tokens(language="en", task="transcribe", predict_timestamps=False)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ["<|endoftext|>", *special]}
+    tokenizer, ids = whisper_tokenizer(vocab, merges, special)
     end, start = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     config = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
@@ -105,6 +96,24 @@ def tiny_whisper(path: Path) -> Path:
                                         n_fft=400)
     WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
     return path
+
+
+def whisper_tokenizer(vocab: dict, merges: list, special: list[str]):
+    """A WhisperTokenizer (English, transcribe, no timestamps) over a byte-level BPE ``vocab``, with
+    <|endoftext|>, ``special`` (<|startoftranscript|> first, <|notimestamps|> last) and the 1501 timestamps
+    appended to it in that order; returns it and the ids of <|endoftext|> and ``special``."""
+    from transformers import AddedToken, WhisperTokenizer
+
+    timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
+    for token in ["<|endoftext|>", *special, *timestamps]:
+        vocab[token] = len(vocab)
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, extra_special_tokens=special, pad_token="<|endoftext|>",
+                                 language="en", task="transcribe", predict_timestamps=False)
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in special], special_tokens=True)
+    # Timestamps are not special tokens: the stitcher finds them by id, decode() strips them.
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in timestamps])
+    tokenizer.set_prefix_tokens(language="en", task="transcribe", predict_timestamps=False)
+    return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in ["<|endoftext|>", *special]}
 
 
 def toy_words() -> tuple[Path, dict[str, list[np.ndarray]]]:

@@ -1,0 +1,113 @@
+"""Benchmark: taskzoo predict vs transformers.pipeline, automatic-speech-recognition with Whisper.
+
+A Whisper model built from the whisper-tiny or whisper-base config (written out below: the hub is out of reach
+here) with seeded random weights, which do not change the speed, and a tokenizer of the real vocabulary size
+(51865: 50257 byte-level BPE tokens, the special tokens, 1501 timestamps). Inputs are espeak-ng sentences of about
+1 to 12 s, all shorter than Whisper's 30 s window (no chunking on either side), given as 16 kHz arrays.
+
+Equal work on both sides: random weights would generate garbage of random length, so the checkpoint's
+``suppress_tokens`` hold the end token and every timestamp token (both sides read them from the same generation
+config): every transcript runs to exactly ``--max-new-tokens`` text tokens on both sides, and generate never
+re-decodes a window from a predicted timestamp. Both decode greedily: the pipeline's own default is beam search
+with 5 beams (roughly 5x the decoder work and other transcripts), so it gets ``num_beams=1``, and its best batch
+size is taken. Agreement is exact transcripts (greedy on both sides should give the same text).
+
+    python bench/predict_whisper.py [--size tiny|base] [--clips 16] [--max-new-tokens 32]
+"""
+
+import argparse
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor
+from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
+
+import taskzoo
+from common import compare_with_pipeline, mixed_length_sentences
+from taskzoo.data import load_audio
+from taskzoo.demo import quiet_libraries
+from taskzoo.testing.speech import whisper_tokenizer
+
+SIZES = {  # openai/whisper-tiny and openai/whisper-base; the rest are WhisperConfig's defaults (80 mel bins, ...)
+    "tiny": dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6,
+                 decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536),
+    "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+                 decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048),
+}
+
+
+def whisper_folder(size: str) -> Path:
+    """A random Whisper of that size with a 51865-token multilingual tokenizer, saved as a normal HF folder."""
+    from tokenizers import pre_tokenizers
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    rng = random.Random(0)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab, tokens, merges = {c: i for i, c in enumerate(alphabet)}, list(alphabet), []
+    while len(vocab) < 50257:  # byte-level merges of random pieces: decodes any id, as GPT-2's vocabulary does
+        a, b = rng.choice(tokens), rng.choice(alphabet)
+        if a + b not in vocab and len(a) < 8:
+            vocab[a + b] = len(vocab)
+            tokens.append(a + b)
+            merges.append((a, b))
+    languages = [f"<|{code}|>" for code in list(LANGUAGES)[:99]]  # whisper-tiny/base know 99 languages
+    special = ["<|startoftranscript|>", *languages, "<|translate|>", "<|transcribe|>", "<|startoflm|>",
+               "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    tokenizer, ids = whisper_tokenizer(vocab, merges, special)
+    end, start, no_timestamps = ids["<|endoftext|>"], ids["<|startoftranscript|>"], ids["<|notimestamps|>"]
+    config = WhisperConfig(vocab_size=51865, num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
+                           pad_token_id=end, bos_token_id=end, eos_token_id=end, decoder_start_token_id=start,
+                           **SIZES[size])
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=start, bos_token_id=end, eos_token_id=end, pad_token_id=end,
+        no_timestamps_token_id=no_timestamps, prev_sot_token_id=ids["<|startofprev|>"],
+        lang_to_id={t: ids[t] for t in languages}, is_multilingual=True, max_initial_timestamp_index=50,
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        begin_suppress_tokens=[end], max_length=448,
+        suppress_tokens=[end, *range(no_timestamps + 1, 51865)])  # equal work: see the docstring
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-whisper-{size}-"))
+    model.save_pretrained(folder)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(
+        folder)
+    return folder
+
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+parser.add_argument("--clips", type=int, default=16)
+parser.add_argument("--max-new-tokens", type=int, default=32)
+args = parser.parse_args()
+quiet_libraries()
+
+folder = whisper_folder(args.size)
+clips = []
+for i, sentence in enumerate(mixed_length_sentences(args.clips, seed=3)):
+    path = folder / f"{i:03d}.wav"
+    subprocess.run(["espeak-ng", "-s", "170", "-w", str(path), " ".join(sentence.split()[:35])], check=True)
+    clips.append(load_audio(str(path), 16000))
+
+greedy = dict(language="en", task="transcribe", max_new_tokens=args.max_new_tokens, num_beams=1)
+recogniser = pipeline("automatic-speech-recognition", model=str(folder), device="cpu")
+zoo = taskzoo.load("automatic-speech-recognition", model=folder, device="cpu", language="en")
+
+
+def agreement(ours, theirs) -> str:
+    equal = sum(a["text"] == b["text"].strip() for a, b in zip(ours, theirs)) / len(theirs)
+    return f"{equal:.1%} transcripts equal"
+
+
+seconds = sum(map(len, clips)) / 16000
+compare_with_pipeline(
+    f"{len(clips)} clips, {seconds:.0f} s of speech, whisper-{args.size} (random weights), greedy, "
+    f"{args.max_new_tokens} new tokens each",
+    lambda batch_size: recogniser([clip.copy() for clip in clips], batch_size=batch_size, generate_kwargs=greedy),
+    lambda **options: zoo.predict(clips, batch_size=16, progress=False, max_new_tokens=args.max_new_tokens,
+                                  **options),
+    agreement, batch_sizes=(4, 8, 16), repeat=1,
+    variants=[("batch_size=16, fp32", {}), ("batch_size=16, fp32, use_generate=True", {"use_generate": True}),
+              ("batch_size=16, bf16", {"mixed_precision": "bf16"})])
