@@ -5,7 +5,7 @@ Same packaged all-MiniLM-L6-v2 (its Normalize module makes unit vectors on both 
 what a sentence-transformers user writes, at its best batch size of those tried. Both sides are warmed up,
 then timed back to back in rotating order; medians of ``--repeats``. Agreement: the largest score difference.
 
-    python bench/sentence_similarity.py [--pairs 500] [--repeats 3] [--bf16]
+    python bench/sentence_similarity.py [--pairs 500] [--repeats 3] [--bf16] [--threads N]
 """
 
 import argparse
@@ -27,8 +27,11 @@ parser.add_argument("--repeats", type=int, default=3)
 parser.add_argument("--baseline-batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
 parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64], help="taskzoo's, each reported")
 parser.add_argument("--bf16", action="store_true", help="also taskzoo with mixed_precision='bf16'")
+parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
 args = parser.parse_args()
 quiet_libraries()
+if args.threads:  # on a machine shared with other work, 1 thread keeps threads from waiting on each other
+    torch.set_num_threads(args.threads)
 reference_model = SentenceTransformer(str(packaged_model_path("all-MiniLM-L6-v2")), device="cpu")
 zoo = taskzoo.load("sentence-similarity", model="all-MiniLM-L6-v2", device="cpu")
 
@@ -96,7 +99,8 @@ for mix, make in MIXES.items():
     pairs = list(zip(left, right))
     report(f"{len(pairs)} pairs of {mix} sentences, all distinct",
            lambda size: encode_and_compare(left, right, size),
-           lambda size, precision: zoo.predict(pairs, batch_size=size, mixed_precision=precision),
+           lambda size, precision: zoo.predict(pairs, batch_size=size, mixed_precision=precision,
+                                               progress=False),
            lambda output: [row["score"] if isinstance(row, dict) else row for row in output])
 
 many = unique(mixed_length_sentences, 2 * args.pairs, seed=3)
@@ -104,5 +108,5 @@ query = "the acting was superb and the music one of the best this year"
 report(f"one query against {len(many)} mixed sentences",
        lambda size: query_against_many(query, many, size),
        lambda size, precision: zoo.predict({"source_sentence": query, "sentences": many}, batch_size=size,
-                                           mixed_precision=precision),
+                                           mixed_precision=precision, progress=False),
        lambda output: output)
