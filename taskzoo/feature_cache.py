@@ -1,12 +1,15 @@
 """Cached frozen features: with strategy="freeze" the body's output never changes, so the body runs once
-over the training data and the head trains from the cache, epoch after epoch, at the cost of the head.
+over the training data and once over the evaluation data, and the head trains and is evaluated from that
+cache, epoch after epoch, at the cost of the head alone.
 
 The cache holds what the task's head module receives (captured with a forward pre-hook), so it works for
-any architecture whose head is a single module called once per forward pass. Evaluation still runs the
-whole model, whose head is the very module being trained.
+any architecture whose head is a single module called once per forward pass. The cache lives for one
+``finetune`` call: a later call (after other training changed the body, say) builds it anew.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +40,7 @@ def build_cache(task, dataset, batch_size: int) -> list[dict]:
 
 
 class CachedHeadTraining:
-    """Stands in for a task inside the training loop: trains ``task``'s head on cached features."""
+    """Stands in for a task inside the training loop: trains and evaluates ``task``'s head on cached features."""
 
     def __init__(self, task):
         self.task = task
@@ -50,7 +53,7 @@ class CachedHeadTraining:
         return None  # cached features all have one size
 
     def collate(self, examples: list[dict]) -> dict:
-        if "features" not in examples[0]:  # evaluation rows are ordinary data rows
+        if "features" not in examples[0]:  # evaluation rows that were not cached (a stream) are ordinary rows
             return self.task.collate(examples)
         return {"features": torch.stack([row["features"] for row in examples]),
                 "labels": torch.tensor([row["labels"] for row in examples])}
@@ -60,4 +63,21 @@ class CachedHeadTraining:
         return {"loss": F.cross_entropy(logits.float(), batch["labels"]), "output": logits}
 
     def eval_step(self, model, batch):
-        return self.task.eval_step(self.task.model, batch)
+        if "features" not in batch:
+            return self.task.eval_step(self.task.model, batch)
+        # The task's own eval_step turns logits into its predictions (top-1, top-5, ...): it runs unchanged,
+        # with the head standing in for the whole model and the features in the place of the model's input.
+        inputs = {self.task.model.main_input_name: batch["features"], "labels": batch["labels"]}
+        return self.task.eval_step(_HeadAsModel(model), inputs)
+
+
+class _HeadAsModel:
+    """Called as the whole model is (``model(input_ids=...)``, ``model(pixel_values=...)``) with the cached
+    features as its one input, it returns the head's logits the way a transformers model does."""
+
+    def __init__(self, head: torch.nn.Module):
+        self.head = head
+
+    def __call__(self, **inputs) -> SimpleNamespace:
+        (features,) = inputs.values()
+        return SimpleNamespace(logits=self.head(features))

@@ -321,7 +321,10 @@ class Task:
                 and not streaming.is_stream(train_set):
             from taskzoo.feature_cache import CachedHeadTraining, build_cache
 
-            train_set = build_cache(self, train_set, config.eval_batch_size or config.batch_size)
+            batch_size = config.eval_batch_size or config.batch_size
+            train_set = build_cache(self, train_set, batch_size)
+            if eval_set is not None and not streaming.is_stream(eval_set):  # evaluated each epoch: cached too
+                eval_set = build_cache(self, eval_set, batch_size)
             trainer = CachedHeadTraining(self)
         result = train_task(trainer, train_set, eval_set, config)
         self.warn_truncated("finetune")

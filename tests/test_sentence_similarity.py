@@ -87,11 +87,12 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny_model_path, monkeypatch
     real = type(zoo).predict_batch
     sizes = []
 
-    def small_memory(self, sentences):  # a device that fits at most 3 sentences, none longer than 30 characters
-        sizes.append(len(sentences))
-        if len(sentences) > 3 or max(map(len, sentences)) > 30:
+    def small_memory(self, features):  # a device that fits at most 3 sentences, none longer than 8 tokens
+        rows, tokens = features["input_ids"].shape
+        sizes.append(rows)
+        if rows > 3 or tokens > 8:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real(self, sentences)
+        return real(self, features)
 
     monkeypatch.setattr(type(zoo), "predict_batch", small_memory)
     with pytest.warns(UserWarning, match="sentence-similarity: out of memory with a batch of 8; retrying as two "
@@ -104,3 +105,29 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny_model_path, monkeypatch
     with pytest.raises(torch.OutOfMemoryError):  # a sentence that does not fit alone cannot be halved
         zoo.predict(("a long sentence about the cat and the dog", "rain"), batch_size=8)
     assert sizes == [2, 1]
+
+
+def test_many_mixed_length_sentences_score_as_sentence_transformers(minilm_path, monkeypatch):
+    """Batches sorted by token length (padding-free ones run without a mask) change no score, nor does the
+    path for models without a transformers tokenizer (sorted by characters, tokenized by encode's preprocess)."""
+    import random
+
+    from sentence_transformers import SentenceTransformer
+
+    rng = random.Random(0)
+    words = "the a cat dog sat on mat very quite lovely awful storm rain football market guitar".split()
+    sentences = [" ".join(rng.choices(words, k=rng.choice([2, 3, 3, 5, 8, 20, 40]))) for _ in range(60)]
+    pairs = list(zip(sentences[:30], sentences[30:]))
+    reference = SentenceTransformer(str(minilm_path), device="cpu")
+    a, b = (reference.encode(side, batch_size=7, convert_to_tensor=True) for side in zip(*pairs))
+    expected = torch.nn.functional.cosine_similarity(a, b)
+    zoo = taskzoo.load("sentence-similarity", model="all-MiniLM-L6-v2", device="cpu")
+    ours = torch.tensor([row["score"] for row in zoo.predict(pairs, batch_size=8)])
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    many = zoo.predict({"source_sentence": sentences[0], "sentences": sentences[1:]}, batch_size=8)
+    vectors = reference.encode(sentences, convert_to_tensor=True)
+    torch.testing.assert_close(torch.tensor(many), torch.nn.functional.cosine_similarity(vectors[:1], vectors[1:]),
+                               atol=1e-5, rtol=0)
+    monkeypatch.setattr(type(zoo), "tokenized", lambda self, sentences: None)
+    plain = torch.tensor([row["score"] for row in zoo.predict(pairs, batch_size=8)])
+    torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)

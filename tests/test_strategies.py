@@ -96,7 +96,7 @@ def rows_through(module: torch.nn.Module) -> list[int]:
     return rows
 
 
-def test_cached_features_train_the_same_head_as_running_the_body(pretrained_body):
+def test_cached_features_train_and_evaluate_the_same_head_as_running_the_body(pretrained_body):
     results = []
     for cache in (True, False):
         zoo = taskzoo.load("text-classification", model=pretrained_body, device="cpu")
@@ -106,10 +106,45 @@ def test_cached_features_train_the_same_head_as_running_the_body(pretrained_body
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
         body_rows = rows_through(zoo.model.bert)
-        zoo.finetune(relabelled(64, 0), epochs=2, learning_rate=5e-2, batch_size=16, strategy="freeze",
-                     cache_features=cache, group_by_length=False, progress=False, save_checkpoints=False)
-        # The body reads the 64 rows once to fill the cache, or once per epoch without one.
-        assert sum(body_rows) == (64 if cache else 2 * 64)
-        results.append((zoo.model.classifier.weight.detach().clone(), zoo.evaluate(relabelled(64, 1))))
+        # Evaluated every 2 of the 12 steps.
+        result = zoo.finetune(relabelled(64, 0), eval=relabelled(32, 1), epochs=3, learning_rate=5e-2,
+                              eval_every=2, batch_size=16, strategy="freeze", cache_features=cache,
+                              group_by_length=False, progress=False, save_checkpoints=False)
+        # The body reads the 64 training and 32 evaluation rows once to fill the cache; without one, the training
+        # rows every epoch and the evaluation rows at each of the 6 evaluations.
+        assert sum(body_rows) == (64 + 32 if cache else 3 * 64 + 6 * 32)
+        evaluations = [record for record in result.history if "eval_accuracy" in record]
+        assert len(evaluations) == 6
+        results.append((zoo.model.classifier.weight.detach().clone(), evaluations, zoo.evaluate(relabelled(64, 1))))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
-    assert results[0][1]["accuracy"] >= 0.9 and results[0][1] == pytest.approx(results[1][1])
+    cached, uncached = results[0][1], results[1][1]
+    for ours, theirs in zip(cached, uncached):
+        assert ours["eval_accuracy"] == pytest.approx(theirs["eval_accuracy"])
+        assert ours["eval_macro_f1"] == pytest.approx(theirs["eval_macro_f1"])
+    assert results[0][2]["accuracy"] >= 0.9 and results[0][2] == pytest.approx(results[1][2])
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_no_feature_cache_when_the_body_trains(pretrained_body, strategy):
+    zoo = taskzoo.load("text-classification", model=pretrained_body, device="cpu")
+    zoo.prepare_for_training(relabelled(32, 0))
+    body_rows = rows_through(zoo.model.bert)
+    result = zoo.finetune(relabelled(32, 0), eval=relabelled(16, 1), epochs=2, batch_size=16, strategy=strategy,
+                          cache_features=True, progress=False, save_checkpoints=False)
+    # The body changes every step, so it runs on every training and every evaluation row, epoch after epoch.
+    assert sum(body_rows) == 2 * (32 + 16)
+    assert len([record for record in result.history if "eval_accuracy" in record]) == 2
+
+
+def test_feature_cache_is_built_anew_for_each_run(pretrained_body):
+    """A cache from an earlier run never serves a later one: after the body trained, freeze sees the new body."""
+    zoo = taskzoo.load("text-classification", model=pretrained_body, device="cpu")
+    options = dict(eval=relabelled(32, 1), epochs=1, batch_size=16, learning_rate=5e-2, progress=False,
+                   save_checkpoints=False)
+    zoo.finetune(relabelled(64, 0), strategy="freeze", **options)
+    zoo.finetune(relabelled(64, 0), strategy="full", **{**options, "learning_rate": 1e-3})
+    body_rows = rows_through(zoo.model.bert)
+    scores = [zoo.finetune(relabelled(64, 0), strategy="freeze", cache_features=cache, seed=1, **options).history[-1]
+              for cache in (True, False)]
+    assert sum(body_rows) == (64 + 32) + (64 + 32)  # the cached run read the changed body once, then the other
+    assert scores[0]["eval_accuracy"] == pytest.approx(scores[1]["eval_accuracy"])

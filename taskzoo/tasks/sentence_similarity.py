@@ -8,6 +8,7 @@ onto gold scores (CosineSimilarityLoss), or ranks pairs with CoSENT (``loss="cos
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import random
@@ -159,21 +160,48 @@ class SentenceSimilarity(Task):
             raise ValueError(f"Sentences must be strings; got {sentences!r:.80}")
         return sentences
 
-    def predict_batch(self, sentences: list[str]) -> torch.Tensor:
-        """One embedding per sentence, by sentence-transformers' own encode."""
-        return self.model.encode(sentences, batch_size=len(sentences), convert_to_tensor=True,
-                                 show_progress_bar=False)
+    def tokenized(self, sentences: list[str]) -> list[dict] | None:
+        """Each sentence's tokens, from one call of the fast tokenizer for them all, truncated as ``encode``
+        truncates and not yet padded (each batch is padded to its own longest: :meth:`preprocess_batch`). None
+        where the model's tokenizer is not a transformers one (a StaticEmbedding model, say)."""
+        tokenizer = self.model.tokenizer
+        if not callable(getattr(tokenizer, "pad", None)):
+            return None
+        encoded = tokenizer(sentences, truncation=True, max_length=self.model.max_seq_length)
+        keys = [key for key in encoded if key != "overflow_to_sample_mapping"]
+        return [{key: encoded[key][i] for key in keys} for i in range(len(sentences))]
+
+    def preprocess_batch(self, items: list) -> dict:
+        """Tokenized sentences padded into a batch, with what sentence-transformers' ``preprocess`` adds
+        beside the tensors ("modality"); plain sentences (no transformers tokenizer) by ``preprocess`` itself."""
+        if isinstance(items[0], str):
+            return self.model.preprocess(items)
+        features = dict(self.model.tokenizer.pad(items, return_tensors="pt"))
+        return {**self._feature_extras, **features}
+
+    @functools.cached_property
+    def _feature_extras(self) -> dict:
+        return {key: value for key, value in self.model.preprocess(["a"]).items()
+                if not isinstance(value, torch.Tensor)}
+
+    def predict_batch(self, features: dict) -> torch.Tensor:
+        """One embedding per sentence: the sentence-transformers modules (transformer, pooling, normalising, ...)
+        run as ``encode`` runs them."""
+        features = {key: value.to(self.device) if isinstance(value, torch.Tensor) else value
+                    for key, value in features.items()}
+        return self.model(features)["sentence_embedding"]
 
     def compile_target(self):
-        """The transformers model inside sentence-transformers' first module: encode() calls it."""
+        """The transformers model inside sentence-transformers' first module: predict_batch calls it."""
         encoder = self.model[0]
         name = next((name for name, child in encoder.named_children() if hasattr(child, "config")), None)
         return (encoder, name) if name else None
 
     def predict(self, inputs, batch_size=None, progress=None, mixed_precision="no", compile=False):
-        """Scores pairs, or a source sentence against many. Each distinct sentence is encoded once, in
-        batches of similar length (pairing a short and a long sentence in one batch would pad a lot).
-        ``batch_size`` counts sentences; a batch that runs out of device memory is halved, as in every task."""
+        """Scores pairs, or a source sentence against many. Each distinct sentence is encoded once. All are
+        tokenized in one call and sorted by their length in tokens, so that a batch holds sentences of (nearly)
+        one length: little padding, and none at all lets attention run without a mask. ``batch_size`` counts
+        sentences; a batch that runs out of device memory is halved, as in every task."""
         single = self.is_single(inputs)
         items = [inputs] if single else list(inputs)
         groups = [self._sentences(item) for item in items]
@@ -181,25 +209,31 @@ class SentenceSimilarity(Task):
         if not unique:
             return []
         size = self.check_batch_size(batch_size)
-        order = sorted(range(len(unique)), key=lambda i: len(unique[i]), reverse=True)
+        tokens = self.tokenized(unique)
+        lengths = [len(row["input_ids"]) for row in tokens] if tokens else [len(sentence) for sentence in unique]
+        order = sorted(range(len(unique)), key=lambda i: lengths[i], reverse=True)
         batches = [order[start:start + size] for start in range(0, len(order), size)]
-        prepared, rows = PreparedBatches(self, unique, batches, {}, num_workers=0), [None] * len(unique)
+        prepared = PreparedBatches(self, tokens or unique, batches, {}, num_workers=0)
+        embeddings = None
         bar = tqdm(total=len(unique), desc=f"{self.name}: encode", unit="sentence",
                    disable=not (progress if progress is not None else len(batches) > 10))
         self.model.eval()
         with torch.inference_mode(), self.autocast(mixed_precision), self.compiled(compile):
             for indices, encoded in halving_on_oom(self, prepared, self.predict_batch):
-                for i, row in zip(indices, encoded):
-                    rows[i] = row
+                if embeddings is None:
+                    embeddings = torch.empty(len(unique), encoded.shape[-1], device=encoded.device)
+                embeddings[indices] = encoded.float()
                 bar.update(len(indices))
         bar.close()
-        embeddings = torch.stack(rows).float()
+        # Every comparison at once: the first sentence of each group against each of the others.
         index = {sentence: i for i, sentence in enumerate(unique)}
+        first = [index[group[0]] for group in groups for _ in group[1:]]
+        others = [index[sentence] for group in groups for sentence in group[1:]]
+        scores = iter(F.cosine_similarity(embeddings[first], embeddings[others]).tolist())
         results = []
         for item, group in zip(items, groups):
-            vectors = embeddings[[index[sentence] for sentence in group]]
-            scores = F.cosine_similarity(vectors[:1], vectors[1:]).tolist()
-            results.append(scores if isinstance(item, Mapping) else {"score": scores[0]})
+            item_scores = [next(scores) for _ in group[1:]]
+            results.append(item_scores if isinstance(item, Mapping) else {"score": item_scores[0]})
         return results[0] if single else results
 
     # ---------------------------------------------------------------------------------- testing kit
