@@ -110,3 +110,18 @@ def test_the_tour_runs_torch_on_one_thread_unless_the_user_chose(monkeypatch):
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_toy_words_are_spoken_once_when_the_demo_starts_them_early(monkeypatch):
+    from taskzoo.demo import speak_toy_words_early
+    from taskzoo.testing import speech
+
+    monkeypatch.setattr(speech, "_TOY_CACHE", {})
+    spoken = []
+    real = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: spoken.append(command[-1]) or real(command, **kw))
+    speak_toy_words_early(["text-classification", "automatic-speech-recognition"])
+    folder, bank = speech.toy_words()  # waits for the background thread's work instead of repeating it
+    assert sorted(bank) == sorted(speech.TOY_WORDS)
+    assert all(len(clips) == len(speech.TOY_VOICES) for clips in bank.values())
+    assert len(spoken) == len(speech.TOY_WORDS) * len(speech.TOY_VOICES)  # each word and voice spoken once
