@@ -4,9 +4,10 @@ All three train the same MiniLM classifier (a fresh copy each, loaded before the
 sentences in ONE index order: taskzoo's length-grouped order (its LengthGroupedSampler, seed 42), which the
 Trainer and the minimal loop get as their sampler. The Trainer runs as its users would for mixed-length text:
 train_sampling_strategy="group_by_length" with a length column and optim="adamw_torch" (torch's AdamW, as
-the other two use); only its sampler is swapped for the shared order, and the script prints how much each
-order pads, the Trainer's own grouping included. Same collate function (tokenisation inside, as taskzoo
-does), batch size, learning rate and linear schedule, gradient clipping, seed and precision everywhere.
+the other two use); only its sampler is swapped for the shared order (--trainer-order own keeps its own
+length grouping), and the script prints how much each order pads. Same collate function (tokenisation
+inside, as taskzoo does), batch size, learning rate and linear schedule, gradient clipping, seed and
+precision everywhere.
 
 Every side runs a few steps untimed first (warm-up), then --runs rounds, each in a rotated order; samples/s
 is the median. "mean loss" is the mean training loss over all steps on every side (the Trainer's
@@ -14,6 +15,7 @@ training_loss): with one order, one initial head and one seed the three should a
 each side alone in a fresh run of this script, training only (the model is loaded before).
 
     python bench/finetune_speed.py [--steps 20] [--batch-size 32] [--precision no|bf16] [--runs 3]
+        [--trainer-order shared|own]
 """
 
 import argparse
@@ -38,6 +40,7 @@ parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--precision", default="no", choices=["no", "bf16"])
 parser.add_argument("--runs", type=int, default=3)  # timed rounds; the median is reported
 parser.add_argument("--warmup-steps", type=int, default=3)
+parser.add_argument("--trainer-order", default="shared", choices=["shared", "own"])  # own: the Trainer's grouping
 args = parser.parse_args()
 quiet_libraries()
 
@@ -74,7 +77,7 @@ def run_minimal_accelerate(zoo, prepared, steps):
 
 class SharedOrderTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
-        return order
+        return order if args.trainer_order == "shared" else super()._get_train_sampler(train_dataset)
 
 
 def run_trainer(zoo, prepared, steps):
