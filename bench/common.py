@@ -181,10 +181,10 @@ def training_rounds(sides: dict, fresh, steps: int, samples_per_run: int, runs: 
 
 def print_training_rows(speeds: dict, losses: dict, ours: str) -> None:
     """One line per side: median samples/s (every run's too), taskzoo's ratio to it, mean loss, peak memory."""
-    reference = statistics.median(speeds[ours])
+    reference, width = statistics.median(speeds[ours]), max(map(len, speeds))
     for name, runs in speeds.items():
         speed = statistics.median(runs)
-        print(f"{name:42} {speed:8.1f} samples/s (runs {', '.join(f'{s:.1f}' for s in runs)})   "
+        print(f"{name:{width}} {speed:8.1f} samples/s (runs {', '.join(f'{s:.1f}' for s in runs)})   "
               f"taskzoo / this = {reference / speed:.2f}   mean loss {losses[name]:.4f}   "
               f"peak {side_peak_memory(name):6.0f} MiB", flush=True)
 
