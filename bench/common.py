@@ -102,16 +102,6 @@ class PeakMemory:
         return (self.peak - self.start) / 2**20
 
 
-def timed(function, repeat: int = 1):
-    """(best seconds over `repeat` runs, last result)."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - started)
-    return best, result
-
-
 def rotations(names: list, rounds: int):
     """`rounds` passes over `names`, each starting one further along, so that no side always runs first
     (or always right after the same neighbour) while the machine's state drifts."""
