@@ -1,9 +1,12 @@
-"""Shared pieces of the benchmark scripts: inputs, timing, a MiniLM-based classifier."""
+"""Shared pieces of the benchmark scripts: inputs, timing, a MiniLM-based classifier, the roofline."""
 
+import copy
+import functools
 import os
 import random
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,6 +23,33 @@ def mixed_length_sentences(n: int = 1000, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     lengths = [min(120, max(3, int(rng.lognormvariate(2.7, 0.8)))) for _ in range(n)]
     return [" ".join(rng.choices(WORDS, k=length)) for length in lengths]
+
+
+def photo_files(n: int, folder: Path, seed: int = 0) -> list[str]:
+    """Smooth random colour fields of mixed sizes (200-1000 px), saved as JPEG: photo-like file sizes and
+    decode costs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        width, height = (int(v) for v in rng.integers(200, 1000, size=2))
+        coarse = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+        path = folder / f"{i:04d}.jpg"
+        Image.fromarray(coarse).resize((width, height), Image.BICUBIC).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def spoken_clips(n: int, folder: Path, seed: int = 3, max_words: int = 35) -> list[tuple[str, str]]:
+    """(wav path, transcript) of mixed-length sentences spoken by espeak-ng: about 1 to 12 s at 35 words."""
+    clips = []
+    for i, sentence in enumerate(mixed_length_sentences(n, seed=seed)):
+        path, words = folder / f"{i:03d}.wav", " ".join(sentence.split()[:max_words])
+        subprocess.run(["espeak-ng", "-s", "170", "-w", str(path), words], check=True)
+        clips.append((str(path), words))
+    return clips
 
 
 def minilm_classifier() -> Path:
@@ -72,35 +102,173 @@ class PeakMemory:
         return (self.peak - self.start) / 2**20
 
 
-def timed(function, repeat: int = 1):
-    """(best seconds over `repeat` runs, last result)."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - started)
-    return best, result
+def rotations(names: list, rounds: int):
+    """`rounds` passes over `names`, each starting one further along, so that no side always runs first
+    (or always right after the same neighbour) while the machine's state drifts."""
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        yield names[shift:] + names[:shift]
 
 
+# -------------------------------------------------------------------------------- fine-tuning throughput
+def minimal_accelerate_loop(zoo, train_set, steps: int, batch_size: int, learning_rate: float,
+                            precision: str = "no", sampler=None, seed: int = 42) -> float:
+    """The loop an Accelerate user writes by hand (as Accelerate's examples/nlp_example.py), on a task's own
+    collate and forward (``training_step``): AdamW without weight decay, a linear schedule, gradient
+    clipping at 1.0, autocast in ``precision``. Without ``sampler`` it shuffles with Accelerate's seedable
+    sampler seeded as taskzoo's loop seeds it, so that both see the same batches. Returns the mean training
+    loss over the steps."""
+    import torch
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from torch.utils.data import DataLoader
+    from transformers import get_scheduler
+
+    from taskzoo.accelerators import new_accelerator
+
+    accelerator = new_accelerator(mixed_precision=precision, dataloader_config=DataLoaderConfiguration(
+        use_seedable_sampler=True, data_seed=seed))
+    set_seed(seed)
+    order = {"shuffle": True} if sampler is None else {"sampler": sampler}
+    loader = DataLoader(train_set, batch_size=batch_size, collate_fn=zoo.collate, **order,
+                        generator=torch.Generator().manual_seed(seed))
+    trainable = [p for p in zoo.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(zoo.model, optimizer, loader, scheduler)
+    model.train()
+    loader.set_epoch(0)
+    losses = []
+    for batch in loader:
+        with accelerator.autocast():
+            loss = zoo.training_step(model, batch)["loss"]
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        losses.append(loss.detach())
+        if len(losses) == steps:
+            break
+    return torch.stack(losses).float().mean().item()
+
+
+def training_rounds(sides: dict, fresh, steps: int, samples_per_run: int, runs: int = 3,
+                    warmup_steps: int = 3) -> tuple[dict, dict]:
+    """Fine-tuning throughput of each side: ``sides[name](*fresh(), steps)`` trains a freshly loaded model
+    (loaded outside the clock) and returns its mean training loss. Each side first runs ``warmup_steps``
+    untimed, then ``runs`` rounds in rotating order. Returns ({name: samples/s of each run}, {name: loss})."""
+    for run in sides.values():
+        run(*fresh(), warmup_steps)  # warm-up: lazy imports, kernel caches
+    speeds, losses = {name: [] for name in sides}, {}
+    for names in rotations(list(sides), runs):
+        for name in names:
+            loaded = fresh()
+            started = time.perf_counter()
+            losses[name] = sides[name](*loaded, steps)
+            speeds[name].append(samples_per_run / (time.perf_counter() - started))
+    return speeds, losses
+
+
+def print_training_rows(speeds: dict, losses: dict, ours: str) -> None:
+    """One line per side: median samples/s (every run's too), taskzoo's ratio to it, mean loss, peak memory."""
+    reference, width = statistics.median(speeds[ours]), max(map(len, speeds))
+    for name, runs in speeds.items():
+        speed = statistics.median(runs)
+        print(f"{name:{width}} {speed:8.1f} samples/s (runs {', '.join(f'{s:.1f}' for s in runs)})   "
+              f"taskzoo / this = {reference / speed:.2f}   mean loss {losses[name]:.4f}   "
+              f"peak {side_peak_memory(name):6.0f} MiB", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------- roofline
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@functools.cache
+def matmul_peak(precision: str = "fp32", size: int = 2048, repeat: int = 5) -> float:
+    """This machine's measured matmul throughput in GFLOP/s for one precision ("fp32", "bf16", "fp16"):
+    the best of `repeat` products of two size x size matrices, with torch's current threads. It is the
+    physical limit a dense model's forward pass can approach, beside which each benchmark's speed is read."""
+    import torch
+
+    dtype = getattr(torch, DTYPES[precision])
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # first call: kernel selection, weight packing
+    best = min(timed_once(lambda: torch.mm(a, b)) for _ in range(repeat))
+    return 2 * size**3 / best / 1e9
+
+
+def timed_once(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def flops_per_input(model, examples: list[dict]) -> float:
+    """Mean FLOPs of one forward pass of `model` over each example alone (a dict of batch-1 tensors, no
+    padding): the work the model needs per input, whatever batching a side uses (padding shows up as a
+    lower share of the peak). Counted by torch.utils.flop_counter on a meta-device copy of the model, so no
+    arithmetic runs; on CPU tensors the counter misses the fused attention kernel (SDPA). Examples of one
+    shape are counted once."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta").eval()
+    by_shape: dict[tuple, int] = {}
+    total = 0
+    for example in examples:
+        shape = tuple((key, tuple(value.shape)) for key, value in sorted(example.items()))
+        if shape not in by_shape:
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                meta(**{key: value.to("meta") for key, value in example.items()})
+            by_shape[shape] = counter.get_total_flops()
+        total += by_shape[shape]
+    return total / len(examples)
+
+
+def precision_of(options: dict) -> str:
+    """The precision a taskzoo predict variant computes in, from its keyword arguments."""
+    return {"no": "fp32"}.get(options.get("mixed_precision", "no"), options.get("mixed_precision"))
+
+
+# ------------------------------------------------------------------------------ predict vs a pipeline
 MEMORY_OF = "TASKZOO_BENCH_MEMORY_OF"  # set: this process measures the peak memory of that one side
 
 
 def compare_with_pipeline(title: str, run_pipeline, run_taskzoo, agreement, batch_sizes=(8, 16, 32, 64),
-                          variants=(), repeat: int = 2, baseline: str = "transformers.pipeline",
-                          default_batch_size: int = 1) -> None:
-    """Time the baseline (a transformers pipeline) at its default batch size and at its best of
-    ``batch_sizes``, then taskzoo predict in each variant (a name and predict() keyword arguments); print
-    one table.
+                          variants=(), repeat: int = 3, baseline: str = "transformers.pipeline",
+                          default_batch_size: int = 1, flops_per_input: float | None = None,
+                          inputs: int | None = None, run_pipeline_bf16=None) -> None:
+    """Time the baseline at its default batch size and at its best of ``batch_sizes``, in fp32 and (when a
+    variant runs in bf16) in bf16, then taskzoo predict in each variant; print one table.
 
     ``run_pipeline(batch_size)`` and ``run_taskzoo(**options)`` return outputs; ``agreement(ours, theirs)``
-    says how far taskzoo's outputs agree with the baseline's at its default batch size, as a short string.
-    Each taskzoo variant runs once untimed first (a compiled model compiles then). Peak memory is measured
-    afterwards, each side alone in a fresh run of the same script (see :func:`side_peak_memory`).
+    says how far taskzoo's outputs agree with the fp32 baseline's at its default batch size, as a short
+    string. ``variants`` are (name, predict() keyword arguments); a variant's precision is read from its
+    ``mixed_precision`` option and it is compared with the baseline in that same precision.
+    ``run_pipeline_bf16(batch_size)`` runs the baseline in bf16; by default it is ``run_pipeline`` under
+    CPU bf16 autocast, as taskzoo's ``mixed_precision="bf16"`` runs.
+
+    Every side runs once untimed first (kernel caches; a compiled variant compiles then). The baseline's
+    batch sizes are each warmed up and timed once to find its best; then the reported sides run ``repeat``
+    rounds, each round in a rotated order, and each side's median is reported.
+
+    Roofline (optional): with ``flops_per_input`` (the model's FLOPs for one input, see
+    :func:`flops_per_input`) and ``inputs`` (how many inputs one run predicts), each row also shows the
+    achieved GFLOP/s and its share of this machine's matmul peak in that row's precision
+    (:func:`matmul_peak`). Peak memory is measured afterwards, each side alone in a fresh run of the same
+    script (see :func:`side_peak_memory`).
     """
     import torch
 
-    sides = {f"pipeline:{default_batch_size}": lambda: run_pipeline(default_batch_size)}
-    sides.update({f"pipeline:{size}": (lambda size=size: run_pipeline(size)) for size in batch_sizes})
+    def bf16_pipeline(batch_size):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return run_pipeline(batch_size)
+
+    run_in = {"fp32": run_pipeline}
+    if any(precision_of(options) == "bf16" for _, options in variants):
+        run_in["bf16"] = run_pipeline_bf16 or bf16_pipeline
+    sides = {f"pipeline:{size}:{precision}": (lambda size=size, run=run: run(size))
+             for precision, run in run_in.items() for size in (default_batch_size, *batch_sizes)}
     sides.update({f"taskzoo:{name}": (lambda options=options: run_taskzoo(**options)) for name, options in variants})
     if os.environ.get(MEMORY_OF):
         side = os.environ[MEMORY_OF]
@@ -110,28 +278,54 @@ def compare_with_pipeline(title: str, run_pipeline, run_taskzoo, agreement, batc
         print(f"peak MiB {memory.megabytes:.1f}")
         return
 
-    run_pipeline(default_batch_size)  # warm-up
-    default_seconds, reference = timed(lambda: run_pipeline(default_batch_size), repeat=repeat)
-    best_size, best_seconds = default_batch_size, default_seconds  # batching may not help at all
-    for batch_size in batch_sizes:
-        seconds = timed(lambda: run_pipeline(batch_size), repeat=repeat)[0]
-        if seconds < best_seconds:
-            best_size, best_seconds = batch_size, seconds
-    rows = [(f"pipeline:{default_batch_size}", f"{baseline}, batch_size={default_batch_size} (its default)",
-             default_seconds, ""),
-            (f"pipeline:{best_size}", f"{baseline}, batch_size={best_size} (its best)", best_seconds, "")]
-    for name, options in variants:
-        run_taskzoo(**options)
-        seconds, ours = timed(lambda: run_taskzoo(**options), repeat=repeat)
-        rows.append((f"taskzoo:{name}", f"taskzoo predict, {name}", seconds, agreement(ours, reference)))
+    # The baseline's best batch size, per precision: each size warmed up, then timed once.
+    best_size = {}
+    for precision in run_in:
+        sweep = {}
+        for size in dict.fromkeys((default_batch_size, *batch_sizes)):
+            sides[f"pipeline:{size}:{precision}"]()
+            sweep[size] = timed_once(sides[f"pipeline:{size}:{precision}"])
+        best_size[precision] = min(sweep, key=sweep.get)
+    for name, _ in variants:
+        sides[f"taskzoo:{name}"]()  # warm-up (and compiling)
+    reported = list(dict.fromkeys([f"pipeline:{size}:{precision}" for precision in run_in
+                                   for size in (default_batch_size, best_size[precision])]
+                                  + [f"taskzoo:{name}" for name, _ in variants]))
+    seconds = {side: [] for side in reported}
+    outputs = {}
+    for order in rotations(reported, repeat):
+        for side in order:
+            started = time.perf_counter()
+            outputs[side] = sides[side]()
+            seconds[side].append(time.perf_counter() - started)
+    median = {side: statistics.median(times) for side, times in seconds.items()}
+    reference = outputs[f"pipeline:{default_batch_size}:fp32"]
 
-    print(f"{title}; torch threads {torch.get_num_threads()}")
+    rows = []
+    for precision in run_in:
+        for size, which in ((default_batch_size, "its default"), (best_size[precision], "its best")):
+            rows.append((f"pipeline:{size}:{precision}", f"{baseline}, {precision}, batch_size={size} ({which})",
+                         precision, ""))
+    rows += [(f"taskzoo:{name}", f"taskzoo predict, {name}", precision_of(options),
+              agreement(outputs[f"taskzoo:{name}"], reference)) for name, options in variants]
+
+    print(f"{title}; torch threads {torch.get_num_threads()}; median of {repeat} rounds in rotating order; "
+          f"ratios against the {baseline} in the same precision")
+    if flops_per_input:
+        peaks = ", ".join(f"{p} {matmul_peak(p):.0f}" for p in dict.fromkeys(row[2] for row in rows))
+        print(f"roofline: {flops_per_input / 1e9:.2f} GFLOP per input (model FLOPs, no padding) x {inputs} inputs; "
+              f"measured matmul peak GFLOP/s: {peaks}")
     width = max(len(row[1]) for row in rows)
-    print(f"{'side':{width}} {'seconds':>8} {'vs default':>10} {'vs best':>8} {'peak MiB':>9}  "
-          f"agreement with {baseline}")
-    for side, name, seconds, agree in rows:
-        print(f"{name:{width}} {seconds:8.2f} {default_seconds / seconds:9.2f}x {best_seconds / seconds:7.2f}x "
-              f"{side_peak_memory(side):9.0f}  {agree}", flush=True)
+    print(f"{'side':{width}} {'seconds':>8} {'vs default':>10} {'vs best':>8} {'GFLOP/s':>8} {'of peak':>7} "
+          f"{'peak MiB':>9}  agreement with the fp32 {baseline} at batch_size={default_batch_size}")
+    for side, name, precision, agree in rows:
+        base = precision if precision in run_in else "fp32"
+        default = median[f"pipeline:{default_batch_size}:{base}"]
+        best = median[f"pipeline:{best_size[base]}:{base}"]
+        rate = flops_per_input * inputs / median[side] / 1e9 if flops_per_input else float("nan")
+        share = rate / matmul_peak(precision) if flops_per_input else float("nan")
+        print(f"{name:{width}} {median[side]:8.2f} {default / median[side]:9.2f}x {best / median[side]:7.2f}x "
+              f"{rate:8.1f} {share:7.1%} {side_peak_memory(side):9.0f}  {agree}", flush=True)
 
 
 def side_peak_memory(side: str) -> float:

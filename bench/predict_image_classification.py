@@ -3,41 +3,27 @@
 ViT-Base/16 at 224 px (the registry's default architecture, google/vit-base-patch16-224) with seeded random
 weights and a 10-label head, as a fine-tuned classifier would have: the hub is out of reach here, and speed
 does not depend on the weights. Inputs are JPEG files of mixed sizes (200-1000 px), so both sides decode,
-resize and normalise. Prints each side's time, the ratios, peak memory and how many top labels agree.
+resize and normalise. Prints each side's time, the ratios, peak memory, how many top labels agree, and the
+achieved GFLOP/s beside this machine's measured matmul peak in the same precision (bench/common.py).
 
-    python bench/predict_image_classification.py [--images 96]
+    python bench/predict_image_classification.py [--images 48]
 """
 
 import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil, pipeline
 
 import taskzoo
-from common import compare_with_pipeline
+from common import compare_with_pipeline, flops_per_input, photo_files
 from taskzoo.demo import quiet_libraries
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--images", type=int, default=96)
+parser.add_argument("--images", type=int, default=48)
 args = parser.parse_args()
 quiet_libraries()
-
-
-def photo_files(n: int, folder: Path) -> list[str]:
-    """Smooth random colour fields of mixed sizes, saved as JPEG: photo-like file sizes and decode costs."""
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        width, height = (int(v) for v in rng.integers(200, 1000, size=2))
-        coarse = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
-        path = folder / f"{i:04d}.jpg"
-        Image.fromarray(coarse).resize((width, height), Image.BICUBIC).save(path, quality=90)
-        paths.append(str(path))
-    return paths
 
 
 folder = Path(tempfile.mkdtemp(prefix="bench-vit-"))
@@ -64,7 +50,8 @@ compare_with_pipeline(
     f"{len(images)} JPEG images, ViT-Base/16 224 px, 10 labels",
     lambda batch_size: classifier(images, batch_size=batch_size),
     lambda **options: zoo.predict(images, batch_size=8, progress=False, **options),
-    agreement, batch_sizes=(4, 8, 16, 32), repeat=1,
+    agreement, batch_sizes=(4, 8, 16), repeat=3,
+    flops_per_input=flops_per_input(zoo.model, [{"pixel_values": torch.zeros(1, 3, 224, 224)}]), inputs=len(images),
     variants=[("batch_size=8, fp32", {}), ("batch_size=8, bf16", {"mixed_precision": "bf16"}),
               ("batch_size=8, fp32, compile=True", {"compile": True}),
               ("batch_size=8, bf16, compile=True", {"mixed_precision": "bf16", "compile": True}),

@@ -4,15 +4,15 @@ The registry's default architecture (facebook/wav2vec2-base-960h: group-normalis
 attention mask) with seeded random weights and a 32-character vocabulary: the hub is out of reach here,
 and speed does not depend on the weights. Inputs are mixed-length sentences (about 1 to 12 s) spoken by
 espeak-ng, given to both sides as 16 kHz arrays (the pipeline decodes files with ffmpeg, which this
-machine may lack). Prints each side's time, the ratios, peak memory and how far transcripts agree.
+machine may lack). Prints each side's time, the ratios, peak memory, how far transcripts agree, and the
+achieved GFLOP/s beside this machine's measured matmul peak in the same precision (bench/common.py).
 The model's front end cannot mask padding, so taskzoo batches only clips of equal length together
 (see audio_chunks.batches): its transcripts equal the pipeline's at batch size 1.
 
-    python bench/predict_speech_recognition.py [--clips 48]
+    python bench/predict_speech_recognition.py [--clips 24]
 """
 
 import argparse
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -20,24 +20,19 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor, pipeline
 
 import taskzoo
-from common import compare_with_pipeline, mixed_length_sentences
+from common import compare_with_pipeline, flops_per_input, spoken_clips
 from taskzoo.data import load_audio
 from taskzoo.demo import quiet_libraries
 from taskzoo.metrics import character_error_rate
 from taskzoo.ctc import ctc_tokenizer
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--clips", type=int, default=48)
+parser.add_argument("--clips", type=int, default=24)
 args = parser.parse_args()
 quiet_libraries()
 
 folder = Path(tempfile.mkdtemp(prefix="bench-wav2vec2-"))
-clips = []
-for i, sentence in enumerate(mixed_length_sentences(args.clips, seed=3)):
-    path = folder / f"{i:03d}.wav"
-    words = sentence.split()[:35]  # at most about 12 s
-    subprocess.run(["espeak-ng", "-s", "170", "-w", str(path), " ".join(words)], check=True)
-    clips.append(load_audio(str(path), 16000))
+clips = [load_audio(path, 16000) for path, _ in spoken_clips(args.clips, folder)]
 
 tokenizer = ctc_tokenizer(list("abcdefghijklmnopqrstuvwxyz'"))
 torch.manual_seed(0)
@@ -62,7 +57,9 @@ compare_with_pipeline(
     f"{len(clips)} clips, {seconds:.0f} s of speech, wav2vec2-Base CTC",
     lambda batch_size: recogniser([clip.copy() for clip in clips], batch_size=batch_size),
     lambda **options: zoo.predict(clips, batch_size=8, progress=False, **options),
-    agreement, batch_sizes=(4, 8, 16), repeat=1,
+    agreement, batch_sizes=(4, 8), repeat=3,
+    flops_per_input=flops_per_input(zoo.model, [{"input_values": torch.from_numpy(clip)[None]} for clip in clips]),
+    inputs=len(clips),
     variants=[("batch_size=8, fp32", {}), ("batch_size=8, bf16", {"mixed_precision": "bf16"}),
               ("batch_size=8, fp32, compile=True", {"compile": True}),
               ("batch_size=8, bf16, compile=True", {"mixed_precision": "bf16", "compile": True})])
