@@ -4,8 +4,9 @@ task from its table, and the longest stretch it printed nothing (progress bars c
     python bench/demo_time.py [--runs 1] [TASK ...]
 
 The goal is under 60 s for all eight tasks on a quiet 2-core machine. Figures from a busy machine are
-not comparable: say how busy it was (the load average is printed). The tour runs torch on one thread;
-`OMP_NUM_THREADS=2 python bench/demo_time.py` times it on two, to check that choice on your machine.
+not comparable: say how busy it was (the load average is printed). On two or more cores the tour runs
+speech recognition and text-to-image in a second process beside the rest, torch on one thread in each (see
+taskzoo/demo.py: ALONGSIDE); a task's seconds are then its own, and they add up to more than the wall time.
 """
 
 import argparse
@@ -59,7 +60,7 @@ def run_once() -> tuple[float, tuple[float, str], dict[str, float], str]:
 
 
 print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores; "
-      f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset (the tour uses 1 torch thread)')}")
+      f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
 for number in range(args.runs):
     wall, silence, seconds, _ = run_once()
     before = silence[1].replace("\r", "\n").strip().splitlines()[-1:] or [""]

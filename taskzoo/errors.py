@@ -51,3 +51,18 @@ def in_cli_syntax(message: str) -> str:
             text += separator + (line[2:] if bullet else line)
             in_list = bullet
     return text
+
+
+def warn_at_caller(message: str) -> None:
+    """``warnings.warn`` pointing at the first line outside taskzoo (and outside the contextlib frames of its
+    decorators), so that the warning names the user's call however deep in taskzoo it was raised."""
+    import contextlib
+    import os
+    import sys
+    import warnings
+
+    package, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(1), 2
+    while frame is not None and (frame.f_code.co_filename.startswith(package + os.sep)
+                                 or frame.f_code.co_filename == contextlib.__file__):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)

@@ -24,7 +24,6 @@ and in training.py.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 from taskzoo import data as data_utils
 from taskzoo import strategies, streaming
 from taskzoo.batching import PreparedBatches, halving_on_oom
-from taskzoo.errors import DataError
+from taskzoo.errors import DataError, warn_at_caller
 from taskzoo.models import library_bars_hidden
 
 
@@ -245,13 +244,13 @@ class Task:
         """One warning per call, counting the truncated inputs (and cut outputs), instead of one per input."""
         count = self.__dict__.pop("_truncated", 0)
         if count:
-            warnings.warn(f"{self.name}: {count} input(s) were longer than the model's maximum length and "
-                          f"were truncated during {during}.", stacklevel=3)
+            warn_at_caller(f"{self.name}: {count} input(s) were longer than the model's maximum length and "
+                           f"were truncated during {during}.")
         cut, limit = self.__dict__.pop("_cut_outputs", (0, 0))
         if cut:
-            warnings.warn(f"{self.name}: {cut} output(s) stopped at the length limit ({limit} new tokens) rather "
-                          f"than at their end token during {during}, so they may be cut short; pass a larger "
-                          "max_new_tokens.", stacklevel=3)
+            warn_at_caller(f"{self.name}: {cut} output(s) stopped at the length limit ({limit} new tokens) rather "
+                           f"than at their end token during {during}, so they may be cut short; pass a larger "
+                           "max_new_tokens.")
 
     def input_kind(self, item: Any) -> str:
         """What kind of input ``item`` is; a list that mixes kinds is refused. Default: one kind."""

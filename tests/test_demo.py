@@ -112,16 +112,20 @@ def test_the_tour_runs_torch_on_one_thread_unless_the_user_chose(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_the_toy_words_are_spoken_once_when_the_demo_starts_them_early(monkeypatch):
-    from taskzoo.demo import speak_toy_words_early
-    from taskzoo.testing import speech
 
-    monkeypatch.setattr(speech, "_TOY_CACHE", {})
-    spoken = []
-    real = subprocess.Popen
-    monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: spoken.append(command[-1]) or real(command, **kw))
-    speak_toy_words_early(["text-classification", "automatic-speech-recognition"])
-    folder, bank = speech.toy_words()  # waits for the background thread's work instead of repeating it
-    assert sorted(bank) == sorted(speech.TOY_WORDS)
-    assert all(len(clips) == len(speech.TOY_VOICES) for clips in bank.values())
-    assert len(spoken) == len(speech.TOY_WORDS) * len(speech.TOY_VOICES)  # each word and voice spoken once
+def test_stops_run_alongside_in_a_second_process_come_back_in_order(tmp_path, capsys, monkeypatch):
+    import taskzoo.demo as demo
+
+    monkeypatch.setattr(demo, "cpu_count", lambda: 2)  # also on a one-core CI machine
+    names = ["text-classification", "sentence-similarity"]
+    rows = run_demo(names, output_dir=tmp_path / "out", progress=False, alongside=("text-classification",))
+    printed = capsys.readouterr().out
+    assert [row["task"] for row in rows] == names
+    assert rows[0].get("ran_alongside") and rows[0]["task_model"] is None  # its model stayed in that process
+    assert "ran_alongside" not in rows[1] and rows[1]["task_model"] is not None
+    assert all(row["after"] > row["before"] for row in rows)
+    # this process's stop is printed first, then the second process's lines, then the table in tour order
+    assert printed.index("[2/2] sentence-similarity") < printed.index("[1/2] text-classification")
+    table_lines = printed[printed.index("task   "):].splitlines()
+    assert table_lines[1].startswith("text-classification") and table_lines[2].startswith("sentence-similarity")
+    assert (tmp_path / "out" / "text-classification-training.png").exists()  # pictures written by that process

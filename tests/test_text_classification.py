@@ -106,6 +106,18 @@ def test_long_texts_are_truncated_with_one_warning_that_counts_them(trained_clas
     assert [r["label"] for r in results] == ["positive", "negative", "positive"]
 
 
+def test_the_truncation_warning_points_at_the_users_line(trained_classifier):
+    from datasets import Dataset
+
+    zoo = trained_classifier[0]
+    with pytest.warns(UserWarning, match="truncated during predict") as caught:
+        zoo.predict(["good " * 300])
+    with pytest.warns(UserWarning, match="truncated during evaluate") as caught_too:
+        zoo.evaluate(Dataset.from_dict({"text": ["good " * 300, "bad"], "label": ["positive", "negative"]}))
+    truncated = [w for w in [*caught, *caught_too] if "truncated" in str(w.message)]
+    assert len(truncated) == 2 and all(w.filename == __file__ for w in truncated)
+
+
 def test_mixed_kinds_of_input_are_refused(trained_classifier):
     with pytest.raises(ValueError, match=r"mixes kinds of input: text \(first at position 0\), text pair"):
         trained_classifier[0].predict(["good", ("a", "b")])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ TOY_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eig
 TOY_MAX_WORDS = 3  # words per utterance
 TOY_GAP = (0.2, 0.5)  # seconds of silence after each word: pauses the tiny model learns to mark
 TOY_VOICES = ("en-us", "en-us+f2", "en+m3", "en+f3", "en-gb-scotland", "en-us+m1")
-_TOY_LOCK = threading.Lock()
 _TOY_CACHE: dict = {}  # per process: the temporary folder and the synthesised words, made once
 
 
@@ -124,25 +122,23 @@ def toy_words() -> tuple[Path, dict[str, list[np.ndarray]]]:
     import shutil
     import subprocess
 
-    with _TOY_LOCK:  # the demo starts this in a background thread while the tasks before speech train
-        if "bank" not in _TOY_CACHE:
-            if shutil.which("espeak-ng") is None:
-                raise RuntimeError("The toy speech is synthesised with espeak-ng, which is not installed: "
-                                   "apt-get install espeak-ng (or brew install espeak-ng).")
-            folder = Path(tempfile.mkdtemp(prefix="taskzoo-toy-speech-"))
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
-            jobs = [(voice, word, folder / f"{voice}-{word}.wav") for voice in TOY_VOICES for word in TOY_WORDS]
-            running = [subprocess.Popen(["espeak-ng", "-v", voice, "-s", "170", "-w", str(path), word],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                       for voice, word, path in jobs]
-            bank: dict[str, list[np.ndarray]] = {}
-            for (_, word, path), process in zip(jobs, running):
-                if process.wait() != 0:
-                    raise RuntimeError(f"espeak-ng failed on {word!r}: {process.stderr.read().decode()[:200]}")
-                audio = data_utils.load_audio(str(path), 16000)
-                loud = np.flatnonzero(np.abs(audio) > 0.02 * np.abs(audio).max())  # trim espeak's silences
-                bank.setdefault(word, []).append(audio[max(0, loud[0] - 480):loud[-1] + 480])
-            _TOY_CACHE.update(folder=folder, bank=bank)
+    if "bank" not in _TOY_CACHE:
+        if shutil.which("espeak-ng") is None:
+            raise RuntimeError("The toy speech is synthesised with espeak-ng, which is not installed: "
+                               "apt-get install espeak-ng (or brew install espeak-ng).")
+        folder = Path(tempfile.mkdtemp(prefix="taskzoo-toy-speech-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        jobs = [(voice, word, folder / f"{voice}-{word}.wav") for voice in TOY_VOICES for word in TOY_WORDS]
+        running = [subprocess.Popen(["espeak-ng", "-v", voice, "-s", "170", "-w", str(path), word],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for voice, word, path in jobs]
+        bank: dict[str, list[np.ndarray]] = {}
+        for (_, word, path), process in zip(jobs, running):
+            if process.wait() != 0:
+                raise RuntimeError(f"espeak-ng failed on {word!r}: {process.stderr.read().decode()[:200]}")
+            audio = data_utils.load_audio(str(path), 16000)
+            loud = np.flatnonzero(np.abs(audio) > 0.02 * np.abs(audio).max())  # trim espeak's silences
+            bank.setdefault(word, []).append(audio[max(0, loud[0] - 480):loud[-1] + 480])
+        _TOY_CACHE.update(folder=folder, bank=bank)
     return _TOY_CACHE["folder"], _TOY_CACHE["bank"]
 
 
