@@ -45,18 +45,22 @@ async def post(reader, writer, host: str, body: bytes) -> bytes:
     return payload
 
 
-async def drive(url: str, clients: int, texts: list[str]) -> tuple[float, list[float], dict]:
-    """Each client sends its share of the sentences one after another on its own connection;
-    returns (seconds, latencies, outputs by sentence)."""
+async def drive(url: str, clients: int, texts: list[str], parameters: dict) -> tuple[float, list[float], dict]:
+    """Each client sends its share of the sentences one after another on its own connection, with the same
+    predict ``parameters``; returns (seconds, latencies, outputs by sentence)."""
     address = urlsplit(url)
+
+    def body(text: str) -> bytes:
+        return json.dumps({"inputs": text, "parameters": parameters}).encode()
+
     latencies, outputs = [], {}
     connections = [await asyncio.open_connection(address.hostname, address.port) for _ in range(clients)]
-    await post(*connections[0], address.netloc, json.dumps({"inputs": "warm up"}).encode())
+    await post(*connections[0], address.netloc, body("warm up"))
 
     async def one_client(reader, writer, share: list[str]):
         for text in share:
             started = time.perf_counter()
-            answer = await post(reader, writer, address.netloc, json.dumps({"inputs": text}).encode())
+            answer = await post(reader, writer, address.netloc, body(text))
             latencies.append(time.perf_counter() - started)
             outputs[text] = json.loads(answer)
 
@@ -68,9 +72,9 @@ async def drive(url: str, clients: int, texts: list[str]) -> tuple[float, list[f
     return seconds, latencies, outputs
 
 
-def load_process(url: str, clients: int, texts: list[str]):
+def load_process(url: str, clients: int, texts: list[str], parameters: dict):
     """Runs in the client process."""
-    return asyncio.run(drive(url, clients, texts))
+    return asyncio.run(drive(url, clients, texts, parameters))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -98,13 +102,14 @@ def measure(model, texts: list[str], threads: int, args, client_process) -> tupl
     servers = {"batched": ("--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)),
                "one at a time": ("--max-batch-size", "1", "--max-wait-ms", "0")}
     results, answers = {}, {}
+    parameters = {"mixed_precision": args.precision} if args.precision != "no" else {}
     with contextlib.ExitStack() as stack:
         running = {name: stack.enter_context(ServerProcess(
             "text-classification", model, *flags, "--timeout", "600", "--log-level", "warning",
             threads=threads or None)) for name, flags in servers.items()}
         for clients, _, (name, server) in itertools.product(args.clients, range(args.repeats), running.items()):
             before, (calls, inputs) = cpu_seconds(server.process.pid), batching_counts(server.url)
-            seconds, latencies, outputs = client_process.apply(load_process, (server.url, clients, texts))
+            seconds, latencies, outputs = client_process.apply(load_process, (server.url, clients, texts, parameters))
             cpu = (cpu_seconds(server.process.pid) - before) / (len(latencies) + 1)  # +1: the warm-up
             calls_after, inputs_after = batching_counts(server.url)
             figures = (len(latencies) / seconds, percentile(latencies, 50), percentile(latencies, 99), cpu,
@@ -117,7 +122,7 @@ def measure(model, texts: list[str], threads: int, args, client_process) -> tupl
 
 def report(results: dict, answers: dict, texts: list[str], threads: int, args) -> None:
     print(f"\n{args.requests} requests of one sentence each, all-MiniLM-L6-v2 + 2-label head, {threads or 'all'} "
-          f"torch thread(s) per server; batched server: --max-batch-size {args.max_batch_size} "
+          f"torch thread(s) per server, mixed_precision={args.precision}; batched server: --max-batch-size {args.max_batch_size} "
           f"--max-wait-ms {args.max_wait_ms:g}")
     print(f"{'clients':>7} | {'server':<13} | {'requests/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | speed-up | "
           "server CPU ms/request | inputs/call")
@@ -141,6 +146,8 @@ def main():
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each server, in turn; the best is shown")
+    parser.add_argument("--precision", default="no", choices=["no", "bf16"],
+                        help="predict's mixed_precision, sent by every request to both servers")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="torch threads of each server, one table per value (0: all cores)")
     args = parser.parse_args()
