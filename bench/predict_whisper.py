@@ -109,5 +109,6 @@ compare_with_pipeline(
     lambda **options: zoo.predict(clips, batch_size=16, progress=False, max_new_tokens=args.max_new_tokens,
                                   **options),
     agreement, batch_sizes=(4, 8, 16), repeat=1,
-    variants=[("batch_size=16, fp32", {}), ("batch_size=16, fp32, use_generate=True", {"use_generate": True}),
-              ("batch_size=16, bf16", {"mixed_precision": "bf16"})])
+    # No bf16 variant: the pipeline cannot run under bf16 autocast (its feature extractor's STFT comes out bf16 and
+    # fails), so there is no like-for-like baseline; the target is fp32.
+    variants=[("batch_size=16, fp32", {}), ("batch_size=16, fp32, use_generate=True", {"use_generate": True})])
