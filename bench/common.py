@@ -183,11 +183,17 @@ def print_training_rows(speeds: dict, losses: dict, ours: str) -> None:
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-@functools.cache
 def matmul_peak(precision: str = "fp32", size: int = 2048, repeat: int = 5) -> float:
     """This machine's measured matmul throughput in GFLOP/s for one precision ("fp32", "bf16", "fp16"):
     the best of `repeat` products of two size x size matrices, with torch's current threads. It is the
     physical limit a dense model's forward pass can approach, beside which each benchmark's speed is read."""
+    import torch
+
+    return _matmul_peak(precision, size, repeat, torch.get_num_threads())
+
+
+@functools.cache
+def _matmul_peak(precision: str, size: int, repeat: int, threads: int) -> float:
     import torch
 
     dtype = getattr(torch, DTYPES[precision])

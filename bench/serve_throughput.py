@@ -28,7 +28,7 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
-from common import minilm_classifier, mixed_length_sentences
+from common import flops_per_input, matmul_peak, minilm_classifier, mixed_length_sentences
 from taskzoo.serving.process import ServerProcess
 
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.I)
@@ -120,18 +120,43 @@ def measure(model, texts: list[str], threads: int, args, client_process) -> tupl
     return results, answers
 
 
-def report(results: dict, answers: dict, texts: list[str], threads: int, args) -> None:
+def model_flops_per_request(model, texts: list[str]) -> float:
+    """The model's own work per request: each sentence alone, truncated as predict truncates, unpadded."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    examples = [{key: value for key, value in tokenizer(text, truncation=True, return_tensors="pt").items()
+                 if key != "attention_mask"} for text in texts]
+    return flops_per_input(AutoModelForSequenceClassification.from_pretrained(model), examples)
+
+
+def peak_at(threads: int, precision: str) -> float:
+    """The matmul peak with as many torch threads as each server has (0: all cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or os.cpu_count())
+    try:
+        return matmul_peak({"no": "fp32"}.get(precision, precision))
+    finally:
+        torch.set_num_threads(before)
+
+
+def report(results: dict, answers: dict, texts: list[str], threads: int, flops: float, args) -> None:
     print(f"\n{args.requests} requests of one sentence each, all-MiniLM-L6-v2 + 2-label head, {threads or 'all'} "
           f"torch thread(s) per server, mixed_precision={args.precision}; batched server: --max-batch-size {args.max_batch_size} "
           f"--max-wait-ms {args.max_wait_ms:g}")
     print(f"{'clients':>7} | {'server':<13} | {'requests/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | speed-up | "
-          "server CPU ms/request | inputs/call")
+          "server CPU ms/request | inputs/call | model GFLOP/s | of the matmul peak")
+    peak = peak_at(threads, args.precision)
     for clients in args.clients:
         baseline = results["one at a time", clients][0]
         for name in ("batched", "one at a time"):
             rate, p50, p99, cpu, per_call = results[name, clients]
+            achieved = rate * flops / 1e9  # the model's own work per request, not counting padding
             print(f"{clients:>7} | {name:<13} | {rate:>10.1f} | {p50 * 1000:>8.1f} | {p99 * 1000:>8.1f} | "
-                  f"{rate / baseline:>7.2f}x | {cpu * 1000:>21.1f} | {per_call:.1f}")
+                  f"{rate / baseline:>7.2f}x | {cpu * 1000:>21.1f} | {per_call:>11.1f} | {achieved:>13.1f} | "
+                  f"{achieved / peak:.0%} of {peak:.0f}")
     batched, single = answers["batched"], answers["one at a time"]
     same_labels = sum(batched[t]["label"] == single[t]["label"] for t in texts)
     difference = max(abs(batched[t]["score"] - single[t]["score"]) for t in texts)
@@ -154,9 +179,11 @@ def main():
 
     texts = mixed_length_sentences(args.requests, seed=1)
     model = minilm_classifier()
+    flops = model_flops_per_request(model, texts)
+    print(f"the model's work: {flops / 1e9:.2f} GFLOP per request on average (counted, each sentence alone)")
     with multiprocessing.get_context("spawn").Pool(1) as client_process:
         for threads in args.threads:
-            report(*measure(model, texts, threads, args, client_process), texts, threads, args)
+            report(*measure(model, texts, threads, args, client_process), texts, threads, flops, args)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,32 @@ def test_a_request_that_timed_out_in_the_queue_is_not_predicted():
     assert calls == [["a"], ["c", "d"]]  # "b" neither ran nor took a place in the next batch
 
 
+def test_the_batcher_waits_for_company_only_after_a_batch_that_had_some():
+    calls = []
+
+    def record(items, parameters):
+        calls.append(list(items))
+        return items
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        batcher = Batcher(record, max_batch_size=8, max_wait_ms=600)
+        await batcher.submit(["a"], {}, "key")  # the first request waits for company; none comes
+        started = loop.time()
+        await batcher.submit(["b"], {}, "key")  # alone last time: runs at once
+        lone_seconds = loop.time() - started
+        await asyncio.gather(*(batcher.submit([item], {}, "key") for item in "cde"))  # queued together
+        first = asyncio.ensure_future(batcher.submit(["f"], {}, "key"))  # company last time: waits...
+        await asyncio.sleep(0.2)
+        await asyncio.gather(first, batcher.submit(["g"], {}, "key"))  # ...for this one
+        await batcher.close()
+        return lone_seconds
+
+    lone_seconds = asyncio.run(scenario())
+    assert calls == [["a"], ["b"], ["c", "d", "e"], ["f", "g"]]
+    assert lone_seconds < 0.3  # not the 0.6 s wait
+
+
 @pytest.mark.parametrize("inputs,where", [(["good film", 3], "inputs[1] is a JSON number (3)"),
                                           ({"text": "good", "text_pair": True}, "inputs.text_pair is a JSON boolean (true)"),
                                           ([["good", "film"], ["bad", 7.5]], "inputs[1][1] is a JSON number (7.5)")])

@@ -28,7 +28,7 @@ def serve(zoo, host: str = "127.0.0.1", port: int = 8000, *, max_batch_size: int
     and is raised.
 
     Concurrent requests are gathered, up to ``max_batch_size`` inputs, waiting at most ``max_wait_ms`` for
-    company, and run in batches of similar lengths of at most ``batch_size`` inputs (default: the task's). ``api_key`` (or the environment variable ``TASKZOO_API_KEY``) makes /predict and /info answer
+    company (and not at all after a batch that had none), and run in batches of similar lengths of at most ``batch_size`` inputs (default: the task's). ``api_key`` (or the environment variable ``TASKZOO_API_KEY``) makes /predict and /info answer
     401 without it. The limits refuse larger requests with 413 (``max_body_mb``,
     ``max_image_pixels``, ``max_audio_seconds``) and slower ones with 504 (``timeout_s``).
     """
@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch-size", type=int, default=32, help="inputs in one predict call at most")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others "
-                        "to share its predict call")
+                        "to share its predict call (only after a batch that had company)")
     parser.add_argument("--batch-size", type=int, help="predict's batch size within one call (default: the task's)")
     parser.add_argument("--api-key", help="require this key (better: set TASKZOO_API_KEY, which `ps` won't show)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take at most")

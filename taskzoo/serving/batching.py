@@ -1,7 +1,10 @@
 """Dynamic batching: concurrent requests gathered into one predict call, their outputs split back.
 
 Requests queue up; the batcher takes the first, then whatever else is waiting or arrives within
-``max_wait_ms``, until ``max_batch_size`` inputs are gathered. Requests are grouped by their key (their
+``max_wait_ms``, until ``max_batch_size`` inputs are gathered. It waits only while there is company to wait
+for: when the last batch held a single request (one client, or requests spaced out), the next one runs at once,
+so that a lone client gets one-at-a-time latency; the first batch after start waits, and so does every batch
+after one that had company. Requests are grouped by their key (their
 parameters and kind of input: a call takes one set of options, and mixed kinds of input are refused), and each
 group is one predict call, run in a single worker thread so that the event loop keeps answering while the model
 works and the model runs one call at a time. When a group fails, each of its requests is run again on its own,
@@ -48,6 +51,7 @@ class Batcher:
         self.queue: asyncio.Queue[Job] | None = None
         self.waiting: collections.deque[Job] = collections.deque()  # taken from the queue, not yet run
         self.worker: asyncio.Task | None = None
+        self.last_batch_had_company = True  # the first request waits: others may arrive with it
         self.calls = 0  # predict calls made: what batching saves, shown by /info and counted by the tests
         self.inputs = 0  # inputs predicted: inputs / calls is the mean batch the server formed
 
@@ -100,7 +104,9 @@ class Batcher:
         while first.future.done():  # timed out while queued
             first = self.waiting.popleft() if self.waiting else await self.queue.get()
         batch, size = [first], len(first.items)
-        deadline = asyncio.get_running_loop().time() + self.max_wait
+        # Alone last time: waiting would only add latency (a closed-loop client sends after its answer).
+        wait = self.max_wait if self.last_batch_had_company else 0.0
+        deadline = asyncio.get_running_loop().time() + wait
         while size < self.max_batch_size:
             if self.waiting:
                 job = self.waiting.popleft()
@@ -126,6 +132,7 @@ class Batcher:
                 break
             batch.append(job)
             size += len(job.items)
+        self.last_batch_had_company = len(batch) > 1
         return batch
 
     def _run(self, jobs: list[Job]) -> list:
