@@ -176,8 +176,9 @@ class SecondProcess:
         self.rows_file = scratch / "second-process-rows.pickle"
         self.names = [name for _, name in stops]
         plan = json.dumps({"stops": stops, "total": total, "rows": str(self.rows_file), "pictures": str(pictures)})
+        threads = {"OMP_NUM_THREADS": "1", **os.environ}  # a user's setting wins, as in one_thread()
         self.process = subprocess.Popen([sys.executable, "-m", "taskzoo.demo", plan], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                        stderr=subprocess.STDOUT, text=True, env=threads)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
         self.reader.start()

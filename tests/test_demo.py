@@ -112,6 +112,26 @@ def test_the_tour_runs_torch_on_one_thread_unless_the_user_chose(monkeypatch):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("chosen,expected", [(None, "1"), ("2", "2")])
+def test_the_second_process_runs_on_one_thread_unless_the_user_chose(monkeypatch, tmp_path, chosen, expected):
+    from taskzoo import demo
+
+    started = {}
+
+    class FakePopen:  # records how the second process would start, without starting it
+        def __init__(self, command, **options):
+            started.update(options["env"])
+            self.stdout = iter(())
+
+    if chosen is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", chosen)
+    monkeypatch.setattr(demo.subprocess, "Popen", FakePopen)
+    demo.SecondProcess([(7, "text-to-image")], 8, tmp_path, tmp_path).reader.join()
+    assert started["OMP_NUM_THREADS"] == expected
+
+
 
 def test_stops_run_alongside_in_a_second_process_come_back_in_order(tmp_path, capsys, monkeypatch):
     import taskzoo.demo as demo

@@ -28,8 +28,9 @@ def serve(zoo, host: str = "127.0.0.1", port: int = 8000, *, max_batch_size: int
     and is raised.
 
     Concurrent requests are gathered, up to ``max_batch_size`` inputs, waiting at most ``max_wait_ms`` for
-    company (and not at all after a batch that had none), and run in batches of similar lengths of at most ``batch_size`` inputs (default: the task's). ``api_key`` (or the environment variable ``TASKZOO_API_KEY``) makes /predict and /info answer
-    401 without it. The limits refuse larger requests with 413 (``max_body_mb``,
+    company (and not at all after a batch that had none), and run in batches of similar lengths of at most
+    ``batch_size`` inputs (default: the task's). ``api_key`` (or the environment variable
+    ``TASKZOO_API_KEY``) makes /predict and /info answer 401 without it. The limits refuse larger requests with 413 (``max_body_mb``,
     ``max_image_pixels``, ``max_audio_seconds``) and slower ones with 504 (``timeout_s``).
     """
     uvicorn = web_stack()
@@ -120,7 +121,8 @@ def run_command(args) -> None:
         raise ValueError(f"--max-batch-size and --batch-size must be at least 1 and --max-wait-ms at least 0; got "
                          f"{args.max_batch_size}, {args.batch_size} and {args.max_wait_ms}.")
     # The server listens while the model loads (/health answers 503 until it is ready).
-    serve(lambda: taskzoo.load(args.task, args.model, device=args.device), args.host, args.port, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+    serve(lambda: taskzoo.load(args.task, args.model, device=args.device), args.host, args.port,
+          max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
           batch_size=args.batch_size, api_key=args.api_key, timeout_s=args.timeout, max_body_mb=args.max_body_mb,
           max_image_pixels=args.max_image_pixels, max_audio_seconds=args.max_audio_seconds, log_level=args.log_level)
 
