@@ -22,6 +22,7 @@ its output layer and the rest (per-step bookkeeping, setup, text decoding), with
 
 import argparse
 import random
+import statistics
 import copy
 import subprocess
 import tempfile
@@ -140,28 +141,36 @@ class PhaseTimer:
         self._restore()
 
 
-def print_profile(name: str, run, model, feature_extractor, flops: tuple[float, float], clips: int) -> None:
-    """One untimed run, then one run with the phase timer: each phase's share of the wall time, and the encoder's
-    and decoder's GFLOP/s against this machine's fp32 matmul peak."""
+def print_profile(name: str, run, model, feature_extractor, flops: tuple[float, float], clips: int,
+                  rounds: int = 3) -> None:
+    """One untimed run, then ``rounds`` runs with the phase timer: the median share of each phase in the wall time
+    (shares hold up on a busy machine better than seconds do), and the encoder's and decoder's GFLOP/s in their
+    fastest round against this machine's fp32 matmul peak."""
     run()
-    timer = PhaseTimer(model, feature_extractor)
-    try:
-        started = time.perf_counter()
-        run()
-        total = time.perf_counter() - started
-    finally:
-        timer.close()
-    parts = dict(timer.seconds)
-    parts["rest (per-step bookkeeping, setup, text)"] = total - sum(parts.values())
-    steps = timer.calls.get("decoder layers", 0)
-    print(f"{name}: {total:.2f} s, {steps} decoder steps; " + ", ".join(
-        f"{part} {seconds / total:.0%}" for part, seconds in parts.items()))
-    decoder = parts.get("decoder layers", 0) + parts.get("output layer", 0)
-    for part, seconds, count in (("encoder", parts["encoder"], flops[0]), ("decoder", decoder, flops[1])):
-        rate = count * clips / seconds / 1e9
-        print(f"  {part}: {rate:.1f} GFLOP/s, {rate / matmul_peak('fp32'):.1%} of the fp32 matmul peak")
-    print(f"  rest per decoder step: {parts['rest (per-step bookkeeping, setup, text)'] / max(steps, 1) * 1e3:.2f} ms",
-          flush=True)
+    shares, fastest, steps = {}, {}, 0
+    for _ in range(rounds):
+        timer = PhaseTimer(model, feature_extractor)
+        try:
+            started = time.perf_counter()
+            run()
+            total = time.perf_counter() - started
+        finally:
+            timer.close()
+        parts = dict(timer.seconds)
+        parts["rest"] = total - sum(parts.values())
+        parts["decoder"] = parts["decoder layers"] + parts["output layer"]
+        steps = timer.calls["decoder layers"]
+        for part, seconds in {**parts, "total": total}.items():
+            shares.setdefault(part, []).append(seconds / total)
+            fastest[part] = min(fastest.get(part, seconds), seconds)
+    share = {part: statistics.median(values) for part, values in shares.items()}
+    print(f"{name}: fastest {fastest['total']:.2f} s, {steps} decoder steps; median shares: features "
+          f"{share['features']:.0%}, encoder {share['encoder']:.0%}, decoder layers {share['decoder layers']:.0%}, "
+          f"output layer {share['output layer']:.0%}, rest (per-step bookkeeping, setup, text) {share['rest']:.0%} "
+          f"= {fastest['rest'] / steps * 1e3:.1f} ms per decoder step")
+    for part, count in (("encoder", flops[0]), ("decoder", flops[1])):
+        rate = count * clips / fastest[part] / 1e9
+        print(f"  {part}: {rate:.1f} GFLOP/s, {rate / matmul_peak('fp32'):.1%} of the fp32 matmul peak", flush=True)
 
 
 parser = argparse.ArgumentParser()
@@ -195,6 +204,7 @@ print(f"FLOPs per clip: encoder {encoder_flops / 1e9:.2f} GFLOP, decoder {decode
       f"({args.max_new_tokens} steps)", flush=True)
 if args.profile:
     flops = (encoder_flops, decoder_flops)
+    print(f"fp32 matmul peak {matmul_peak('fp32'):.0f} GFLOP/s, torch threads {torch.get_num_threads()}")
     print_profile("pipeline, batch_size=4", lambda: recogniser([clip.copy() for clip in clips], batch_size=4,
                                                                generate_kwargs=greedy),
                   recogniser.model, recogniser.feature_extractor, flops, len(clips))
