@@ -12,13 +12,21 @@ re-decodes a window from a predicted timestamp. Both decode greedily: the pipeli
 with 5 beams (roughly 5x the decoder work and other transcripts), so it gets ``num_beams=1``, and its best batch
 size is taken. Agreement is exact transcripts (greedy on both sides should give the same text).
 
-    python bench/predict_whisper.py [--size tiny|base] [--clips 16] [--max-new-tokens 32]
+Roofline: the FLOPs of one clip are counted on one real predict of it (see ``whisper_flops``), split into the
+encoder and the decoder (which, with the end token suppressed, always makes ``--max-new-tokens`` steps).
+``--profile`` prints instead where each side's time goes: feature extraction, the encoder, the decoder's layers,
+its output layer and the rest (per-step bookkeeping, setup, text decoding), with each part's GFLOP/s.
+
+    python bench/predict_whisper.py [--size tiny|base] [--clips 16] [--max-new-tokens 32] [--profile]
 """
 
 import argparse
 import random
+import statistics
+import copy
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -26,7 +34,8 @@ from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtracto
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
 import taskzoo
-from common import compare_with_pipeline, mixed_length_sentences
+from common import compare_with_pipeline, matmul_peak, mixed_length_sentences
+from taskzoo import whisper_greedy
 from taskzoo.data import load_audio
 from taskzoo.demo import quiet_libraries
 from taskzoo.testing.speech import whisper_tokenizer
@@ -77,10 +86,98 @@ def whisper_folder(size: str) -> Path:
     return folder
 
 
+def whisper_flops(zoo, clip, new_tokens: int) -> tuple[float, float]:
+    """(encoder, decoder) FLOPs of one clip: one real greedy predict of it under torch's FLOP counter, on a copy
+    with eager attention (the counter has no formula for CPU SDPA's kernel; eager attention is plain matmuls).
+    Every clip costs the same: the encoder always reads a full 30 s window, and the decoder makes ``new_tokens``
+    steps (its prompt, cross-attention keys and values on the first, one token and the 51865-row output layer on
+    each)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = copy.deepcopy(zoo.model).eval()
+    model.set_attn_implementation("eager")
+    features = zoo._inputs([clip])["input_features"]
+    options = zoo._generate_options()
+    with FlopCounterMode(display=False) as encoder, torch.inference_mode():
+        model.model.encoder(features)
+    with FlopCounterMode(display=False) as total:
+        tokens = whisper_greedy.decode(model, features, options, new_tokens)
+    assert tokens.shape[1] == new_tokens, "the checkpoint should suppress the end token"
+    return encoder.get_total_flops(), total.get_total_flops() - encoder.get_total_flops()
+
+
+class PhaseTimer:
+    """Wall time spent in feature extraction and in the encoder, decoder layers and output layer of one Whisper
+    model (forward hooks, so both sides are timed at the same places); the rest of a run is everything else."""
+
+    def __init__(self, model, feature_extractor):
+        self.seconds, self.calls, self._started, self._handles = {}, {}, {}, []
+        for name, module in (("encoder", model.model.encoder), ("decoder layers", model.model.decoder),
+                             ("output layer", model.proj_out)):
+            self._handles.append(module.register_forward_pre_hook(lambda *_, name=name: self._start(name)))
+            self._handles.append(module.register_forward_hook(lambda *_, name=name: self._stop(name)))
+        call = type(feature_extractor).__call__
+
+        def timed(extractor, *args, **kwargs):
+            self._start("features")
+            try:
+                return call(extractor, *args, **kwargs)
+            finally:
+                self._stop("features")
+
+        self._restore = lambda: setattr(type(feature_extractor), "__call__", call)
+        type(feature_extractor).__call__ = timed
+
+    def _start(self, name):
+        self._started[name] = time.perf_counter()
+
+    def _stop(self, name):
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - self._started.pop(name)
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def close(self):
+        for handle in self._handles:
+            handle.remove()
+        self._restore()
+
+
+def print_profile(name: str, run, model, feature_extractor, flops: tuple[float, float], clips: int,
+                  rounds: int = 3) -> None:
+    """One untimed run, then ``rounds`` runs with the phase timer: the median share of each phase in the wall time
+    (shares hold up on a busy machine better than seconds do), and the encoder's and decoder's GFLOP/s in their
+    fastest round against this machine's fp32 matmul peak."""
+    run()
+    shares, fastest, steps = {}, {}, 0
+    for _ in range(rounds):
+        timer = PhaseTimer(model, feature_extractor)
+        try:
+            started = time.perf_counter()
+            run()
+            total = time.perf_counter() - started
+        finally:
+            timer.close()
+        parts = dict(timer.seconds)
+        parts["rest"] = total - sum(parts.values())
+        parts["decoder"] = parts["decoder layers"] + parts["output layer"]
+        steps = timer.calls["decoder layers"]
+        for part, seconds in {**parts, "total": total}.items():
+            shares.setdefault(part, []).append(seconds / total)
+            fastest[part] = min(fastest.get(part, seconds), seconds)
+    share = {part: statistics.median(values) for part, values in shares.items()}
+    print(f"{name}: fastest {fastest['total']:.2f} s, {steps} decoder steps; median shares: features "
+          f"{share['features']:.0%}, encoder {share['encoder']:.0%}, decoder layers {share['decoder layers']:.0%}, "
+          f"output layer {share['output layer']:.0%}, rest (per-step bookkeeping, setup, text) {share['rest']:.0%} "
+          f"= {fastest['rest'] / steps * 1e3:.1f} ms per decoder step")
+    for part, count in (("encoder", flops[0]), ("decoder", flops[1])):
+        rate = count * clips / fastest[part] / 1e9
+        print(f"  {part}: {rate:.1f} GFLOP/s, {rate / matmul_peak('fp32'):.1%} of the fp32 matmul peak", flush=True)
+
+
 parser = argparse.ArgumentParser()
 parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
 parser.add_argument("--clips", type=int, default=16)
 parser.add_argument("--max-new-tokens", type=int, default=32)
+parser.add_argument("--profile", action="store_true", help="where each side's time goes, instead of the race")
 args = parser.parse_args()
 quiet_libraries()
 
@@ -102,13 +199,27 @@ def agreement(ours, theirs) -> str:
 
 
 seconds = sum(map(len, clips)) / 16000
+encoder_flops, decoder_flops = whisper_flops(zoo, clips[0], args.max_new_tokens)
+print(f"FLOPs per clip: encoder {encoder_flops / 1e9:.2f} GFLOP, decoder {decoder_flops / 1e9:.2f} GFLOP "
+      f"({args.max_new_tokens} steps)", flush=True)
+if args.profile:
+    flops = (encoder_flops, decoder_flops)
+    print(f"fp32 matmul peak {matmul_peak('fp32'):.0f} GFLOP/s, torch threads {torch.get_num_threads()}")
+    print_profile("pipeline, batch_size=4", lambda: recogniser([clip.copy() for clip in clips], batch_size=4,
+                                                               generate_kwargs=greedy),
+                  recogniser.model, recogniser.feature_extractor, flops, len(clips))
+    for name, options in (("taskzoo predict", {}), ("taskzoo predict, use_generate=True", {"use_generate": True})):
+        print_profile(name, lambda: zoo.predict(clips, batch_size=16, progress=False,
+                                                max_new_tokens=args.max_new_tokens, **options),
+                      zoo.model, zoo.feature_extractor, flops, len(clips))
+    raise SystemExit
 compare_with_pipeline(
     f"{len(clips)} clips, {seconds:.0f} s of speech, whisper-{args.size} (random weights), greedy, "
     f"{args.max_new_tokens} new tokens each",
     lambda batch_size: recogniser([clip.copy() for clip in clips], batch_size=batch_size, generate_kwargs=greedy),
     lambda **options: zoo.predict(clips, batch_size=16, progress=False, max_new_tokens=args.max_new_tokens,
                                   **options),
-    agreement, batch_sizes=(4, 8, 16), repeat=1,
+    agreement, batch_sizes=(4, 8, 16), repeat=1, flops_per_input=encoder_flops + decoder_flops, inputs=len(clips),
     # No bf16 variant: the pipeline cannot run under bf16 autocast (its feature extractor's STFT comes out bf16 and
     # fails), so there is no like-for-like baseline; the target is fp32.
     variants=[("batch_size=16, fp32", {}), ("batch_size=16, fp32, use_generate=True", {"use_generate": True})])
