@@ -21,9 +21,9 @@ its output layer and the rest (per-step bookkeeping, setup, text decoding), with
 """
 
 import argparse
+import copy
 import random
 import statistics
-import copy
 import subprocess
 import tempfile
 import time
