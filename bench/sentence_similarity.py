@@ -2,10 +2,12 @@
 
 Same packaged all-MiniLM-L6-v2 (its Normalize module makes unit vectors on both sides), unique sentences
 (no repeats for predict to save on), three mixes of lengths, and one query against many. The baseline is
-what a sentence-transformers user writes, at its best batch size of those tried. Both sides are warmed up,
-then timed back to back in rotating order; medians of ``--repeats``. Agreement: the largest score difference.
+what a sentence-transformers user writes, at its best batch size of those tried; taskzoo runs with its
+default batching (batches of up to 4096 padded tokens), and optionally at fixed ``--batch-sizes`` too. All sides
+are warmed up, then timed back to back in rotating order; medians of ``--repeats``. Agreement: the largest
+score difference.
 
-    python bench/sentence_similarity.py [--pairs 500] [--repeats 3] [--bf16] [--threads N]
+    python bench/sentence_similarity.py [--pairs 500] [--repeats 5] [--batch-sizes 32 64] [--bf16] [--threads N]
 """
 
 import argparse
@@ -23,9 +25,10 @@ from taskzoo.models import packaged_model_path
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--pairs", type=int, default=500)
-parser.add_argument("--repeats", type=int, default=3)
+parser.add_argument("--repeats", type=int, default=5)
 parser.add_argument("--baseline-batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
-parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64], help="taskzoo's, each reported")
+parser.add_argument("--batch-sizes", type=int, nargs="*", default=[],
+                    help="taskzoo also at these fixed batch sizes (sentences per batch), each reported")
 parser.add_argument("--bf16", action="store_true", help="also taskzoo with mixed_precision='bf16'")
 parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
 args = parser.parse_args()
@@ -81,8 +84,9 @@ def rotating_medians(sides: dict) -> tuple[dict, dict]:
 def report(title: str, baseline_run, taskzoo_run, scores_of) -> None:
     sides = {f"sentence-transformers, batch_size={size}": (lambda size=size: baseline_run(size))
              for size in args.baseline_batch_sizes}
-    variants = [(size, "no") for size in args.batch_sizes] + ([(args.batch_sizes[0], "bf16")] if args.bf16 else [])
-    sides.update({f"taskzoo predict, batch_size={size}, {'fp32' if precision == 'no' else precision}":
+    variants = [(None, "no")] + [(size, "no") for size in args.batch_sizes] + ([(None, "bf16")] if args.bf16 else [])
+    sides.update({f"taskzoo predict, {'default batches' if size is None else f'batch_size={size}'}, "
+                  f"{'fp32' if precision == 'no' else precision}":
                   (lambda size=size, precision=precision: taskzoo_run(size, precision)) for size, precision in variants})
     seconds, outputs = rotating_medians(sides)
     baselines = [name for name in sides if name.startswith("sentence")]

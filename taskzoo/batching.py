@@ -3,6 +3,8 @@ when one does not fit in device memory, so a long prediction run is not lost to 
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -56,3 +58,37 @@ class PreparedBatches:
 
     def __next__(self) -> tuple[list[int], Any]:
         return self.prepare(self.retries.pop(0)) if self.retries else next(self.stream)
+
+
+def token_budget_batches(lengths: list[int], max_tokens: int, batch_cost: int) -> list[list[int]]:
+    """Indices of ``lengths`` (inputs' lengths in tokens) in batches, longest first, each of at most
+    ``max_tokens`` padded tokens (rows x its longest; an input longer than that makes a batch alone).
+    Short inputs go in large batches, long ones in small. Batch ends are chosen to spend the least on padding
+    plus ``batch_cost`` (what running one more batch costs, in tokens of compute): a batch ends where the length
+    changes or where it is full, and a shortest path over those ends picks the cheapest set."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    ordered = [lengths[i] for i in order]
+    count = len(order)
+    length_changes = [end for end in range(1, count + 1) if end == count or ordered[end] != ordered[end - 1]]
+    best = {0: (0, 0)}  # end position -> (least cost of batching order[:end], where its last batch starts)
+    pending = [0]  # every move goes forward, so popping the smallest position first settles it
+    while pending:
+        start = heapq.heappop(pending)
+        if start == count:
+            break
+        longest = ordered[start]
+        full = min(count, start + max(1, max_tokens // longest))
+        ends = {full, *length_changes[bisect.bisect_right(length_changes, start):
+                                      bisect.bisect_right(length_changes, full)]}
+        for end in ends:
+            cost = best[start][0] + batch_cost + (end - start) * longest
+            if end not in best:
+                heapq.heappush(pending, end)
+            if end not in best or cost < best[end][0]:
+                best[end] = (cost, start)
+    batches, end = [], count
+    while end:
+        start = best[end][1]
+        batches.append(order[start:end])
+        end = start
+    return batches[::-1]

@@ -131,3 +131,84 @@ def test_many_mixed_length_sentences_score_as_sentence_transformers(minilm_path,
     monkeypatch.setattr(type(zoo), "tokenized", lambda self, sentences: None)
     plain = torch.tensor([row["score"] for row in zoo.predict(pairs, batch_size=8)])
     torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)
+
+
+def test_token_budget_batches_cover_every_input_within_the_budget():
+    import random
+
+    from taskzoo.batching import token_budget_batches
+
+    rng = random.Random(0)
+    lengths = [rng.choice([3, 5, 5, 8, 12, 40, 90, 300]) for _ in range(500)]
+    for budget, cost in [(64, 0), (512, 48), (4096, 48), (4096, 4096)]:
+        batches = token_budget_batches(lengths, budget, cost)
+        assert sorted(i for batch in batches for i in batch) == list(range(500))
+        for batch in batches:
+            longest = max(lengths[i] for i in batch)
+            assert len(batch) * longest <= budget or len(batch) == 1  # 300 > 64 tokens: a batch alone
+            assert lengths[batch[0]] == longest  # longest first within a batch...
+        firsts = [lengths[batch[0]] for batch in batches]
+        assert firsts == sorted(firsts, reverse=True)  # ...and across batches
+    assert token_budget_batches([], 100, 48) == []
+
+
+def test_token_budget_batches_weigh_padding_against_the_cost_of_a_batch():
+    from taskzoo.batching import token_budget_batches
+
+    lengths = [5, 3, 5, 3, 5]
+    # A batch costs nothing: two padding-free batches, one per length.
+    assert token_budget_batches(lengths, 100, batch_cost=0) == [[0, 2, 4], [1, 3]]
+    # A batch costs more than the 2 x 2 tokens of padding that one batch adds: one batch.
+    assert token_budget_batches(lengths, 100, batch_cost=10) == [[0, 2, 4, 1, 3]]
+    # At most 10 padded tokens a batch: two rows of 5, then the last 5 alone (beside a 3 it would leave the
+    # other 3 alone: one batch more all the same), then the 3s.
+    assert token_budget_batches(lengths, 10, batch_cost=10) == [[0, 2], [4], [1, 3]]
+
+
+def _forward_shapes(zoo, monkeypatch) -> list[tuple[int, int]]:
+    """(rows, tokens) of each forward pass predict makes from now on."""
+    real, shapes = type(zoo).predict_batch, []
+
+    def recording(self, features):
+        shapes.append(tuple(features["input_ids"].shape))
+        return real(self, features)
+
+    monkeypatch.setattr(type(zoo), "predict_batch", recording)
+    return shapes
+
+
+def test_default_batches_hold_a_token_budget_and_scores_stay_in_input_order(minilm_path, monkeypatch):
+    import random
+
+    from sentence_transformers import SentenceTransformer
+
+    rng = random.Random(1)
+    words = "the a cat dog sat on mat very quite lovely awful storm rain football market guitar".split()
+    sentences = list(dict.fromkeys(" ".join(rng.choices(words, k=rng.choice([2, 3, 4, 6, 10, 30, 60])))
+                                   for _ in range(200)))
+    pairs = list(zip(sentences[::2], sentences[1::2]))
+    reference = SentenceTransformer(str(minilm_path), device="cpu")
+    a, b = (reference.encode(list(side), convert_to_tensor=True) for side in zip(*pairs))
+    zoo = taskzoo.load("sentence-similarity", model="all-MiniLM-L6-v2", device="cpu")
+    shapes = _forward_shapes(zoo, monkeypatch)
+    ours = torch.tensor([row["score"] for row in zoo.predict(pairs, batch_tokens=256)])
+    torch.testing.assert_close(ours, torch.nn.functional.cosine_similarity(a, b), atol=1e-6, rtol=0)
+    assert all(rows * tokens <= 256 for rows, tokens in shapes)
+    assert sum(rows for rows, _ in shapes) == 2 * len(pairs)
+    assert max(rows for rows, _ in shapes) > 3 * min(rows for rows, _ in shapes)  # short ones in larger batches
+    shapes.clear()
+    by_default = zoo.predict(pairs)
+    assert all(rows * tokens <= zoo.default_batch_tokens for rows, tokens in shapes)
+    assert [row["score"] for row in by_default] == pytest.approx(ours.tolist(), abs=1e-6)
+
+
+def test_an_explicit_batch_size_counts_sentences(tiny_model_path, monkeypatch):
+    zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu")
+    pairs = [(f"the cat {'and dog ' * (i % 7)}{i}", f"rain {'snow ' * (i % 3)}today {i}") for i in range(20)]
+    shapes = _forward_shapes(zoo, monkeypatch)
+    zoo.predict(pairs, batch_size=6)
+    assert [rows for rows, _ in shapes] == [6] * 6 + [4]  # 40 distinct sentences
+    with pytest.raises(ValueError, match="batch_size .* or batch_tokens"):
+        zoo.predict(pairs, batch_size=6, batch_tokens=512)
+    with pytest.raises(ValueError, match="batch_tokens must be a positive integer; got 0"):
+        zoo.predict(pairs, batch_tokens=0)

@@ -22,7 +22,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from taskzoo import metrics, strategies, streaming
-from taskzoo.batching import PreparedBatches, halving_on_oom
+from taskzoo.batching import PreparedBatches, halving_on_oom, token_budget_batches
 from taskzoo.errors import DataError
 from taskzoo.models import library_bars_hidden
 from taskzoo.task import Task
@@ -34,7 +34,12 @@ class SentenceSimilarity(Task):
     name = "sentence-similarity"
     primary_metric = "spearman"
     required_columns = ("sentence1", "sentence2", "score")
-    default_batch_size = 64  # sentences per forward pass
+    default_batch_size = 64  # sentences per forward pass (training, evaluation, predict without a tokenizer)
+    default_batch_tokens = 4096  # predict: padded tokens per forward pass, unless batch_size is given
+    # What one more forward pass costs, in tokens: a pass reads all the weights (~90 MB for MiniLM, some ms on
+    # a CPU), as much as computing ~50 tokens there. An accelerator runs small batches for the same cost as
+    # large ones, so there fewer, fuller batches win.
+    cpu_batch_cost_tokens = 48
     default_learning_rate = 2e-5
 
     def __init__(self, model, *, loss: str = "cosine", **kwargs):
@@ -191,28 +196,48 @@ class SentenceSimilarity(Task):
                     for key, value in features.items()}
         return self.model(features)["sentence_embedding"]
 
+    def _batches(self, lengths: list[int], counted_in_tokens: bool, batch_size, batch_tokens) -> list[list[int]]:
+        """predict's batches of sentence indices, longest first: up to ``batch_tokens`` padded tokens each, or
+        ``batch_size`` sentences each where that is given or where lengths are not counted in tokens."""
+        if batch_size is None and counted_in_tokens:
+            budget = batch_tokens or self.default_batch_tokens
+            return token_budget_batches(lengths, budget, self.cpu_batch_cost_tokens if self.device.type == "cpu"
+                                        else budget)
+        size = self.check_batch_size(batch_size)
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+        return [order[start:start + size] for start in range(0, len(order), size)]
+
     def compile_target(self):
         """The transformers model inside sentence-transformers' first module: predict_batch calls it."""
         encoder = self.model[0]
         name = next((name for name, child in encoder.named_children() if hasattr(child, "config")), None)
         return (encoder, name) if name else None
 
-    def predict(self, inputs, batch_size=None, progress=None, mixed_precision="no", compile=False):
+    def predict(self, inputs, batch_size=None, progress=None, mixed_precision="no", compile=False,
+                batch_tokens=None):
         """Scores pairs, or a source sentence against many. Each distinct sentence is encoded once. All are
         tokenized in one call and sorted by their length in tokens, so that a batch holds sentences of (nearly)
-        one length: little padding, and none at all lets attention run without a mask. ``batch_size`` counts
-        sentences; a batch that runs out of device memory is halved, as in every task."""
+        one length: little padding, and none at all lets attention run without a mask. By default a batch holds
+        up to ``batch_tokens`` padded tokens (default 4096): many short sentences or a few long ones, ending
+        where the length changes when that saves more padding than a batch costs. ``batch_size`` instead fixes
+        the number of sentences per batch. A batch that runs out of device memory is halved, as in every task."""
+        if batch_size is not None:
+            self.check_batch_size(batch_size)
+            if batch_tokens is not None:
+                raise ValueError("Give batch_size (sentences per batch) or batch_tokens (padded tokens per batch), "
+                                 "not both.")
+        if batch_tokens is not None and (not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool)
+                                         or batch_tokens < 1):
+            raise ValueError(f"batch_tokens must be a positive integer; got {batch_tokens!r}.")
         single = self.is_single(inputs)
         items = [inputs] if single else list(inputs)
         groups = [self._sentences(item) for item in items]
         unique = list(dict.fromkeys(sentence for group in groups for sentence in group))
         if not unique:
             return []
-        size = self.check_batch_size(batch_size)
         tokens = self.tokenized(unique)
         lengths = [len(row["input_ids"]) for row in tokens] if tokens else [len(sentence) for sentence in unique]
-        order = sorted(range(len(unique)), key=lambda i: lengths[i], reverse=True)
-        batches = [order[start:start + size] for start in range(0, len(order), size)]
+        batches = self._batches(lengths, bool(tokens), batch_size, batch_tokens)
         prepared = PreparedBatches(self, tokens or unique, batches, {}, num_workers=0)
         embeddings = None
         bar = tqdm(total=len(unique), desc=f"{self.name}: encode", unit="sentence",
