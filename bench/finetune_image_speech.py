@@ -19,7 +19,9 @@ Each side runs a few steps untimed (warm-up), then --runs rounds in rotating ord
 
 import argparse
 import os
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -82,10 +84,15 @@ def benchmark(setup) -> None:
             zoo.model.freeze_feature_encoder()  # as finetune() does for CTC models (the minimal loop's model too)
         return zoo, zoo.prepare(data, training=True)
 
+    outside_loop = []  # per taskzoo run: (seconds of the whole call, seconds outside its step loop)
+
     def run_taskzoo(zoo, prepared, steps):  # given the raw data, as a user would
+        started = time.perf_counter()
         result = zoo.finetune(data, max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                               mixed_precision=args.precision, progress=False, save_checkpoints=False, plot=False,
                               log_every=steps, max_grad_norm=1.0, seed=SEED)
+        whole = time.perf_counter() - started  # result.seconds: the step loop alone (first batch to last step)
+        outside_loop.append((whole, whole - result.seconds))
         return result.history[-1]["loss"]  # the mean over all steps (one log line)
 
     def run_minimal(zoo, prepared, steps):
@@ -103,6 +110,9 @@ def benchmark(setup) -> None:
     print(f"{task}, {what}: {args.steps} steps x batch {batch_size}, precision {args.precision}, "
           f"torch threads {torch.get_num_threads()}, median of {args.runs} rounds in rotating order")
     print_training_rows(speeds, losses, ours=f"{task}: taskzoo finetune")
+    whole, outside = (statistics.median(values) for values in zip(*outside_loop[1:]))  # [0]: the warm-up
+    print(f"taskzoo's time outside its step loop (data checks and preparation, set-up, finish): {outside:.3f} s "
+          f"of {whole:.2f} s ({outside / whole:.1%}), median of its timed runs")
 
 
 for name, setup in (("image", image_setup), ("speech", speech_setup)):
