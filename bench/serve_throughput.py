@@ -3,8 +3,9 @@
 Text-classification on all-MiniLM-L6-v2 with a seeded 2-label head (a real pretrained model, shipped in a
 package), one mixed-length sentence per request. For 1, 8 and 32 concurrent clients it drives each server
 on 127.0.0.1 (in turn, never both at once, --repeats times each; the best run counts) and prints requests/s,
-p50/p99 latency, the server's CPU time per request and the mean number of inputs per batched call, then
-checks that both servers answered every sentence alike.
+p50/p99 latency, the server's CPU time per request, the mean number of inputs per batched call and the
+roofline (the model's counted GFLOP per request times requests/s, against this machine's matmul peak with
+the servers' threads), then checks that both servers answered every sentence alike.
 
     python bench/serve_throughput.py [--requests 256] [--clients 1 8 32] [--max-wait-ms 5] [--repeats 2] [--threads 1 2]
 
