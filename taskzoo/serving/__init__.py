@@ -30,8 +30,9 @@ def serve(zoo, host: str = "127.0.0.1", port: int = 8000, *, max_batch_size: int
     Concurrent requests are gathered, up to ``max_batch_size`` inputs, waiting at most ``max_wait_ms`` for
     company (and not at all after a batch that had none), and run in batches of similar lengths of at most
     ``batch_size`` inputs (default: the task's). ``api_key`` (or the environment variable
-    ``TASKZOO_API_KEY``) makes /predict and /info answer 401 without it. The limits refuse larger requests with 413 (``max_body_mb``,
-    ``max_image_pixels``, ``max_audio_seconds``) and slower ones with 504 (``timeout_s``).
+    ``TASKZOO_API_KEY``) makes /predict and /info answer 401 without it. The limits refuse larger requests
+    with 413 (``max_body_mb``, ``max_image_pixels``, ``max_audio_seconds``) and slower ones with 504
+    (``timeout_s``).
     """
     uvicorn = web_stack()
     from taskzoo.serving.app import LoadingApp, create_app
