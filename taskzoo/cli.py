@@ -254,7 +254,7 @@ def _add_task_and_model(parser, verb: str, model_help: str = "local folder, pack
     parser.add_argument("--model", metavar="PATH", help=model_help)
 
 
-DEVICE_HELP = "cpu, cuda, cuda:1, mps, ... (default: a GPU when there is one)"
+DEVICE_HELP = "cpu, cuda, cuda:1, ... (default: a GPU when there is one)"
 METRIC_HELP = ("your own metric, next to the task's (repeatable): a local evaluate metric script or folder, or the "
                "name of an evaluate metric (needs the hub or its cache)")
 
