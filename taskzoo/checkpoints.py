@@ -173,6 +173,7 @@ def plot_history(records: list[dict], metric: str, path: Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     charts = history_charts(records, metric)
@@ -182,9 +183,11 @@ def plot_history(records: list[dict], metric: str, path: Path) -> Path | None:
             (step, value), = points
             axis.plot([step], [value], marker="o")
             axis.annotate(f"{value:.4g}", (step, value), textcoords="offset points", xytext=(8, 6))
+            axis.set_xticks([step])
             title += f" (once, at step {step})"
         elif points:
             axis.plot(*zip(*points), marker="." if len(points) < 50 else None)
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         axis.set_xlabel("optimizer step")
         axis.set_title(title)
         axis.grid(alpha=0.3)

@@ -164,7 +164,7 @@ def run_demo(names: list[str] | None = None, output_dir: str | os.PathLike | Non
     stops = list(enumerate(here + elsewhere, 1))
     rows = {}
     with tempfile.TemporaryDirectory(prefix="taskzoo-demo-") as scratch:
-        second = (SecondProcess(stops[len(here):], len(names), Path(scratch), pictures) if elsewhere else None)
+        second = SecondProcess(stops[len(here):], len(names), Path(scratch), pictures) if elsewhere else None
         with one_thread() if second else contextlib.nullcontext():
             for number, name in stops[:len(here)]:
                 rows[name] = tour_stop(number, len(names), name, Path(scratch) / name, pictures, progress)
@@ -313,7 +313,8 @@ def write_report(rows: list[dict], folder: Path) -> Path:
                           for picture in row["pictures"])
         sections += (f"<h2>{html.escape(row['task'])}</h2><p>{html.escape(row['metric'])} "
                      f"{row['before']:.3f} &rarr; {row['after']:.3f} ({_better(row)})</p>"
-                     f"<p><code>predict({html.escape(row.get('sample_text') or readable(row['sample'], 40))})</code> = "
+                     f"<p><code>predict({html.escape(row.get('sample_text') or readable(row['sample'], 40))})"
+                     f"</code> = "
                      f"<code>{html.escape(readable(row['prediction'], 300))}</code></p>{figures}")
     page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>taskzoo demo</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
