@@ -340,9 +340,9 @@ def _caption(picture: str, row: dict) -> str:
                 "is not fine-tuned, so whatever the UNet learned decodes to noise. What it learned shows in "
                 f"{row['metric']}, the held-out denoising loss ({row['before']:.3f} -> {row['after']:.3f}). A real "
                 "Stable Diffusion checkpoint, whose VAE is trained, draws the prompts.")
-    return (f"What the fine-tuned tiny model predicted for {PICTURED} held-out toy images, drawn as predicted, "
-            f"mistakes included: after its short fine-tuning on toy data it scores {row['metric']} "
-            f"{row['after']:.3f} on the held-out set.")
+    return (f"What the fine-tuned tiny model predicted for {PICTURED} held-out toy images, drawn exactly as "
+            "predicted: a wrong label or a misplaced box is the model's, not the drawing's. After its short "
+            f"fine-tuning on toy data it scores {row['metric']} {row['after']:.3f} on the held-out set.")
 
 
 def _show_packaged_similarity() -> None:

@@ -201,4 +201,4 @@ def test_captions_say_what_the_pictures_are():
     generated = _caption("text-to-image.png", row)
     assert "noise" in generated and "random weights" in generated and "1.113 -> 0.253" in generated
     detections = _caption("object-detection.png", {"metric": "map_50", "before": 0.0, "after": 0.46})
-    assert "mistakes included" in detections and "map_50 0.460" in detections
+    assert "a wrong label or a misplaced box is the model's" in detections and "map_50 0.460" in detections
