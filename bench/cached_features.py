@@ -23,7 +23,7 @@ import tempfile
 import time
 
 import taskzoo
-from common import MEMORY_OF, PeakMemory, side_peak_memory
+from common import MEMORY_OF, PeakMemory, cpu_line, side_peak_memory
 from taskzoo.demo import quiet_libraries
 
 parser = argparse.ArgumentParser()
@@ -34,6 +34,7 @@ parser.add_argument("--epochs", type=int, default=5)
 parser.add_argument("--repeats", type=int, default=3)
 parser.add_argument("--memory", action="store_true", help="measure each side's peak memory in a fresh run")
 args = parser.parse_args()
+print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 quiet_libraries()
 
 

@@ -14,6 +14,42 @@ import threading
 import time
 from pathlib import Path
 
+
+def cpu_line(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU the figures below it were measured on, in one line for the top of every benchmark's output:
+    its model, the cores this process may use and the vector and matrix units that bf16 and int8 speed
+    depend on, e.g. "CPU: AMD EPYC (2 cores), AVX2, no AVX-512, no AMX". Read from ``cpuinfo`` (Linux);
+    elsewhere from platform and torch's view of the CPU."""
+    import platform
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model, flags = "", set()
+    try:
+        with open(cpuinfo) as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:  # x86, ARM
+                    flags = set(value.split())
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine() or "unknown CPU"
+    if not flags:
+        import torch
+
+        return f"CPU: {model} ({cores} cores), torch sees {torch.backends.cpu.get_cpu_capability()}"
+    if "sse2" in flags or "avx" in flags:  # x86
+        extras = [name for flag, name in (("avx512_bf16", "bf16"), ("avx512_vnni", "VNNI")) if flag in flags]
+        amx = [name for flag, name in (("amx_bf16", "bf16"), ("amx_int8", "int8")) if flag in flags]
+        units = ["AVX2" if "avx2" in flags else "no AVX2",
+                 ("AVX-512" + (f" ({', '.join(extras)})" if extras else "")) if "avx512f" in flags else "no AVX-512",
+                 f"AMX ({', '.join(amx)})" if amx else "no AMX"]
+    else:  # ARM: the extensions bf16 and int8 matrix work use
+        units = [flag.upper() for flag in ("sve", "sve2", "bf16", "i8mm") if flag in flags] or ["NEON only"]
+    return f"CPU: {model} ({cores} cores), " + ", ".join(units)
+
+
 WORDS = ("the a film plot story acting was really quite good bad great awful lovely boring dull superb and "
          "but it very not at all one of best worst i have ever seen this year music scenes actors director").split()
 

@@ -19,6 +19,8 @@ import tempfile
 import threading
 import time
 
+from common import cpu_line
+
 parser = argparse.ArgumentParser()
 parser.add_argument("tasks", nargs="*", help="only these tasks (default: all)")
 parser.add_argument("--runs", type=int, default=1)
@@ -59,6 +61,7 @@ def run_once() -> tuple[float, tuple[float, str], dict[str, float], str]:
     return wall, max(silences), seconds, output
 
 
+print(cpu_line(), flush=True)  # the figures below depend on it
 print(f"load average before: {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores; "
       f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
 for number in range(args.runs):

@@ -30,7 +30,7 @@ from transformers import (ViTConfig, ViTForImageClassification, ViTImageProcesso
                           Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor)
 
 import taskzoo
-from common import (MEMORY_OF, PeakMemory, minimal_accelerate_loop, photo_files, print_training_rows,
+from common import (MEMORY_OF, PeakMemory, cpu_line, minimal_accelerate_loop, photo_files, print_training_rows,
                     spoken_clips, training_rounds)
 from taskzoo.ctc import ctc_tokenizer
 from taskzoo.demo import quiet_libraries
@@ -42,6 +42,7 @@ parser.add_argument("--runs", type=int, default=5)  # timed rounds; the median i
 parser.add_argument("--warmup-steps", type=int, default=2)
 parser.add_argument("--precision", default="no", choices=["no", "bf16"])
 args = parser.parse_args()
+print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 quiet_libraries()
 SEED = 42
 

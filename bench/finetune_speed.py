@@ -28,8 +28,8 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 import taskzoo
-from common import (MEMORY_OF, PeakMemory, minilm_classifier, minimal_accelerate_loop, mixed_length_sentences,
-                    print_training_rows, training_rounds)
+from common import (MEMORY_OF, PeakMemory, cpu_line, minilm_classifier, minimal_accelerate_loop,
+                    mixed_length_sentences, print_training_rows, training_rounds)
 from taskzoo.accelerators import new_accelerator
 from taskzoo.data import LengthGroupedSampler
 from taskzoo.demo import quiet_libraries
@@ -42,6 +42,7 @@ parser.add_argument("--runs", type=int, default=3)  # timed rounds; the median i
 parser.add_argument("--warmup-steps", type=int, default=3)
 parser.add_argument("--trainer-order", default="shared", choices=["shared", "own"])  # own: the Trainer's grouping
 args = parser.parse_args()
+print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 quiet_libraries()
 
 SEED, LEARNING_RATE = 42, 2e-5

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PeakMemory
+from common import PeakMemory, cpu_line
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--rows", type=int, default=20000)
@@ -50,6 +50,8 @@ if args.child:
     sys.exit(0)
 
 from taskzoo.testing import tiny_model  # noqa: E402
+
+print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 
 folder = Path(tempfile.mkdtemp(prefix="bench-predict-at-scale-"))
 tiny_model("text-classification", folder / "model")

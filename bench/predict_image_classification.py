@@ -17,12 +17,13 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil, pipeline
 
 import taskzoo
-from common import compare_with_pipeline, flops_per_input, photo_files
+from common import compare_with_pipeline, cpu_line, flops_per_input, photo_files
 from taskzoo.demo import quiet_libraries
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--images", type=int, default=48)
 args = parser.parse_args()
+print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 quiet_libraries()
 
 

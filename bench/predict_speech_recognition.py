@@ -20,7 +20,7 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor, pipeline
 
 import taskzoo
-from common import compare_with_pipeline, flops_per_input, spoken_clips
+from common import compare_with_pipeline, cpu_line, flops_per_input, spoken_clips
 from taskzoo.data import load_audio
 from taskzoo.demo import quiet_libraries
 from taskzoo.metrics import character_error_rate
@@ -29,6 +29,7 @@ from taskzoo.ctc import ctc_tokenizer
 parser = argparse.ArgumentParser()
 parser.add_argument("--clips", type=int, default=24)
 args = parser.parse_args()
+print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 quiet_libraries()
 
 folder = Path(tempfile.mkdtemp(prefix="bench-wav2vec2-"))

@@ -13,12 +13,13 @@ import argparse
 from transformers import pipeline
 
 import taskzoo
-from common import compare_with_pipeline, flops_per_input, minilm_classifier, mixed_length_sentences
+from common import compare_with_pipeline, cpu_line, flops_per_input, minilm_classifier, mixed_length_sentences
 from taskzoo.demo import quiet_libraries
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--sentences", type=int, default=1000)
 args = parser.parse_args()
+print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 quiet_libraries()
 
 texts = mixed_length_sentences(args.sentences)

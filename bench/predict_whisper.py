@@ -34,7 +34,7 @@ from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtracto
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
 import taskzoo
-from common import compare_with_pipeline, matmul_peak, mixed_length_sentences
+from common import compare_with_pipeline, cpu_line, matmul_peak, mixed_length_sentences
 from taskzoo import whisper_greedy
 from taskzoo.data import load_audio
 from taskzoo.demo import quiet_libraries
@@ -179,6 +179,7 @@ parser.add_argument("--clips", type=int, default=16)
 parser.add_argument("--max-new-tokens", type=int, default=32)
 parser.add_argument("--profile", action="store_true", help="where each side's time goes, instead of the race")
 args = parser.parse_args()
+print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 quiet_libraries()
 
 folder = whisper_folder(args.size)

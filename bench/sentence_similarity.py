@@ -19,7 +19,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 import taskzoo
-from common import WORDS, mixed_length_sentences
+from common import WORDS, cpu_line, mixed_length_sentences
 from taskzoo.demo import quiet_libraries
 from taskzoo.models import packaged_model_path
 
@@ -32,6 +32,7 @@ parser.add_argument("--batch-sizes", type=int, nargs="*", default=[],
 parser.add_argument("--bf16", action="store_true", help="also taskzoo with mixed_precision='bf16'")
 parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
 args = parser.parse_args()
+print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 quiet_libraries()
 if args.threads:  # on a machine shared with other work, 1 thread keeps threads from waiting on each other
     torch.set_num_threads(args.threads)

@@ -29,7 +29,7 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
-from common import flops_per_input, matmul_peak, minilm_classifier, mixed_length_sentences
+from common import cpu_line, flops_per_input, matmul_peak, minilm_classifier, mixed_length_sentences
 from taskzoo.serving.process import ServerProcess
 
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.I)
@@ -177,6 +177,7 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="torch threads of each server, one table per value (0: all cores)")
     args = parser.parse_args()
+    print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 
     texts = mixed_length_sentences(args.requests, seed=1)
     model = minilm_classifier()

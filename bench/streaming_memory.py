@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PeakMemory, mixed_length_sentences
+from common import PeakMemory, cpu_line, mixed_length_sentences
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--rows", type=int, default=10_000)  # the 1x size; 10x is ten times that
@@ -72,6 +72,7 @@ def main() -> None:
 
     from taskzoo.testing import tiny_model
 
+    print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
     work = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     model = tiny_model("text-classification", work / "model")
     print(f"Fine-tuning the tiny text classifier for one pass, batch {args.batch_size}; torch threads "

@@ -21,7 +21,10 @@ def load(task: str, model: str | os.PathLike | None = None, *, revision: str | N
 
     Without ``model`` the task's default checkpoint is used, pinned to its revision.
     """
+    from taskzoo.task import check_device
+
     entry = get_task(task)
+    check_device(device)
     if model is None:
         model, revision = entry.default_model, revision or entry.default_revision
     path = resolve_model(model, revision)

@@ -155,23 +155,41 @@ class RunLog:
             tqdm.write(message)
 
 
+def history_charts(records: list[dict], metric: str) -> list[tuple[str, list[tuple[int, float]]]]:
+    """(title, [(step, value), ...]) of each chart plot_history draws: the training loss, and the evaluation
+    metric where the run evaluated."""
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    scores = [(r["step"], r[f"eval_{metric}"]) for r in records if f"eval_{metric}" in r]
+    # A metric that is itself a loss on the eval data (text-to-image's eval_loss) is logged as eval_eval_loss.
+    charts = [("training loss", losses), (metric if metric.startswith("eval_") else f"eval {metric}", scores)]
+    return [(title, points) for title, points in charts if points or title == "training loss"]
+
+
 def plot_history(records: list[dict], metric: str, path: Path) -> Path | None:
-    """A PNG of the training loss and the evaluation metric per step (needs matplotlib)."""
+    """A PNG of the training loss and the evaluation metric per step (needs matplotlib). A chart of a single
+    point (a run that evaluated once) shows it as a dot labelled with its value."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
-    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    scores = [(r["step"], r[f"eval_{metric}"]) for r in records if f"eval_{metric}" in r]
-    figure, axes = plt.subplots(1, 2 if scores else 1, figsize=(10 if scores else 5, 3.5), squeeze=False)
-    for axis, points, label in zip(axes[0], [losses, scores], ["training loss", f"eval {metric}"]):
-        if points:
+    charts = history_charts(records, metric)
+    figure, axes = plt.subplots(1, len(charts), figsize=(5 * len(charts), 3.5), squeeze=False)
+    for axis, (title, points) in zip(axes[0], charts):
+        if len(points) == 1:
+            (step, value), = points
+            axis.plot([step], [value], marker="o")
+            axis.annotate(f"{value:.4g}", (step, value), textcoords="offset points", xytext=(8, 6))
+            axis.set_xticks([step])
+            title += f" (once, at step {step})"
+        elif points:
             axis.plot(*zip(*points), marker="." if len(points) < 50 else None)
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         axis.set_xlabel("optimizer step")
-        axis.set_title(label)
+        axis.set_title(title)
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -163,7 +163,7 @@ def cmd_finetune(args) -> None:
     config["log_with"] = [*([trackers] if isinstance(trackers, str) else trackers), _evaluation_printer()]
     if args.metric:
         config["metrics"] = args.metric
-    zoo = taskzoo.load(args.task, args.model)
+    zoo = taskzoo.load(args.task, args.model, device=_accelerate_on(args.device))
     result = zoo.finetune(args.train, eval=args.eval, columns=columns, **config)
     print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, "metric": result.metric,
                       "best_metric": result.best_metric, "final_metrics": result.final_metrics,
@@ -200,8 +200,26 @@ def cmd_evaluate(args) -> None:
 
     _check_exists(args.data, "--data")
     columns = _pairs(args.columns, "--columns")
-    zoo = taskzoo.load(args.task, args.model)
+    zoo = taskzoo.load(args.task, args.model, device=_accelerate_on(args.device))
     print(json.dumps(zoo.evaluate(args.data, batch_size=args.batch_size, columns=columns, metrics=args.metric)))
+
+
+def _accelerate_on(device: str | None) -> str | None:
+    """finetune and evaluate run on the device Accelerate chooses, once per process, from its environment:
+    --device sets that environment before anything has chosen. Returns the device to load the model on."""
+    if device is None:
+        return None
+    from taskzoo.task import check_device
+
+    check_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise UsageError("--device picks one device for one process; under accelerate launch or torchrun each "
+                         "process gets its own: leave --device out.")
+    if device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    else:
+        os.environ["ACCELERATE_TORCH_DEVICE"] = device
+    return device
 
 
 def cmd_tiny_model(args) -> None:
@@ -236,6 +254,7 @@ def _add_task_and_model(parser, verb: str, model_help: str = "local folder, pack
     parser.add_argument("--model", metavar="PATH", help=model_help)
 
 
+DEVICE_HELP = "cpu, cuda, cuda:1, ... (default: a GPU when there is one)"
 METRIC_HELP = ("your own metric, next to the task's (repeatable): a local evaluate metric script or folder, or the "
                "name of an evaluate metric (needs the hub or its cache)")
 
@@ -263,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--save-visuals", metavar="DIR", help="write output images (generated images, "
                          "masks, drawings of boxes) as PNG files here; the JSON holds their paths")
     predict.add_argument("--batch-size", type=int)
-    predict.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
+    predict.add_argument("--device", help=DEVICE_HELP)
     predict.add_argument("--set", action="append", metavar="KEY=VALUE", help="a predict option, e.g. top_k=2")
     predict.set_defaults(run=cmd_predict)
 
@@ -277,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--batch-size", type=int)
     finetune.add_argument("--learning-rate", type=float)
     finetune.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
+    finetune.add_argument("--device", help=DEVICE_HELP)
     finetune.add_argument("--seed", type=int)
     finetune.add_argument("--columns", action="append", metavar="YOURS=TASKS",
                           help="rename a column, e.g. review=text")
@@ -288,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_and_model(evaluate, "evaluate")
     evaluate.add_argument("--data", required=True, help="CSV / JSON / JSONL / Parquet file or folder")
     evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--device", help=DEVICE_HELP)
     evaluate.add_argument("--columns", action="append", metavar="YOURS=TASKS",
                           help="rename a column, e.g. review=text")
     evaluate.add_argument("--metric", action="append", metavar="PATH_OR_NAME", help=METRIC_HELP)

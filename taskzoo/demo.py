@@ -1,6 +1,6 @@
 """``taskzoo demo``: an offline tour. For every task: build a tiny random model and toy data, evaluate it,
-fine-tune it, predict held-out examples, then print a table and write the pictures (boxes, masks, generated
-images, training curves) with a one-page ``index.html`` into a folder. Under a minute on 2 CPU cores."""
+fine-tune it, predict held-out examples, then print a table and write the pictures (labels, boxes, masks,
+generated images, training curves) with a one-page ``index.html`` into a folder. ``bench/demo_time.py`` times it."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ DEFAULT_FOLDER = "taskzoo-demo"
 # The metric the table shows, where the task's primary one reads badly on a toy run: detection's "map" averages
 # IoU thresholds 0.5 to 0.95; map_50 (a box counts when it overlaps the true one by half) is "found it".
 SHOWN_METRIC = {"object-detection": "map_50"}
-PICTURED = 3  # held-out examples drawn per task that predicts boxes or masks
+PICTURED = 3  # held-out examples drawn per task that predicts labels, boxes or masks of images
+LOSS_POINTS = 25  # about how many training-loss records a tour stop's curve gets (log_every is set from it)
 # Stops that run in a second process, on the second core, while this one runs the others: the tiny models cannot
 # use two cores in one process (a second torch thread made speech recognition 1.4x faster and the rest no faster),
 # two processes can. Speech recognition is the longest stop (~25 s); text-to-image evens out the two shares.
@@ -58,6 +59,8 @@ def demo_task(name: str, folder: Path, pictures: Path | None = None, progress: b
     cls = get_task(name).load_class()
     settings = dict(cls.demo_config)
     train_size, eval_size = settings.pop("train_size"), settings.pop("eval_size")
+    steps = settings.get("max_steps") or -(-train_size // settings.get("batch_size", 8)) * settings.get("epochs", 3)
+    settings.setdefault("log_every", max(1, round(steps / LOSS_POINTS)))  # a curve, even for a run of 8 steps
     metric = SHOWN_METRIC.get(name, cls.primary_metric)
     started = time.perf_counter()
     say("  building a tiny random model")
@@ -70,33 +73,51 @@ def demo_task(name: str, folder: Path, pictures: Path | None = None, progress: b
         warnings.simplefilter("ignore", UserWarning)
         before = zoo.evaluate(held_out)
     result = zoo.finetune(train, eval=held_out, output_dir=str(folder / "run"), progress=progress,
-                          save_checkpoints=False, metric_for_best=metric, **settings)
+                          save_checkpoints=False, metric_for_best=metric, greater_is_better=cls.greater_is_better,
+                          **settings)
     after = result.final_metrics  # the last evaluation scored the final weights
     say(f"  predicting {'held-out examples' if pictures else 'a held-out example'}")
     sample = zoo.input_of(held_out[0])
     row = {"task": name, "metric": metric, "greater_is_better": cls.greater_is_better, "before": before[metric],
            "after": after[metric], "all_after": after, "sample": sample, "prediction": zoo.predict(sample),
-           "history": result.history, "pictures": [], "task_model": zoo}
+           "sample_text": sample_text(sample, held_out[0]), "history": result.history, "pictures": [],
+           "task_model": zoo}
     if pictures is not None:
-        row["pictures"] = save_pictures(zoo, held_out, row["prediction"], result.output_dir, pictures, name)
+        row["pictures"] = save_pictures(zoo, held_out, sample, row["prediction"], result.output_dir, pictures, name)
     row["seconds"] = time.perf_counter() - started
     return row
 
 
-def drawable(prediction) -> bool:
-    """Whether taskzoo.visualize draws this prediction: a list of boxes or masks."""
-    return isinstance(prediction, list) and all(isinstance(item, dict) and ({"box", "mask"} & set(item))
-                                                for item in prediction)
+def drawable(sample, prediction) -> bool:
+    """Whether taskzoo.visualize draws this prediction over its input: an image's labels, boxes or masks."""
+    return (hasattr(sample, "size") and hasattr(sample, "mode") and isinstance(prediction, list)
+            and all(isinstance(item, dict) and ({"label", "box", "mask"} & set(item)) for item in prediction))
 
 
-def save_pictures(zoo, held_out, prediction, run: Path, pictures: Path, name: str) -> list[str]:
-    """The task's pictures as PNG files in ``pictures``: predicted boxes or masks drawn over a few held-out
-    images, the images generated at the last evaluation, and the training curve. Returns the file names."""
+def sample_text(sample, row: dict) -> str:
+    """The predict() input as the demo shows it. An audio file (in a temporary folder, gone by the time anyone
+    reads the line) is shown by its length and, where the row has one, its transcript."""
+    from taskzoo.batch_predict import AUDIO_SUFFIXES
+    from taskzoo.data import load_audio
+
+    is_file = isinstance(sample, (str, os.PathLike)) and Path(sample).suffix.lower() in AUDIO_SUFFIXES
+    if not (is_file or isinstance(sample, dict) and "array" in sample):
+        return readable(sample, 40)
+    rate = 16000
+    seconds = len(load_audio(sample, rate)) / rate
+    words = f": {readable(row['text'], 40)!r}" if isinstance(row.get("text"), str) else ""
+    return f"<{seconds:.1f} s clip{words}>"
+
+
+def save_pictures(zoo, held_out, sample, prediction, run: Path, pictures: Path, name: str) -> list[str]:
+    """The task's pictures as PNG files in ``pictures``: predicted labels, boxes or masks drawn over a few
+    held-out images, the images generated at the last evaluation, and the training curve. Returns the file
+    names."""
     from taskzoo.visualize import side_by_side, visualize
 
     saved = []
     pictures.mkdir(parents=True, exist_ok=True)
-    if drawable(prediction):
+    if drawable(sample, prediction):
         inputs = [zoo.input_of(row) for row in held_out.select(range(min(PICTURED, len(held_out))))]
         drawings = [visualize(image, found) for image, found in zip(inputs, zoo.predict(inputs))]
         side_by_side(drawings).save(pictures / f"{name}.png")
@@ -134,24 +155,26 @@ def run_demo(names: list[str] | None = None, output_dir: str | os.PathLike | Non
           f"Pictures and a report will be written to {pictures}/\n", flush=True)
     pictures.mkdir(parents=True, exist_ok=True)
     quiet_libraries()
-    stops = list(enumerate(names, 1))
-    elsewhere = [(number, name) for number, name in stops if name in alongside]
-    if len(elsewhere) == len(stops) or cpu_count() < 2:
+    elsewhere = [name for name in names if name in alongside]
+    if len(elsewhere) == len(names) or cpu_count() < 2:
         elsewhere = []
+    # Stops are numbered in the order they are printed: this process's first, then the second process's,
+    # whose lines are shown once this process is done.
+    here = [name for name in names if name not in elsewhere]
+    stops = list(enumerate(here + elsewhere, 1))
     rows = {}
     with tempfile.TemporaryDirectory(prefix="taskzoo-demo-") as scratch:
-        second = SecondProcess(elsewhere, len(names), Path(scratch), pictures) if elsewhere else None
+        second = SecondProcess(stops[len(here):], len(names), Path(scratch), pictures) if elsewhere else None
         with one_thread() if second else contextlib.nullcontext():
-            for number, name in stops:
-                if (number, name) not in elsewhere:
-                    rows[name] = tour_stop(number, len(names), name, Path(scratch) / name, pictures, progress)
+            for number, name in stops[:len(here)]:
+                rows[name] = tour_stop(number, len(names), name, Path(scratch) / name, pictures, progress)
         if second:
             rows.update((row["task"], row) for row in second.rows())
     rows = [rows[name] for name in names]
     print(table(rows))
     _show_packaged_similarity()
     report = write_report(rows, pictures)
-    print(f"\nPictures (detections, masks, generated images, training curves) and this table: {report}")
+    print(f"\nPictures (labels, boxes, masks, generated images, training curves) and this table: {report}")
     return rows
 
 
@@ -159,7 +182,7 @@ def tour_stop(number: int, total: int, name: str, scratch: Path, pictures: Path,
     print(f"[{number}/{total}] {name}", flush=True)
     row = demo_task(name, scratch, pictures, progress=progress, say=lambda text: print(text, flush=True))
     print(f"  {row['metric']} {row['before']:.3f} -> {row['after']:.3f} ({_better(row)}) "
-          f"in {row['seconds']:.1f} s\n  predict({readable(row['sample'], 40)}) = "
+          f"in {row['seconds']:.1f} s\n  predict({row['sample_text']}) = "
           f"{readable(row['prediction'])}\n", flush=True)
     return row
 
@@ -286,11 +309,12 @@ def write_report(rows: list[dict], folder: Path) -> Path:
     sections = ""
     for row in rows:
         figures = "".join(f'<figure><img src="{html.escape(picture)}" alt="{html.escape(picture)}">'
-                          f"<figcaption>{html.escape(_caption(picture))}</figcaption></figure>"
+                          f"<figcaption>{html.escape(_caption(picture, row))}</figcaption></figure>"
                           for picture in row["pictures"])
         sections += (f"<h2>{html.escape(row['task'])}</h2><p>{html.escape(row['metric'])} "
                      f"{row['before']:.3f} &rarr; {row['after']:.3f} ({_better(row)})</p>"
-                     f"<p><code>predict({html.escape(readable(row['sample'], 60))})</code> = "
+                     f"<p><code>predict({html.escape(row.get('sample_text') or readable(row['sample'], 40))})"
+                     f"</code> = "
                      f"<code>{html.escape(readable(row['prediction'], 300))}</code></p>{figures}")
     page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>taskzoo demo</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
@@ -307,12 +331,18 @@ def write_report(rows: list[dict], folder: Path) -> Path:
     return path
 
 
-def _caption(picture: str) -> str:
+def _caption(picture: str, row: dict) -> str:
     if picture.endswith("-training.png"):
         return "Training loss and the held-out metric during fine-tuning."
     if picture.startswith("text-to-image"):
-        return "The validation prompts rendered after fine-tuning (fixed seeds)."
-    return "Predictions of the fine-tuned model on held-out toy images."
+        return ("The validation prompts rendered after fine-tuning (fixed seeds). They are noise, and would stay "
+                "noise however long this ran: the tiny pipeline's image decoder (its VAE) has random weights and "
+                "is not fine-tuned, so whatever the UNet learned decodes to noise. What it learned shows in "
+                f"{row['metric']}, the held-out denoising loss ({row['before']:.3f} -> {row['after']:.3f}). A real "
+                "Stable Diffusion checkpoint, whose VAE is trained, draws the prompts.")
+    return (f"What the fine-tuned tiny model predicted for {PICTURED} held-out toy images, drawn exactly as "
+            "predicted: a wrong label or a misplaced box is the model's, not the drawing's. After its short "
+            f"fine-tuning on toy data it scores {row['metric']} {row['after']:.3f} on the held-out set.")
 
 
 def _show_packaged_similarity() -> None:

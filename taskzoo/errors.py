@@ -32,6 +32,7 @@ _CLI_SPELLINGS = [
     (r"\(model='/path/to/model'\)", "(--model PATH)"),
     (r"\bpass overwrite=True\b", "pass --set overwrite=true"),
     (r"\bmixed_precision='(\w+)'", r"--mixed-precision \1"),
+    (r"\bdevice='([^']*)'", r"--device \1"),
 ]
 
 

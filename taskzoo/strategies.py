@@ -83,3 +83,14 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     parameters = list(model.parameters())
     return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
+
+
+def what_trains(model: torch.nn.Module, strategy: str) -> str:
+    """The parameters a run trains, in words: "training all 20,964 parameters", "training 23,010 of 53,922
+    parameters (the head; the body is frozen)"."""
+    trainable, total = count_parameters(model)
+    if trainable == total:
+        return f"training all {total:,} parameters"
+    which = {"freeze": "the head; the body is frozen", "lora": "LoRA adapters and the head"}.get(
+        strategy, f"strategy '{strategy}': this task keeps the others frozen")
+    return f"training {trainable:,} of {total:,} parameters ({which})"

@@ -45,6 +45,25 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def check_device(device: str | torch.device | None) -> None:
+    """Refuse, in one line and before anything loads, a device torch cannot use here."""
+    if device is None:
+        return
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={str(device)!r} is not a device torch knows: use 'cpu', 'cuda', 'cuda:1', "
+                         "'mps', ...") from None
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}, but torch {torch.__version__} sees no CUDA GPU here "
+                         "(torch.cuda.is_available() is False): install a CUDA build of torch, or use 'cpu'.")
+    if found.type == "cuda" and found.index is not None and found.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device={str(device)!r}, but this machine has {count} GPU(s): cuda:0 to cuda:{count - 1}.")
+    if found.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={str(device)!r}, but torch sees no Apple GPU (MPS) here; use 'cpu'.")
+
+
 class Task:
     name: ClassVar[str]
     primary_metric: ClassVar[str]

@@ -24,6 +24,7 @@ from taskzoo.custom_metrics import greater_is_better
 from taskzoo.data import LengthGroupedSampler
 from taskzoo.errors import TrainingError
 from taskzoo.evaluation import eval_loader, run_evaluation
+from taskzoo.strategies import what_trains
 from taskzoo.training_config import TrainingConfig, TrainingResult  # noqa: F401 (taskzoo.training.TrainingConfig)
 
 def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingResult:
@@ -121,9 +122,7 @@ class _Run:
         self.log = checkpoints.RunLog(output_dir / "log.jsonl", accelerator, self.state["history"])
         self.result = TrainingResult(output_dir=output_dir, metric=config.metric_for_best, task=self.task)
         self.log.info(f"Fine-tuning {self.task.name}: {train_size} samples, {self.total_steps} optimizer steps, "
-                      f"{sum(p.numel() for p in self.trainable):,} of "
-                      f"{sum(p.numel() for p in self.model.parameters()):,} parameters trainable "
-                      f"({config.strategy}), output in {output_dir}"
+                      f"{what_trains(self.model, config.strategy)}, output in {output_dir}"
                       + (f", resumed at step {self.state['step']}" if self.state["step"] else ""))
 
     def train(self) -> None:

@@ -1,7 +1,8 @@
 """Pictures of predictions, because people look at detections and masks rather than read them.
 
-``visualize(image, prediction)`` draws object-detection boxes with their labels and scores, or overlays
-image-segmentation masks with a legend, and returns the drawing as a PIL image (a PNG file with ``path=``).
+``visualize(image, prediction)`` draws object-detection boxes with their labels and scores, overlays
+image-segmentation masks with a legend, or writes image-classification labels with score bars below the image,
+and returns the drawing as a PIL image (a PNG file with ``path=``).
 Only PIL is imported, and only when called: ``import taskzoo`` stays cheap.
 """
 
@@ -18,25 +19,30 @@ PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114
            (204, 121, 167), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0)]
 MIN_SIDE = 384  # smaller images are enlarged (by a whole factor, pixels kept sharp) so labels stay legible
+LABELS_SHOWN = 3  # image classification: the top labels written below the image
 
 
 def visualize(image: Any, prediction: Any, path: str | os.PathLike | None = None):
     """Draw ``prediction`` over ``image`` (a PIL image, a path or an array) and return the drawing.
 
     ``prediction`` is what predict returned for that image: a list of ``{"label", "score", "box"}`` (boxes,
-    drawn with "label 0.93" tags) or of ``{"label", "score", "mask"}`` (masks overlaid, with a legend below);
-    ``score`` may be left out (ground truth). ``box`` is ``{"xmin", "ymin", "xmax", "ymax"}`` or a list of those
-    four, in the image's pixels. With ``path`` the drawing is also saved there as a PNG.
+    drawn with "label 0.93" tags), of ``{"label", "score", "mask"}`` (masks overlaid, with a legend below) or of
+    ``{"label", "score"}`` (image classification: the first ``LABELS_SHOWN`` labels, in the order given, with
+    score bars below the image); ``score`` may be left out (ground truth). ``box`` is ``{"xmin", "ymin",
+    "xmax", "ymax"}`` or a list of those four, in the image's pixels. With ``path`` the drawing is also saved
+    there as a PNG.
     """
     from PIL import Image, ImageDraw
 
     from taskzoo.data import load_image
 
     items = [prediction] if isinstance(prediction, Mapping) else list(prediction or [])
+    labels_only = bool(items) and all(isinstance(item, Mapping) and "label" in item
+                                      and not ({"box", "mask"} & set(item)) for item in items)
     for position, item in enumerate(items):
-        if not isinstance(item, Mapping) or not ({"box", "mask"} & set(item)):
-            raise ValueError(f"visualize() draws predictions with a 'box' or a 'mask'; item {position} is "
-                             f"{item!r:.100}.")
+        if not labels_only and (not isinstance(item, Mapping) or not ({"box", "mask"} & set(item))):
+            raise ValueError(f"visualize() draws predictions with a 'box' or a 'mask', or labels alone; item "
+                             f"{position} is {item!r:.100}.")
     picture = load_image(image)
     scale = max(1, math.ceil(MIN_SIDE / max(1, min(picture.size))))
     scale = min(scale, max(1, 4096 // max(picture.size)))  # enlarge, but not past 4096 pixels
@@ -60,6 +66,8 @@ def visualize(image: Any, prediction: Any, path: str | os.PathLike | None = None
         _tag(draw, (xmin, ymin), _caption(item), fill, font, picture.size)
     if masks:
         picture = _legend(picture, masks, colour, font)
+    if labels_only:
+        picture = _label_bars(picture, items[:LABELS_SHOWN], font)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         picture.save(path, format="PNG")
@@ -160,4 +168,23 @@ def _legend(picture, masks: list[Mapping], colour: dict, font) -> Any:
         for x, fill, text in row:
             draw.rectangle((x, y + 2, x + height - 6, y + height - 4), fill=fill, outline=(0, 0, 0))
             draw.text((x + height, y + 1), text, fill=(0, 0, 0), font=font)
+    return strip
+
+
+def _label_bars(picture, items: list[Mapping], font) -> Any:
+    """Rows below the picture, one per label: a bar as long as its score and "label 0.93" (the first label,
+    predict's top one, in the first colour of the palette, the others grey)."""
+    from PIL import Image, ImageDraw
+
+    height = max(ImageDraw.Draw(picture).textbbox((0, 0), "Ag", font=font)[3], 10) + 8
+    strip = Image.new("RGB", (picture.width, picture.height + len(items) * height + 6), (255, 255, 255))
+    strip.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(strip)
+    for number, item in enumerate(items):
+        y = picture.height + 3 + number * height
+        score = item.get("score")
+        if score is not None:
+            width = round(min(max(float(score), 0.0), 1.0) * (picture.width - 12))
+            draw.rectangle((6, y + 2, 6 + width, y + height - 3), fill=PALETTE[0] if number == 0 else (200, 200, 200))
+        draw.text((10, y + 2), _caption(item), fill=(0, 0, 0), font=font)
     return strip

@@ -196,6 +196,10 @@ def review_csv(tmp_path_factory):
      "--train missing.csv: no such file or folder."),
     (["predict", "text-classification", "--model", "no-such-org/no-such-model", "good"],
      "To work offline, pass a local folder (--model PATH)"),
+    (["predict", "text-classification", "--model", "{model}", "good", "--device", "gpu"],
+     "--device gpu is not a device torch knows: use 'cpu', 'cuda', 'cuda:1'"),
+    (["finetune", "text-classification", "--model", "{model}", "--train", "{csv}", "--output-dir", "run",
+      "--device", "gpu"], "--device gpu is not a device torch knows"),
 ])
 def test_user_errors_are_one_line_in_command_line_terms(argv, message, tiny_model_path, review_csv, tmp_path,
                                                        monkeypatch, capsys):
@@ -209,6 +213,24 @@ def test_user_errors_are_one_line_in_command_line_terms(argv, message, tiny_mode
     assert error.count("\n") == 1 and error.startswith(f"taskzoo {argv[0]}: error: "), error
     assert message in error
     assert "columns={" not in error and "model='" not in error
+
+
+def test_evaluate_and_finetune_run_on_the_device_asked_for(tiny_model_path, review_csv, monkeypatch, capsys):
+    """Accelerate decides their device once per process from its environment: --device sets it."""
+    import os
+
+    from taskzoo.cli import main
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "false")  # restored after the test, whatever the command sets
+    model = tiny_model_path("text-classification")
+    assert main(["evaluate", "text-classification", "--model", str(model), "--data", str(review_csv),
+                 "--columns", "review=text", "--device", "cpu"]) == 0
+    assert os.environ["ACCELERATE_USE_CPU"] == "true" and "accuracy" in json.loads(capsys.readouterr().out)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["evaluate", "text-classification", "--model", str(model), "--data", str(review_csv),
+                 "--device", "cpu"]) == 2
+    assert "under accelerate launch or torchrun each process gets its own: leave --device out" in \
+        capsys.readouterr().err
 
 
 def test_an_error_from_the_installed_command_has_no_traceback(tmp_path):

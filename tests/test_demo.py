@@ -7,7 +7,8 @@ import sys
 import pytest
 from PIL import Image
 
-from taskzoo.demo import one_thread, output_folder, readable, run_demo, table, write_report
+from taskzoo.checkpoints import history_charts, plot_history
+from taskzoo.demo import one_thread, output_folder, readable, run_demo, sample_text, save_pictures, table, write_report
 from taskzoo.errors import UnknownTaskError
 
 
@@ -144,8 +145,60 @@ def test_stops_run_alongside_in_a_second_process_come_back_in_order(tmp_path, ca
     assert rows[0].get("ran_alongside") and rows[0]["task_model"] is None  # its model stayed in that process
     assert "ran_alongside" not in rows[1] and rows[1]["task_model"] is not None
     assert all(row["after"] > row["before"] for row in rows)
-    # this process's stop is printed first, then the second process's lines, then the table in tour order
-    assert printed.index("[2/2] sentence-similarity") < printed.index("[1/2] text-classification")
+    # this process's stop is printed first, then the second process's lines, then the table in tour order;
+    # the stops are numbered in the order they are printed
+    assert printed.index("[1/2] sentence-similarity") < printed.index("[2/2] text-classification")
     table_lines = printed[printed.index("task   "):].splitlines()
     assert table_lines[1].startswith("text-classification") and table_lines[2].startswith("sentence-similarity")
     assert (tmp_path / "out" / "text-classification-training.png").exists()  # pictures written by that process
+
+
+def test_image_classification_pictures_write_the_top_labels_under_held_out_images(tiny_model_path, tmp_path):
+    import taskzoo
+    from taskzoo.testing import toy_dataset
+
+    zoo = taskzoo.load("image-classification", model=tiny_model_path("image-classification"), device="cpu")
+    held_out = toy_dataset("image-classification", 8, seed=1)
+    sample = zoo.input_of(held_out[0])
+    saved = save_pictures(zoo, held_out, sample, zoo.predict(sample), tmp_path / "run", tmp_path / "out",
+                          "image-classification")
+    assert saved == ["image-classification.png"]  # no run folder here, so no training curve
+    picture = Image.open(tmp_path / "out" / "image-classification.png")
+    width, height = sample.size
+    scale = -(-384 // min(width, height))
+    assert picture.width == 3 * width * scale + 2 * 8  # three held-out images side by side
+    assert picture.height > height * scale  # and the label rows below them
+    texts = save_pictures(None, None, "a lovely film", [{"label": "positive", "score": 0.9}], tmp_path / "run",
+                          tmp_path / "text", "text-classification")
+    assert texts == []  # labels of a text are not drawn: there is no image to draw them on
+
+
+def test_a_speech_sample_is_shown_by_its_length_and_transcript(tmp_path):
+    import numpy as np
+    import soundfile
+
+    soundfile.write(tmp_path / "clip.wav", np.zeros(22050 * 14 // 10, np.float32), 22050)  # 1.4 s at 22.05 kHz
+    assert sample_text(str(tmp_path / "clip.wav"), {"text": "one two"}) == "<1.4 s clip: 'one two'>"
+    assert sample_text({"array": np.zeros(8000), "sampling_rate": 16000}, {}) == "<0.5 s clip>"
+    assert sample_text("a lovely film", {"text": "a lovely film"}) == "a lovely film"  # text stays as it is
+
+
+def test_the_training_chart_names_a_loss_metric_once_and_shows_a_single_evaluation(tmp_path):
+    records = [{"step": 4, "loss": 0.6}, {"step": 8, "loss": 0.59}, {"step": 8, "eval_eval_loss": 0.253}]
+    assert history_charts(records, "eval_loss") == [("training loss", [(4, 0.6), (8, 0.59)]),
+                                                    ("eval_loss", [(8, 0.253)])]
+    assert [title for title, _ in history_charts(records + [{"step": 8, "eval_accuracy": 1.0}], "accuracy")] == \
+        ["training loss", "eval accuracy"]
+    assert history_charts(records, "accuracy") == [("training loss", [(4, 0.6), (8, 0.59)])]  # never evaluated
+    chart = Image.open(plot_history(records, "eval_loss", tmp_path / "curves.png"))
+    assert chart.format == "PNG" and chart.width > chart.height > 200
+
+
+def test_captions_say_what_the_pictures_are():
+    from taskzoo.demo import _caption
+
+    row = {"metric": "eval_loss", "before": 1.113, "after": 0.253}
+    generated = _caption("text-to-image.png", row)
+    assert "noise" in generated and "random weights" in generated and "1.113 -> 0.253" in generated
+    detections = _caption("object-detection.png", {"metric": "map_50", "before": 0.0, "after": 0.46})
+    assert "a wrong label or a misplaced box is the model's" in detections and "map_50 0.460" in detections

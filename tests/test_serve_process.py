@@ -44,3 +44,5 @@ def test_cli_refuses_bad_settings_before_loading(capsys):
     assert "--max-batch-size and --batch-size must be at least 1" in capsys.readouterr().err
     assert main(["serve", "text-classification", "--model", "nowhere", "--timeout", "0"]) == 2
     assert "timeout_s must be a positive number" in capsys.readouterr().err
+    assert main(["serve", "text-classification", "--model", "nowhere", "--device", "gpu"]) == 2
+    assert "--device gpu is not a device torch knows" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import torch
 from datasets import ClassLabel, Dataset
 
 import taskzoo
-from taskzoo.strategies import count_parameters, is_peft
+from taskzoo.strategies import count_parameters, is_peft, what_trains
 from taskzoo.testing import toy_dataset
 
 
@@ -32,6 +32,8 @@ def test_freeze_trains_the_head_only(pretrained_body):
     assert zoo.labels == ["bad", "good"]
     trainable, total = count_parameters(zoo.model)
     assert trainable == sum(p.numel() for p in zoo.model.classifier.parameters()) < total / 100
+    assert what_trains(zoo.model, "freeze") == (f"training {trainable:,} of {total:,} parameters "
+                                                "(the head; the body is frozen)")
     for name, value in zoo.model.bert.state_dict().items():
         assert torch.equal(value, body_before[name]), name
     assert zoo.evaluate(relabelled(64, 1))["accuracy"] >= 0.9
@@ -148,3 +150,11 @@ def test_feature_cache_is_built_anew_for_each_run(pretrained_body):
               for cache in (True, False)]
     assert sum(body_rows) == (64 + 32) + (64 + 32)  # the cached run read the changed body once, then the other
     assert scores[0]["eval_accuracy"] == pytest.approx(scores[1]["eval_accuracy"])
+
+
+def test_the_run_says_plainly_what_trains():
+    model = torch.nn.Sequential(torch.nn.Linear(100, 10), torch.nn.Linear(10, 2))  # 1,010 + 22 parameters
+    assert what_trains(model, "full") == "training all 1,032 parameters"
+    model[0].requires_grad_(False)  # as a task that keeps a part frozen under "full" (a speech front end)
+    assert what_trains(model, "full") == ("training 22 of 1,032 parameters (strategy 'full': this task keeps the "
+                                          "others frozen)")

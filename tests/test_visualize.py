@@ -53,10 +53,29 @@ def test_any_image_form_an_empty_prediction_and_clear_errors(tmp_path):
     Image.new("RGB", (500, 400), (10, 20, 30)).save(tmp_path / "photo.jpg")
     assert taskzoo.visualize(str(tmp_path / "photo.jpg"), []).size == (500, 400)  # large: kept as is
     assert taskzoo.visualize(np.zeros((10, 20), np.uint8), []).size == (20 * 39, 10 * 39)
-    with pytest.raises(ValueError, match="with a 'box' or a 'mask'; item 0 is"):
-        taskzoo.visualize(grey(), [{"label": "cat", "score": 0.5}])
+    with pytest.raises(ValueError, match="with a 'box' or a 'mask', or labels alone; item 1 is"):
+        taskzoo.visualize(grey(), [{"label": "cat", "score": 0.5, "box": [0, 0, 9, 9]}, {"label": "cat"}])
+    with pytest.raises(ValueError, match="item 0 is 'cat'"):
+        taskzoo.visualize(grey(), ["cat"])
     with pytest.raises(ValueError, match="A mask is 10x10 but the image is 64x48"):
         taskzoo.visualize(grey(), [{"label": "x", "mask": Image.new("L", (10, 10))}])
+
+
+def test_class_labels_are_written_below_the_image_with_score_bars():
+    labels = [{"label": "circle", "score": 0.75}, {"label": "cross", "score": 0.2}, {"label": "square", "score": 0.04},
+              {"label": "triangle", "score": 0.01}]
+    picture = taskzoo.visualize(grey(32, 32), labels)
+    assert picture.width == 32 * 12 and picture.height > 32 * 12  # enlarged, with rows of labels added below
+    pixels = np.asarray(picture)
+    assert tuple(pixels[100, 100]) == (128, 128, 128)  # the image itself is not drawn over
+    rows = pixels[384:]
+    row_height = (len(rows) - 6) // 3  # the top 3 labels (LABELS_SHOWN), one row each
+    top_bar = (rows[: row_height + 3] == PALETTE[0]).all(-1).any(0)
+    second_bar = (rows[row_height + 3: 2 * row_height + 3] == (200, 200, 200)).all(-1).any(0)
+    # bars as long as the scores: 0.75 and 0.2 of the width (less the margins)
+    assert abs(top_bar.sum() / (384 - 12) - 0.75) < 0.03 and abs(second_bar.sum() / (384 - 12) - 0.2) < 0.03
+    one = taskzoo.visualize(grey(32, 32), {"label": "circle", "score": 0.9})  # one label, as a dict
+    assert one.height == 384 + row_height + 6
 
 
 def test_real_segmentation_predictions_draw(tiny_model_path):

@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-mb", type=float, default=32.0)
     parser.add_argument("--max-image-pixels", type=int, default=40_000_000)
     parser.add_argument("--max-audio-seconds", type=float, default=600.0)
-    parser.add_argument("--device")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="uvicorn's; info logs every request")
     parser.set_defaults(run=run_command)
@@ -121,6 +121,10 @@ def run_command(args) -> None:
     if args.max_batch_size < 1 or args.max_wait_ms < 0 or (args.batch_size is not None and args.batch_size < 1):
         raise ValueError(f"--max-batch-size and --batch-size must be at least 1 and --max-wait-ms at least 0; got "
                          f"{args.max_batch_size}, {args.batch_size} and {args.max_wait_ms}.")
+    if args.device is not None:  # only then: checking imports torch, which takes seconds before the server listens
+        from taskzoo.task import check_device
+
+        check_device(args.device)
     # The server listens while the model loads (/health answers 503 until it is ready).
     serve(lambda: taskzoo.load(args.task, args.model, device=args.device), args.host, args.port,
           max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
