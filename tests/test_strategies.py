@@ -148,3 +148,34 @@ def test_feature_cache_is_built_anew_for_each_run(pretrained_body):
               for cache in (True, False)]
     assert sum(body_rows) == (64 + 32) + (64 + 32)  # the cached run read the changed body once, then the other
     assert scores[0]["eval_accuracy"] == pytest.approx(scores[1]["eval_accuracy"])
+
+
+class Layout(torch.nn.Module):
+    """A model laid out as a transformers model is: named children, some without parameters."""
+
+    def __init__(self, prefix, *names):
+        super().__init__()
+        self.base_model_prefix = prefix
+        for name in names:
+            self.add_module(name, torch.nn.Dropout() if name == "dropout" else torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(("prefix", "names", "head"), [
+    ("bert", ["bert", "dropout", "classifier"], ["classifier"]),  # the body is base_model_prefix's child
+    ("", ["backbone", "decode_head", "auxiliary_head"], ["decode_head", "auxiliary_head"]),  # UperNet: no prefix
+    ("clip", ["vision_model", "classifier"], ["classifier"]),  # the prefix names no child: a vision tower
+    ("model", ["encoder", "ctc_head"], ["ctc_head"]),  # an encoder
+    ("hgnetv2", ["embedder", "encoder", "fc"], ["fc"]),  # an encoder and its embeddings
+])
+def test_the_head_is_what_is_outside_the_pretrained_body(prefix, names, head):
+    from taskzoo.strategies import head_modules
+
+    assert head_modules(Layout(prefix, *names)) == head
+
+
+@pytest.mark.parametrize("names", [["encoder", "decoder", "lm_head"], ["stem", "blocks", "fc"], ["backbone"]])
+def test_a_head_that_cannot_be_told_is_refused_naming_the_modules(names):
+    from taskzoo.strategies import head_modules
+
+    with pytest.raises(ValueError, match=f"Cannot tell the head of Layout .*{', '.join(names)}.*strategy='full'"):
+        head_modules(Layout("", *names))
