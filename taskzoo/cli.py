@@ -225,7 +225,7 @@ def _accelerate_on(device: str | None) -> str | None:
 def cmd_tiny_model(args) -> None:
     from taskzoo.testing import tiny_model
 
-    print(tiny_model(args.task, args.path))
+    print(tiny_model(args.task, args.path, family=args.family))
 
 
 def cmd_demo(args) -> None:
@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("task", help="the task whose tiny model to build: a task name or alias, e.g. "
                       "text-classification (taskzoo tasks lists them)")
     tiny.add_argument("path", help="the folder to write (a normal HF model folder)")
+    tiny.add_argument("--family", help="another architecture than the task's default, e.g. beit, upernet, fsmt, "
+                      "detr, whisper (see taskzoo.testing.tiny_model)")
     tiny.set_defaults(run=cmd_tiny_model)
 
     demo = commands.add_parser("demo", help="offline tour: tiny models, toy data, fine-tune each task")

@@ -1,4 +1,4 @@
-"""The evaluation loop: batched, under ``torch.inference_mode``, and counting each sample exactly once.
+"""The evaluation loop: batched, under ``torch.no_grad``, and counting each sample exactly once.
 
 Under several processes Accelerate shards the data and pads the last batch with repeated samples;
 ``gather_for_metrics`` collects every process's per-sample results and drops those repeats, so the
@@ -32,7 +32,7 @@ def run_evaluation(task, model: torch.nn.Module, loader: DataLoader, accelerator
     batches = loader if not streamed else streaming.send_to(loader, accelerator)
     # Your metrics need the task's natural outputs, which some eval_steps only keep when asked (masks, images).
     keeping = task.keeping_metric_inputs() if metrics else nullcontext()
-    with torch.inference_mode(), keeping:
+    with torch.no_grad(), keeping:  # not inference_mode: the model trains on (see Task.predict)
         for batch in tqdm(batches, desc=f"{task.name}: evaluate", leave=False,
                           disable=not accelerator.is_local_main_process or (not streamed and len(loader) < 5)):
             with accelerator.autocast():

@@ -26,7 +26,7 @@ def build_cache(task, dataset, batch_size: int) -> list[dict]:
     task.model.eval()
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the body may train later (see Task.predict)
             for batch in tqdm(loader, desc=f"{task.name}: caching frozen features", leave=False,
                               disable=len(loader) < 10):
                 labels = batch.pop("labels")

@@ -16,16 +16,25 @@ import re
 import torch
 
 
+# Where base_model_prefix names no child (UperNet has none; CLIP and SigLIP classifiers keep their body as
+# vision_model), the body is the children that transformers' conventions name as a pretrained network: a
+# backbone (load_backbone: UperNet, DETR-style heads), a vision tower, or an encoder with its embeddings.
+BODY_NAMES = ("backbone", "vision_model", "embeddings", "embedder", "encoder")
+
+
 def head_modules(model: torch.nn.Module) -> list[str]:
     """Names of the model's top-level modules outside its pretrained body."""
     prefix = getattr(model, "base_model_prefix", None)
-    children = dict(model.named_children())
-    if not prefix or prefix not in children:
-        raise ValueError(f"Cannot tell the head of {type(model).__name__} from its body; "
-                         "this task supports strategy='full' only.")
-    # Parameter-free children (a dropout) are not part of the head that trains.
-    return [name for name, child in children.items()
-            if name != prefix and any(True for _ in child.parameters())]
+    # Parameter-free children (a dropout, a pooling) are not part of the head that trains.
+    children = [name for name, child in model.named_children() if any(True for _ in child.parameters())]
+    body = {prefix} if prefix and prefix in children else set(BODY_NAMES) & set(children)
+    if "decoder" in children and body == {"encoder"}:
+        body = set()  # an encoder-decoder: its decoder is pretrained too, and nothing names the head
+    head = [name for name in children if name not in body]
+    if not body or not head:
+        raise ValueError(f"Cannot tell the head of {type(model).__name__} from its body (its top-level modules: "
+                         f"{', '.join(children)}); use strategy='full'.")
+    return head
 
 
 def single_head(model: torch.nn.Module) -> str | None:
@@ -41,9 +50,9 @@ def is_peft(model: torch.nn.Module) -> bool:
 
 def apply(model: torch.nn.Module, strategy: str, head: list[str], rank: int = 8, alpha: int = 16,
           dropout: float = 0.0) -> torch.nn.Module:
-    """Return ``model`` set up for ``strategy``. A model that already has adapters is merged first."""
-    if is_peft(model):
-        model = model.merge_and_unload()
+    """Return ``model`` set up for ``strategy`` (``head``: see :func:`head_modules`; unused by "full"). A model
+    that already has adapters is merged first."""
+    model = without_adapters(model)
     if strategy == "full":
         model.requires_grad_(True)
     elif strategy == "freeze":
@@ -54,6 +63,11 @@ def apply(model: torch.nn.Module, strategy: str, head: list[str], rank: int = 8,
     else:
         raise ValueError(f"Unknown strategy {strategy!r}.")
     return model
+
+
+def without_adapters(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its LoRA adapters, if any, merged into its weights: a plain model again."""
+    return model.merge_and_unload() if is_peft(model) else model
 
 
 def _add_lora(model, head, rank, alpha, dropout):

@@ -208,7 +208,9 @@ class Task:
         prepared = PreparedBatches(self, items, batches, options, num_workers)
         if any(module.training for module in self.model.modules()):
             self.model.eval()  # ~2 ms a call for MiniLM (transformers' train() override); the flag scan is cheap
-        with torch.inference_mode(), autocast, self.compiled(compile):
+        # no_grad, not inference_mode: tensors a model caches during predict (BEiT's relative position index,
+        # say) must stay usable when it trains later in the same process (transformers' pipeline does the same).
+        with torch.no_grad(), autocast, self.compiled(compile):
             for indices, results in halving_on_oom(self, prepared, lambda batch: self.predict_batch(batch, **options)):
                 for index, result in zip(indices, results):
                     outputs[index] = result
@@ -372,7 +374,10 @@ class Task:
             raise ValueError(f"{self.name} supports strategy {' or '.join(map(repr, self.strategies))}; "
                              f"got {strategy!r}.")
         options = self.training_options
-        self.model = strategies.apply(self.model, strategy, self.head_modules(), rank=options["lora_rank"],
+        self.model = strategies.without_adapters(self.model)  # (after a LoRA run) the head is told on the plain model
+        # Only freeze and LoRA need to tell the head from the body: "full" trains any architecture.
+        head = [] if strategy == "full" else self.head_modules()
+        self.model = strategies.apply(self.model, strategy, head, rank=options["lora_rank"],
                                       alpha=options["lora_alpha"], dropout=options["lora_dropout"])
         self.model.to(self.device)
 

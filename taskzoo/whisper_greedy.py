@@ -74,7 +74,7 @@ def prompt(model, options: dict) -> list[int] | None:
     return tokens + [config.no_timestamps_token_id]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the model may train later (see Task.predict)
 def decode(model, input_features: torch.Tensor, options: dict, budget: int) -> torch.Tensor:
     """Greedy tokens for a batch of 30 s windows' features: one row per window, the prompt left out, rows
     that ended early padded with the end token, as ``generate`` returns them (it keeps the end token of a row

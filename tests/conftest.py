@@ -26,15 +26,17 @@ def _quiet():
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
-    """tiny_model_path(task) -> folder of that task's tiny random model, built once per session."""
+    """tiny_model_path(task, family=None) -> folder of that task's tiny random model (of another architecture
+    ``family``: see taskzoo.testing.tiny_model), built once per session."""
     from taskzoo.testing import tiny_model
 
     built = {}
 
-    def get(task: str):
-        if task not in built:
-            built[task] = tiny_model(task, tmp_path_factory.mktemp(task.replace("-", "_")))
-        return built[task]
+    def get(task: str, family: str | None = None):
+        if (task, family) not in built:
+            name = task.replace("-", "_") + (f"_{family}" if family else "")
+            built[task, family] = tiny_model(task, tmp_path_factory.mktemp(name), family=family)
+        return built[task, family]
 
     return get
 

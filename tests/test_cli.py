@@ -250,3 +250,8 @@ def test_tiny_model_command_writes_a_model_that_loads(tmp_path, capsys):
     assert zoo.labels == ["negative", "positive"]
     assert main(["tiny-model", "no-such-task", str(tmp_path / "x")]) == 2
     assert "Unknown task 'no-such-task'" in capsys.readouterr().err
+    assert main(["tiny-model", "segmentation", str(tmp_path / "upernet"), "--family", "upernet"]) == 0
+    assert type(taskzoo.load("segmentation", model=tmp_path / "upernet").model).__name__ == \
+        "UperNetForSemanticSegmentation"
+    assert main(["tiny-model", "translation", str(tmp_path / "y"), "--family", "beit"]) == 2
+    assert "translation has no tiny model of family 'beit'" in capsys.readouterr().err

@@ -158,3 +158,34 @@ def test_the_run_says_plainly_what_trains():
     model[0].requires_grad_(False)  # as a task that keeps a part frozen under "full" (a speech front end)
     assert what_trains(model, "full") == ("training 22 of 1,032 parameters (strategy 'full': this task keeps the "
                                           "others frozen)")
+
+
+class Layout(torch.nn.Module):
+    """A model laid out as a transformers model is: named children, some without parameters."""
+
+    def __init__(self, prefix, *names):
+        super().__init__()
+        self.base_model_prefix = prefix
+        for name in names:
+            self.add_module(name, torch.nn.Dropout() if name == "dropout" else torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(("prefix", "names", "head"), [
+    ("bert", ["bert", "dropout", "classifier"], ["classifier"]),  # the body is base_model_prefix's child
+    ("", ["backbone", "decode_head", "auxiliary_head"], ["decode_head", "auxiliary_head"]),  # UperNet: no prefix
+    ("clip", ["vision_model", "classifier"], ["classifier"]),  # the prefix names no child: a vision tower
+    ("model", ["encoder", "ctc_head"], ["ctc_head"]),  # an encoder
+    ("hgnetv2", ["embedder", "encoder", "fc"], ["fc"]),  # an encoder and its embeddings
+])
+def test_the_head_is_what_is_outside_the_pretrained_body(prefix, names, head):
+    from taskzoo.strategies import head_modules
+
+    assert head_modules(Layout(prefix, *names)) == head
+
+
+@pytest.mark.parametrize("names", [["encoder", "decoder", "lm_head"], ["stem", "blocks", "fc"], ["backbone"]])
+def test_a_head_that_cannot_be_told_is_refused_naming_the_modules(names):
+    from taskzoo.strategies import head_modules
+
+    with pytest.raises(ValueError, match=f"Cannot tell the head of Layout .*{', '.join(names)}.*strategy='full'"):
+        head_modules(Layout("", *names))

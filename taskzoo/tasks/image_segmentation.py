@@ -103,8 +103,10 @@ class ImageSegmentation(Task):
     def __init__(self, model, processor, *, reduce_labels: bool = False, **kwargs):
         super().__init__(model, processor, **kwargs)
         self.reduce_labels = reduce_labels
-        if hasattr(model.config, "semantic_loss_ignore_index"):  # the loss must skip what the metrics skip
-            model.config.semantic_loss_ignore_index = IGNORE_INDEX
+        # The loss must skip what the metrics skip (UperNet calls the setting loss_ignore_index).
+        for name in ("semantic_loss_ignore_index", "loss_ignore_index"):
+            if hasattr(model.config, name):
+                setattr(model.config, name, IGNORE_INDEX)
 
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, reduce_labels=False, **model_kwargs):

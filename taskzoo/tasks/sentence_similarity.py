@@ -243,7 +243,7 @@ class SentenceSimilarity(Task):
         bar = tqdm(total=len(unique), desc=f"{self.name}: encode", unit="sentence",
                    disable=not (progress if progress is not None else len(batches) > 10))
         self.model.eval()
-        with torch.inference_mode(), self.autocast(mixed_precision), self.compiled(compile):
+        with torch.no_grad(), self.autocast(mixed_precision), self.compiled(compile):  # see Task.predict
             for indices, encoded in halving_on_oom(self, prepared, self.predict_batch):
                 if embeddings is None:
                     embeddings = torch.empty(len(unique), encoded.shape[-1], device=encoded.device)

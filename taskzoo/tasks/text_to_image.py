@@ -305,7 +305,7 @@ class TextToImage(Task):
         was_training = self.pipeline.unet.training
         self.pipeline.unet.eval()
         try:
-            with self._ema_weights(), torch.inference_mode():
+            with self._ema_weights(), torch.no_grad():  # not inference_mode: training goes on (see Task.predict)
                 images = self._render(self._validation_prompts, self.training_options["validation_inference_steps"],
                                       seeds=range(len(self._validation_prompts)))
         finally:

@@ -10,6 +10,7 @@ token in ``generation_config.json``, so a reloaded model translates the same way
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -205,18 +206,50 @@ class Translation(Task):
             self.count_truncated(sum(1 for encoding in batch.encodings if encoding.overflowing))
         return batch
 
+    @functools.cached_property
+    def _target_vocab(self) -> dict[str, int] | None:
+        """The target vocabulary where the tokenizer keeps one apart from the source's (FSMT, as fairseq's WMT19
+        en-ru models), else None."""
+        tokenizer = self.processor
+        size = getattr(tokenizer, "tgt_vocab_size", None)
+        if size is None:
+            return None
+        vocab = {tokenizer.convert_ids_to_tokens(i): i for i in range(size)}
+        return None if vocab == tokenizer.get_vocab() else vocab
+
+    def _tokenize_targets(self, texts: list[str]):
+        vocab = self._target_vocab
+        if vocab is None:
+            return self._tokenize(None, text_target=texts)
+        # FSMT's tokenizer numbers every text in the source vocabulary: the target's pieces are numbered here in
+        # the target vocabulary (fairseq's dictionaries share the special tokens' ids).
+        tokenizer, rows = self.processor, []
+        for text in texts:
+            ids = [vocab.get(piece, tokenizer.unk_token_id) for piece in tokenizer.tokenize(text)]
+            if len(ids) >= self.max_length:
+                self.count_truncated(1)
+            rows.append(tokenizer.build_inputs_with_special_tokens(ids[:self.max_length - 1]))
+        return tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+
     def collate(self, examples: list[dict]) -> dict:
         batch = dict(self._tokenize([self.prefix + row["source"] for row in examples]))
         references = [row["target"] for row in examples]
-        targets = self._tokenize(None, text_target=references)
+        targets = self._tokenize_targets(references)
         # Padding is masked out of the loss (-100) by the attention mask, which stays right even where pad == eos.
         batch["labels"] = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
+        # The decoder's inputs, made from the labels by the model's own rule, as DataCollatorForSeq2Seq does: FSMT
+        # would make them from the source otherwise. (A copy: FSMT's rule overwrites the -100s in place.)
+        prepare = getattr(self.model, "prepare_decoder_input_ids_from_labels", None)
+        if prepare is not None:
+            batch["decoder_input_ids"] = prepare(labels=batch["labels"].clone())
         batch["references"] = references  # the raw texts, for BLEU against the references as written
         return batch
 
     # ------------------------------------------------------------------------------------- training
     def training_step(self, model, batch):
-        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "decoder_input_ids", "labels")
+                  if key in batch}
+        output = model(**inputs)
         return {"loss": output.loss, "output": output.logits}
 
     def _generate(self, model, encoded, num_beams=None, max_new_tokens=None, forced_bos_token_id=None,

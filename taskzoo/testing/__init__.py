@@ -7,6 +7,7 @@ several kits share. Tests, docs examples, recipes' smoke runs and ``taskzoo demo
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -19,11 +20,24 @@ TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, int
 
 
 @library_bars_hidden()
-def tiny_model(task: str, path: str | os.PathLike) -> Path:
-    """Build a tiny random model for ``task`` and save it as a normal HF folder at ``path``."""
+def tiny_model(task: str, path: str | os.PathLike, family: str | None = None) -> Path:
+    """Build a tiny random model for ``task`` and save it as a normal HF folder at ``path``: the task's own kit
+    model, or one of another architecture ``family`` (the task's own, e.g. "detr", or one of
+    :data:`taskzoo.testing.families.FAMILIES`, e.g. "beit")."""
+    from taskzoo.testing.families import FAMILIES
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    return get_task(task).load_class().tiny_model(path)
+    task_class = get_task(task).load_class()
+    builder = FAMILIES.get(task_class.name, {}).get(family)
+    if builder is not None:
+        return builder(path)
+    if family is None:
+        return task_class.tiny_model(path)
+    if "family" not in inspect.signature(task_class.tiny_model).parameters:
+        raise ValueError(f"{task_class.name} has no tiny model of family {family!r}; the testing kit has "
+                         f"{sorted(FAMILIES.get(task_class.name, {}))} besides the task's own.")
+    return task_class.tiny_model(path, family=family)
 
 
 @library_bars_hidden()
