@@ -148,7 +148,9 @@ def cmd_predict(args) -> None:
 def _check_new_output(output: Path) -> None:
     """predict --output: an existing file (or the part files of an interrupted multi-process run) is refused.
     Every process checks before any writes it (write_predictions waits for all before it does)."""
-    if (output.is_file() and output.stat().st_size) or list(output.parent.glob(f"{output.name}.part-*")):
+    import glob
+
+    if (output.is_file() and output.stat().st_size) or list(output.parent.glob(f"{glob.escape(output.name)}.part-*")):
         raise UsageError(f"--output {output} already exists: pass --resume to continue it, or --overwrite to "
                          "replace it.")
 
