@@ -29,7 +29,8 @@ STATE_FILE = "taskzoo_state.json"  # in each checkpoint: where the run stood
 RUN_FILE = "taskzoo_run.json"  # in output_dir: {"status": "running" | "finished", "step", "total_steps"}
 # Names that mark a folder as taskzoo's own output (anything else there is the user's).
 OUTPUT_NAMES = {"best", "last", "checkpoints", "log.jsonl", "training_curves.png", "logs", "taskzoo", RUN_FILE}
-RUN_OUTPUTS = ("best", "last", "checkpoints", "log.jsonl", "training_curves.png", RUN_FILE)  # what a new run replaces
+# What a new run deletes first; best/ and last/ stay until it writes its own (a run that fails keeps them).
+CLEARED = ("checkpoints", "log.jsonl", "training_curves.png", RUN_FILE)
 
 
 def check_output_dir(output_dir: Path, overwrite: bool, resume_from) -> None:
@@ -82,10 +83,10 @@ def read_run(output_dir: Path) -> dict:
 
 
 def start_run(output_dir: Path, total_steps: int, resuming: bool) -> None:
-    """Main process: clear an earlier run's outputs (unless resuming it), then mark the run as running: until
-    finish_run marks it finished, a new run into output_dir is refused (see check_output_dir)."""
+    """Main process: clear an earlier run's checkpoints and log (unless resuming it), then mark the run as
+    running: until finish_run marks it finished, a new run into output_dir is refused (see check_output_dir)."""
     if not resuming:
-        for path in (output_dir / name for name in RUN_OUTPUTS):
+        for path in (output_dir / name for name in CLEARED):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -93,8 +94,11 @@ def start_run(output_dir: Path, total_steps: int, resuming: bool) -> None:
     _write_run(output_dir, {"status": "running", "total_steps": total_steps})
 
 
-def finish_run(output_dir: Path, step: int, total_steps: int) -> None:
-    """Main process: mark the run finished (best/ and last/ are written by then)."""
+def finish_run(output_dir: Path, step: int, total_steps: int, written: list[str]) -> None:
+    """Main process: mark the run finished, once the model folders it ``written`` are; a best/ or last/ it did
+    not write is an earlier run's, and goes."""
+    for name in {"best", "last"} - set(written):
+        shutil.rmtree(output_dir / name, ignore_errors=True)
     _write_run(output_dir, {"status": "finished", "step": step, "total_steps": total_steps})
 
 

@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--resume", action="store_true", help="continue the interrupted run in --output-dir from "
                        "its last checkpoint")
     rerun.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that holds an "
-                       "earlier run (deleting its checkpoints and models) or other files")
+                       "earlier run (deleting its checkpoints; its best/ and last/ are replaced) or other files")
     finetune.set_defaults(run=cmd_finetune)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a model on labelled data; prints JSON metrics")

@@ -295,7 +295,8 @@ class _Run:
         if config.plot and accelerator.is_main_process:
             checkpoints.plot_history(self.log.records, config.metric_for_best, self.output_dir / "training_curves.png")
         if accelerator.is_main_process:
-            checkpoints.finish_run(self.output_dir, state["step"], self.total_steps)
+            written = ["last", *(["best"] if state["best_step"] is not None else [])] if config.save_checkpoints else []
+            checkpoints.finish_run(self.output_dir, state["step"], self.total_steps, written)
         # Not accelerator.end_training(): it also destroys the process group, and a user may evaluate or
         # fine-tune again in the same launched processes.
         for tracker in accelerator.trackers:

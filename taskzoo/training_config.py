@@ -53,8 +53,8 @@ class TrainingConfig:
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     early_stopping_min_delta: float = 0.0  # smallest change that counts as an improvement
     restore_best: bool | None = None  # end with the best weights; default: on with early stopping
-    # Start over in an output_dir that holds an earlier run (deleting its checkpoints and models) or other files;
-    # without it, such an output_dir is refused: resume_from="latest" continues an unfinished run there.
+    # Start over in an output_dir that holds an earlier run (deleting its checkpoints; its best/ and last/ are
+    # replaced) or other files; without it, such a folder is refused (resume_from="latest" continues a run there).
     overwrite: bool = False
     plot: bool = True  # training_curves.png in output_dir
 

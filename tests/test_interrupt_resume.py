@@ -54,8 +54,9 @@ def test_an_interrupted_run_is_refused_until_resumed_or_overwritten(tiny_model_p
         zoo.finetune(train, output_dir=str(run), **OPTIONS)
     assert [p.name for p in checkpoint_folders(run)] == ["step-3", "step-6"]  # the refused run deleted nothing
 
-    resumed = zoo.finetune(train, output_dir=str(run), resume_from="latest", **OPTIONS)
-    assert resumed.steps == 12
+    held_out = toy_dataset("text-classification", 8, seed=1)  # evaluated at the end: best/ is written too
+    resumed = zoo.finetune(train, eval=held_out, output_dir=str(run), resume_from="latest", **OPTIONS)
+    assert resumed.steps == 12 and (run / "best").is_dir()
     assert loss_steps(run) == list(range(1, 13))  # continued from step 6, no step twice
     assert json.loads((run / "taskzoo_run.json").read_text())["status"] == "finished"
 
@@ -68,6 +69,7 @@ def test_an_interrupted_run_is_refused_until_resumed_or_overwritten(tiny_model_p
         train, output_dir=str(run), overwrite=True, **{**OPTIONS, "max_steps": 4})
     assert again.steps == 4 and loss_steps(run) == [1, 2, 3, 4]  # started over
     assert [p.name for p in checkpoint_folders(run)] == ["step-3"]  # the earlier run's (step-9, step-12) are gone
+    assert not (run / "best").exists()  # the earlier run's best model: this run (no evaluation) wrote none
 
 
 def test_an_interrupt_before_the_first_checkpoint_says_so_and_the_same_call_starts_over(tiny_model_path, tmp_path):
