@@ -26,6 +26,8 @@ parser.add_argument("--max-steps", type=int)  # overrides --epochs
 parser.add_argument("--batch-size", type=int, default=8)  # per device
 parser.add_argument("--learning-rate", type=float, default=3e-5)
 parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+parser.add_argument("--resume", action="store_true")  # continue the interrupted run in --output-dir
+parser.add_argument("--overwrite", action="store_true")  # start over in an --output-dir that holds a run
 args = parser.parse_args()
 
 # Load
@@ -36,7 +38,8 @@ zoo = taskzoo.load("automatic-speech-recognition", model=args.model)
 # Fine-tune (CTC: the feature encoder stays frozen, the default)
 result = zoo.finetune(train, eval=held_out, columns=columns, output_dir=args.output_dir, epochs=args.epochs,
                       max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      mixed_precision=args.mixed_precision, warmup_ratio=0.1)
+                      mixed_precision=args.mixed_precision, warmup_ratio=0.1,
+                      resume_from="latest" if args.resume else None, overwrite=args.overwrite)
 
 # Evaluate and save
 metrics = zoo.evaluate(held_out, columns=columns) if held_out is not None else {}

@@ -18,8 +18,8 @@ from _common import load_splits
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--model", default="nvidia/mit-b0")  # a SegFormer encoder; any AutoModelForSemanticSegmentation
 parser.add_argument("--dataset", default="segments/sidewalk-semantic")  # hub name or local folder
-parser.add_argument("--image-column", default="pixel_values")  # the dataset's image column
-parser.add_argument("--mask-column", default="label")  # the dataset's mask column (class id per pixel)
+parser.add_argument("--image-column")  # your image column, when it is not called image
+parser.add_argument("--mask-column")  # your mask column (a class id per pixel), when it is not called mask
 parser.add_argument("--reduce-labels", action="store_true")  # 0 means "other": ignore it, shift the rest down
 parser.add_argument("--validation-size", type=float, default=0.1)  # held out when the dataset has one split
 parser.add_argument("--output-dir", default="runs/image-segmentation")
@@ -29,6 +29,8 @@ parser.add_argument("--batch-size", type=int, default=8)  # per device
 parser.add_argument("--learning-rate", type=float, default=6e-5)  # SegFormer's fine-tuning rate
 parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
 parser.add_argument("--strategy", default="full", choices=["full", "freeze", "lora"])
+parser.add_argument("--resume", action="store_true")  # continue the interrupted run in --output-dir
+parser.add_argument("--overwrite", action="store_true")  # start over in an --output-dir that holds a run
 args = parser.parse_args()
 
 
@@ -49,19 +51,20 @@ def class_names(dataset: str):
 
 
 # Load
-train, held_out = load_splits(args.dataset)  # a local folder with validation/ is split by finetune itself
+train, held_out = load_splits(args.dataset, hub_columns={"pixel_values": "image", "label": "mask"})  # sidewalk's
 if held_out is None and not isinstance(train, str):  # a hub dataset with a train split only (sidewalk)
     splits = train.train_test_split(test_size=args.validation_size, seed=0)
     train, held_out = splits["train"], splits["test"]
 columns = {args.image_column: "image", args.mask_column: "mask"}
-columns = {k: v for k, v in columns.items() if k != v}
+columns = {k: v for k, v in columns.items() if k and k != v}
 zoo = taskzoo.load("image-segmentation", model=args.model)
 
 # Fine-tune: labels= builds a decode head for the dataset's classes
 result = zoo.finetune(train, eval=held_out, columns=columns, output_dir=args.output_dir, epochs=args.epochs,
                       max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                       mixed_precision=args.mixed_precision, strategy=args.strategy, warmup_ratio=0.05,
-                      labels=class_names(args.dataset), reduce_labels=args.reduce_labels)
+                      labels=class_names(args.dataset), reduce_labels=args.reduce_labels,
+                      resume_from="latest" if args.resume else None, overwrite=args.overwrite)
 
 # Evaluate (the last evaluation scored the final model) and save
 zoo.save(f"{args.output_dir}/final")

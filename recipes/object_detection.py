@@ -26,6 +26,8 @@ parser.add_argument("--weight-decay", type=float, default=1e-4)  # DETR's
 parser.add_argument("--max-grad-norm", type=float, default=0.1)  # DETR's
 parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
 parser.add_argument("--strategy", default="full", choices=["full", "freeze", "lora"])
+parser.add_argument("--resume", action="store_true")  # continue the interrupted run in --output-dir
+parser.add_argument("--overwrite", action="store_true")  # start over in an --output-dir that holds a run
 args = parser.parse_args()
 
 # Load (cppe-5 has train and test splits: the test split is held out)
@@ -36,7 +38,8 @@ zoo = taskzoo.load("object-detection", model=args.model)
 result = zoo.finetune(train, eval=held_out, output_dir=args.output_dir, epochs=args.epochs,
                       max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                       weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
-                      mixed_precision=args.mixed_precision, strategy=args.strategy, warmup_ratio=0.05)
+                      mixed_precision=args.mixed_precision, strategy=args.strategy, warmup_ratio=0.05,
+                      resume_from="latest" if args.resume else None, overwrite=args.overwrite)
 
 # Evaluate (the last evaluation scored the final model) and save
 zoo.save(f"{args.output_dir}/final")

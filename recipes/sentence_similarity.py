@@ -3,7 +3,7 @@
     accelerate launch recipes/sentence_similarity.py --output-dir runs/stsb
     python recipes/sentence_similarity.py --max-steps 20
 
---dataset takes a hub name or a local folder with train.csv / validation.csv (sentence1,sentence2,score).
+--dataset takes a hub name or a local folder with train.csv and validation.csv or dev.csv (sentence1,sentence2,score).
 Scores on a 0-5 scale are divided by 5.
 """
 
@@ -23,6 +23,8 @@ parser.add_argument("--batch-size", type=int, default=16)  # pairs per device
 parser.add_argument("--learning-rate", type=float, default=2e-5)
 parser.add_argument("--loss", default="cosine", choices=["cosine", "cosent"])
 parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+parser.add_argument("--resume", action="store_true")  # continue the interrupted run in --output-dir
+parser.add_argument("--overwrite", action="store_true")  # start over in an --output-dir that holds a run
 args = parser.parse_args()
 
 # Load
@@ -33,7 +35,8 @@ before = zoo.evaluate(held_out) if held_out is not None else {}
 # Fine-tune
 result = zoo.finetune(train, eval=held_out, output_dir=args.output_dir, epochs=args.epochs,
                       max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      mixed_precision=args.mixed_precision, warmup_ratio=0.1)
+                      mixed_precision=args.mixed_precision, warmup_ratio=0.1,
+                      resume_from="latest" if args.resume else None, overwrite=args.overwrite)
 
 # Evaluate and save
 after = zoo.evaluate(held_out) if held_out is not None else {}

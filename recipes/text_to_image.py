@@ -27,6 +27,8 @@ parser.add_argument("--batch-size", type=int, default=1)  # per device
 parser.add_argument("--learning-rate", type=float, default=1e-4)  # LoRA; full fine-tuning wants ~1e-5
 parser.add_argument("--snr-gamma", type=float, default=5.0)  # min-SNR weighting; 0 turns it off
 parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+parser.add_argument("--resume", action="store_true")  # continue the interrupted run in --output-dir
+parser.add_argument("--overwrite", action="store_true")  # start over in an --output-dir that holds a run
 args = parser.parse_args()
 
 # Load
@@ -38,7 +40,8 @@ zoo = taskzoo.load("text-to-image", model=args.model)
 result = zoo.finetune(train, eval=held_out, columns=columns, output_dir=args.output_dir, epochs=args.epochs,
                       max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                       strategy=args.strategy, resolution=args.resolution, snr_gamma=args.snr_gamma or None,
-                      mixed_precision=args.mixed_precision, cache_latents=True)
+                      mixed_precision=args.mixed_precision, cache_latents=True,
+                      resume_from="latest" if args.resume else None, overwrite=args.overwrite)
 
 # Evaluate and save (LoRA: the adapter alone, which diffusers' load_lora_weights reads)
 metrics = zoo.evaluate(held_out, columns=columns) if held_out is not None else {}

@@ -4,7 +4,7 @@
     python recipes/translation.py --max-steps 20
 
 --dataset takes a hub name (WMT-style rows {"translation": {"en": ..., "de": ...}}) or a local folder with
-train.jsonl / validation.jsonl (source,target columns or translation dicts).
+train.jsonl and validation.jsonl or dev.jsonl (source,target columns or translation dicts).
 """
 
 import argparse
@@ -25,6 +25,8 @@ parser.add_argument("--batch-size", type=int, default=16)  # per device
 parser.add_argument("--learning-rate", type=float, default=5e-5)
 parser.add_argument("--num-beams", type=int, default=4)  # for the final evaluation's generation
 parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+parser.add_argument("--resume", action="store_true")  # continue the interrupted run in --output-dir
+parser.add_argument("--overwrite", action="store_true")  # start over in an --output-dir that holds a run
 args = parser.parse_args()
 
 # Load
@@ -34,7 +36,8 @@ zoo = taskzoo.load("translation", model=args.model, source_lang=args.source_lang
 # Fine-tune
 result = zoo.finetune(train, eval=held_out, output_dir=args.output_dir, epochs=args.epochs,
                       max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      mixed_precision=args.mixed_precision, warmup_ratio=0.05)
+                      mixed_precision=args.mixed_precision, warmup_ratio=0.05,
+                      resume_from="latest" if args.resume else None, overwrite=args.overwrite)
 
 # Evaluate and save
 metrics = zoo.evaluate(held_out) if held_out is not None else {}

@@ -61,7 +61,8 @@ def render() -> str:
         if own:
             parts.append("Its own finetune options: " + ", ".join(f"`{k}={v!r}`" for k, v in own.items()) + ".\n")
     parts.append("\n## Errors\n")
-    for name in ["TaskzooError", "UnknownTaskError", "ModelNotFoundError", "DataError", "TrainingError"]:
+    for name in ["TaskzooError", "UnknownTaskError", "ModelNotFoundError", "DataError", "TrainingError",
+                 "ExistingRunError", "TrainingInterrupted"]:
         error = getattr(taskzoo, name)
         bases = ", ".join(base.__name__ for base in error.__bases__)
         parts.append(f"- `taskzoo.{name}({bases})`: {inspect.getdoc(error)}")

@@ -5,11 +5,13 @@
 # attach to the package in sys.modules and leave this attribute alone.
 import taskzoo.tasks  # noqa: F401  (isort: skip)
 from taskzoo.api import evaluate, finetune, load, run, tasks
-from taskzoo.errors import DataError, ModelNotFoundError, TaskzooError, TrainingError, UnknownTaskError
+from taskzoo.errors import (DataError, ExistingRunError, ModelNotFoundError, TaskzooError, TrainingError,
+                            TrainingInterrupted, UnknownTaskError)
 from taskzoo.serving import serve  # the web stack itself is imported when a server starts
 # The function shadows its module (taskzoo/visualize.py) as attribute, as tasks() does above.
 from taskzoo.visualize import visualize
 
 __version__ = "0.1.0"
 __all__ = ["tasks", "load", "run", "finetune", "evaluate", "visualize", "serve", "TaskzooError",
-           "UnknownTaskError", "ModelNotFoundError", "DataError", "TrainingError", "__version__"]
+           "UnknownTaskError", "ModelNotFoundError", "DataError", "TrainingError", "ExistingRunError",
+           "TrainingInterrupted", "__version__"]

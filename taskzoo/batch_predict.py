@@ -206,6 +206,7 @@ def write_predictions(task, rows: Rows | Inputs, output: str | os.PathLike, *, b
     rank, world = accelerator.process_index, accelerator.num_processes
     block_rows = max(256, 8 * task.check_batch_size(batch_size))
     files = OutputFiles(Path(output), rank, world)
+    accelerator.wait_for_everyone()  # each process has looked at the output (the command line refuses one) first
     if accelerator.is_main_process:
         done = files.start(resume)  # before the other processes read what is there
         if resume:

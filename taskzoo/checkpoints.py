@@ -4,6 +4,8 @@
 - ``checkpoints/step-N/``: full training state (model, optimizer, scheduler, RNG states, position in the
   data: each process's stream position for a stream) for an exact resume, the newest ``keep_checkpoints``
   kept; written by default at each evaluation and epoch end;
+- ``taskzoo_run.json``: whether the run is still running (or was interrupted) or finished, so that a new run
+  into the same folder is refused rather than replacing it (:func:`check_output_dir`);
 - ``log.jsonl``: one record per log line or evaluation (:class:`RunLog`, which also feeds Accelerate's trackers);
 - ``training_curves.png``: the loss and the evaluation metric per step (:func:`plot_history`).
 
@@ -21,23 +23,89 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from taskzoo.errors import TrainingError
+from taskzoo.errors import ExistingRunError, TrainingError
 
+STATE_FILE = "taskzoo_state.json"  # in each checkpoint: where the run stood
+RUN_FILE = "taskzoo_run.json"  # in output_dir: {"status": "running" | "finished", "step", "total_steps"}
 # Names that mark a folder as taskzoo's own output (anything else there is the user's).
-OUTPUT_NAMES = {"best", "last", "checkpoints", "log.jsonl", "training_curves.png", "logs", "taskzoo"}
-STATE_FILE = "taskzoo_state.json"
+OUTPUT_NAMES = {"best", "last", "checkpoints", "log.jsonl", "training_curves.png", "logs", "taskzoo", RUN_FILE}
+# What a new run deletes first; best/ and last/ stay until it writes its own (a run that fails keeps them).
+CLEARED = ("checkpoints", "log.jsonl", "training_curves.png", RUN_FILE)
 
 
-def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> None:
-    """Refuse a folder holding things that are not taskzoo's, unless ``overwrite``."""
-    if not output_dir.exists() or overwrite or resuming:
+def check_output_dir(output_dir: Path, overwrite: bool, resume_from) -> None:
+    """Before any work: refuse an output_dir whose earlier run a new run would replace (its checkpoints or
+    models), unless this run resumes it or ``overwrite``; and one that holds files that are not taskzoo's,
+    unless ``overwrite`` or resuming. With ``resume_from``, find the checkpoint now: a wrong one fails early."""
+    if resume_from is not None:
+        find_checkpoint(output_dir, resume_from)
         return
+    if not output_dir.is_dir() or overwrite:
+        return
+    earlier = earlier_run(output_dir)
+    if earlier is not None:
+        raise ExistingRunError(output_dir, *earlier)
     foreign = sorted(p.name for p in output_dir.iterdir()
                      if p.name not in OUTPUT_NAMES and not p.name.startswith(".") and p.suffix != ".png")
     if foreign:
         raise TrainingError(
             f"output_dir {output_dir} already holds files that taskzoo did not write ({', '.join(foreign[:5])}). "
             "Choose an empty folder, or pass overwrite=True to write there anyway.")
+
+
+def earlier_run(output_dir: Path) -> tuple[str, bool] | None:
+    """(what output_dir holds, whether it can be resumed) when a new run would replace an earlier run's
+    checkpoints or models; None when it holds nothing of the kind (a log alone is not kept)."""
+    found = checkpoint_folders(output_dir)
+    kept = [output_dir / name for name in ("best", "last") if (output_dir / name).is_dir()]
+    if not found and not kept:
+        return None
+    run = read_run(output_dir)
+    # A folder from a taskzoo without the run file: finished when last/ was written.
+    finished = run.get("status") == "finished" if run else (output_dir / "last").is_dir()
+    of = f" of {run['total_steps']}" if run.get("total_steps") else ""
+    if finished:
+        steps = f" of {run['step']} steps" if run.get("step") else ""
+        kept += [output_dir / "checkpoints"] if found else []
+        return f"holds a finished run{steps} ({', '.join(map(str, kept))})", False
+    if found:
+        return (f"holds an unfinished run: its last checkpoint is {found[-1]} "
+                f"(step {checkpoint_step(found[-1])}{of})"), True
+    return f"holds an unfinished run with no checkpoint to resume from, and its model in {kept[0]}", False
+
+
+def read_run(output_dir: Path) -> dict:
+    """What the run file of output_dir says ({} when there is none, or it cannot be read)."""
+    try:
+        return json.loads((output_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def start_run(output_dir: Path, total_steps: int, resuming: bool) -> None:
+    """Main process: clear an earlier run's checkpoints and log (unless resuming it), then mark the run as
+    running: until finish_run marks it finished, a new run into output_dir is refused (see check_output_dir)."""
+    if not resuming:
+        for path in (output_dir / name for name in CLEARED):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    _write_run(output_dir, {"status": "running", "total_steps": total_steps})
+
+
+def finish_run(output_dir: Path, step: int, total_steps: int, written: list[str]) -> None:
+    """Main process: mark the run finished, once the model folders it ``written`` are; a best/ or last/ it did
+    not write is an earlier run's, and goes."""
+    for name in {"best", "last"} - set(written):
+        shutil.rmtree(output_dir / name, ignore_errors=True)
+    _write_run(output_dir, {"status": "finished", "step": step, "total_steps": total_steps})
+
+
+def _write_run(output_dir: Path, record: dict) -> None:
+    staging = output_dir / f".{RUN_FILE}-saving"
+    staging.write_text(json.dumps(record) + "\n")
+    os.replace(staging, output_dir / RUN_FILE)
 
 
 def swap_in(staging: Path, target: Path) -> None:
@@ -103,13 +171,20 @@ def checkpoint_folders(output_dir: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     done = [p for p in folder.glob("step-*") if (p / STATE_FILE).exists()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+    return sorted(done, key=checkpoint_step)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step of a ``checkpoints/step-N`` folder."""
+    return int(checkpoint.name.split("-")[1])
 
 
 def find_checkpoint(output_dir: Path, resume_from: str | os.PathLike) -> Path:
     """``"latest"`` -> the newest complete checkpoint in output_dir; a path -> that checkpoint."""
     if str(resume_from) == "latest":
         found = checkpoint_folders(output_dir)
+        if not output_dir.is_dir():
+            raise TrainingError(f"resume_from='latest' but output_dir {output_dir} does not exist: no run to resume.")
         if not found:
             raise TrainingError(f"resume_from='latest' but {output_dir / 'checkpoints'} holds no complete "
                                 "checkpoint: they are written at each evaluation and epoch end (or every N steps "

@@ -127,6 +127,8 @@ def cmd_predict(args) -> None:
         raise UsageError(f"{'--resume' if args.resume else '--data'} needs --output (a JSON lines file).")
     if args.data:
         _check_exists(args.data, "--data")
+    if args.output and not (args.resume or args.overwrite):
+        _check_new_output(Path(args.output))
     options = _pairs(args.set, "--set")
     _check_options(options, _predict_options(get_task(args.task).load_class()), "predict")
     batch_size = args.batch_size or options.pop("batch_size", None)
@@ -143,8 +145,20 @@ def cmd_predict(args) -> None:
             sys.stdout.write(json_line(zoo, index, {"input": item}, item, output, args.save_visuals))
 
 
+def _check_new_output(output: Path) -> None:
+    """predict --output: an existing file (or the part files of an interrupted multi-process run) is refused.
+    Every process checks before any writes it (write_predictions waits for all before it does)."""
+    import glob
+
+    if (output.is_file() and output.stat().st_size) or list(output.parent.glob(f"{glob.escape(output.name)}.part-*")):
+        raise UsageError(f"--output {output} already exists: pass --resume to continue it, or --overwrite to "
+                         "replace it.")
+
+
 def cmd_finetune(args) -> None:
     import taskzoo
+    from taskzoo.checkpoints import check_output_dir
+    from taskzoo.errors import ExistingRunError, TrainingInterrupted, say_how_to_go_on
     from taskzoo.registry import get_task
     from taskzoo.training import TrainingConfig
 
@@ -153,7 +167,8 @@ def cmd_finetune(args) -> None:
     columns = _pairs(args.columns, "--columns")
     flags = dict(output_dir=args.output_dir, epochs=args.epochs, max_steps=args.max_steps,
                  batch_size=args.batch_size, learning_rate=args.learning_rate,
-                 mixed_precision=args.mixed_precision, seed=args.seed)
+                 mixed_precision=args.mixed_precision, seed=args.seed,
+                 resume_from="latest" if args.resume else None, overwrite=args.overwrite or None)
     # Dedicated flags win over the same option given with --set.
     config = {**_pairs(args.set, "--set"), **{key: value for key, value in flags.items() if value is not None}}
     known = [*TrainingConfig.__dataclass_fields__, *get_task(args.task).load_class().finetune_options]
@@ -163,8 +178,14 @@ def cmd_finetune(args) -> None:
     config["log_with"] = [*([trackers] if isinstance(trackers, str) else trackers), _evaluation_printer()]
     if args.metric:
         config["metrics"] = args.metric
-    zoo = taskzoo.load(args.task, args.model, device=_accelerate_on(args.device))
-    result = zoo.finetune(args.train, eval=args.eval, columns=columns, **config)
+    try:
+        # An earlier run in --output-dir is refused before the model loads (and a wrong --resume fails then).
+        check_output_dir(Path(args.output_dir), bool(config.get("overwrite")), config.get("resume_from"))
+        zoo = taskzoo.load(args.task, args.model, device=_accelerate_on(args.device))
+        result = zoo.finetune(args.train, eval=args.eval, columns=columns, **config)
+    except (ExistingRunError, TrainingInterrupted) as stop:  # the commands that resume or start over
+        say_how_to_go_on(stop, "taskzoo finetune", args.argv, "taskzoo", "-m taskzoo.cli")
+        raise SystemExit(2 if isinstance(stop, ExistingRunError) else 130) from None
     print(json.dumps({"output_dir": str(result.output_dir), "steps": result.steps, "metric": result.metric,
                       "best_metric": result.best_metric, "final_metrics": result.final_metrics,
                       "seconds": round(result.seconds, 2)}))
@@ -276,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--data", help="predict every row of a CSV / JSON / JSONL / Parquet file or an image, "
                          "audio or COCO folder (streamed; needs --output; see docs/predict.md)")
     predict.add_argument("--output", help="write JSON lines here instead of standard output")
-    predict.add_argument("--resume", action="store_true", help="continue an interrupted --output file")
+    rerun = predict.add_mutually_exclusive_group()
+    rerun.add_argument("--resume", action="store_true", help="continue an interrupted --output file")
+    rerun.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     predict.add_argument("--id-column", help="with --data: the column copied into each line (default: id)")
     predict.add_argument("--columns", action="append", metavar="YOURS=TASKS", help="with --data: rename a column")
     predict.add_argument("--save-visuals", metavar="DIR", help="write output images (generated images, "
@@ -302,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="rename a column, e.g. review=text")
     finetune.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other finetune option")
     finetune.add_argument("--metric", action="append", metavar="PATH_OR_NAME", help=METRIC_HELP)
+    rerun = finetune.add_mutually_exclusive_group()
+    rerun.add_argument("--resume", action="store_true", help="continue the interrupted run in --output-dir from "
+                       "its last checkpoint")
+    rerun.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that holds an "
+                       "earlier run (deleting its checkpoints; its best/ and last/ are replaced) or other files")
     finetune.set_defaults(run=cmd_finetune)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a model on labelled data; prints JSON metrics")
@@ -342,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
     if leftovers:
         args.inputs += leftovers
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the command that resumes a run
     try:
         args.run(args)
     except (TaskzooError, ValueError, TypeError, OSError, ImportError) as error:

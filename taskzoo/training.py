@@ -8,7 +8,6 @@ precision and gradient accumulation, so the same call runs on a laptop CPU and o
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import fields
@@ -22,7 +21,7 @@ from taskzoo import checkpoints, streaming
 from taskzoo.accelerators import new_accelerator
 from taskzoo.custom_metrics import greater_is_better
 from taskzoo.data import LengthGroupedSampler
-from taskzoo.errors import TrainingError
+from taskzoo.errors import TrainingError, TrainingInterrupted
 from taskzoo.evaluation import eval_loader, run_evaluation
 from taskzoo.strategies import what_trains
 from taskzoo.training_config import TrainingConfig, TrainingResult  # noqa: F401 (taskzoo.training.TrainingConfig)
@@ -31,8 +30,11 @@ def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingRes
     """Fine-tune ``task.model`` on ``train_set``: set up, resume (or start fresh), the epoch loop, finish."""
     run = _Run(task, train_set, eval_set, config)
     run.resume_or_start_fresh("a stream of" if streaming.is_stream(train_set) else len(train_set))
-    run.train()
-    return run.finish()
+    try:
+        run.train()
+        return run.finish()
+    except KeyboardInterrupt:
+        raise run.interrupted() from None  # says where the last checkpoint is and how to resume from it
 
 
 class _Run:
@@ -45,7 +47,6 @@ class _Run:
 
         self.task, self.config = task, config
         self.output_dir = output_dir = Path(config.output_dir or tempfile.mkdtemp(prefix=f"taskzoo-{task.name}-"))
-        checkpoints.check_output_dir(output_dir, config.overwrite, resuming=config.resume_from is not None)
         self.accelerator = accelerator = new_accelerator(
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -103,7 +104,7 @@ class _Run:
         self.greater_is_better = config.greater_is_better  # for metric_for_best; None: decided at the first evaluation
 
     def resume_or_start_fresh(self, train_size: int | str) -> None:
-        """Restore where a checkpointed run stood, or clear an earlier run's log and checkpoints."""
+        """Restore where a checkpointed run stood, or clear an earlier run's outputs; mark the run as running."""
         config, accelerator, output_dir = self.config, self.accelerator, self.output_dir
         # Where the run stands; saved with every checkpoint and restored on resume.
         self.state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_step": None,
@@ -112,9 +113,9 @@ class _Run:
             self.state = checkpoints.load_training_state(
                 accelerator, checkpoints.find_checkpoint(output_dir, config.resume_from), self.stream)
             self.checkpointed_at = self.state["step"]
-        elif accelerator.is_main_process:
-            (output_dir / "log.jsonl").unlink(missing_ok=True)
-            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+        accelerator.wait_for_everyone()  # every process has checked output_dir (and read its checkpoint)
+        if accelerator.is_main_process:
+            checkpoints.start_run(output_dir, self.total_steps, resuming=config.resume_from is not None)
         if config.log_with:
             settings = {f.name: getattr(config, f.name) for f in fields(config)}  # not asdict: it deep-copies metrics
             accelerator.init_trackers("taskzoo", config={k: v for k, v in settings.items()
@@ -292,11 +293,24 @@ class _Run:
         result.history = self.log.records
         if config.plot and accelerator.is_main_process:
             checkpoints.plot_history(self.log.records, config.metric_for_best, self.output_dir / "training_curves.png")
+        if accelerator.is_main_process:
+            written = ["last", *(["best"] if state["best_step"] is not None else [])] if config.save_checkpoints else []
+            checkpoints.finish_run(self.output_dir, state["step"], self.total_steps, written)
         # Not accelerator.end_training(): it also destroys the process group, and a user may evaluate or
         # fine-tune again in the same launched processes.
         for tracker in accelerator.trackers:
             tracker.finish()
         return result
+
+    def interrupted(self) -> TrainingInterrupted:
+        """Ctrl-C: end the progress bar's line (the message starts on a fresh one) and say where the run stood."""
+        if getattr(self, "progress", None) is not None:
+            self.progress.close()
+        found = checkpoints.checkpoint_folders(self.output_dir)
+        earlier = None if found else checkpoints.earlier_run(self.output_dir)
+        return TrainingInterrupted(
+            self.output_dir, self.state["step"], self.total_steps, found[-1] if found else None,
+            checkpoints.checkpoint_step(found[-1]) if found else None, start_over_needs_overwrite=earlier is not None)
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

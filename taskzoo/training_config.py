@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from taskzoo import checkpoints
 from taskzoo.custom_metrics import MetricSet
 
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -48,11 +49,13 @@ class TrainingConfig:
     # optimizer steps, None never. save_checkpoints=False turns the "eval" default off too.
     checkpoint_every: int | str | None = "eval"
     keep_checkpoints: int = 2  # how many of those to keep (oldest deleted)
-    resume_from: str | None = None  # "latest" or a checkpoints/step-N folder
+    resume_from: str | None = None  # "latest" (output_dir's newest checkpoint) or a checkpoints/step-N folder
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     early_stopping_min_delta: float = 0.0  # smallest change that counts as an improvement
     restore_best: bool | None = None  # end with the best weights; default: on with early stopping
-    overwrite: bool = False  # allow an output_dir that holds other files
+    # Start over in an output_dir that holds an earlier run (deleting its checkpoints; its best/ and last/ are
+    # replaced) or other files; without it, such a folder is refused (resume_from="latest" continues a run there).
+    overwrite: bool = False
     plot: bool = True  # training_curves.png in output_dir
 
     @classmethod
@@ -71,6 +74,8 @@ class TrainingConfig:
         if config.restore_best is None:
             config.restore_best = config.early_stopping_patience is not None
         config.check()
+        if config.output_dir is not None:  # before any data is read (every process checks, before any writes)
+            checkpoints.check_output_dir(Path(config.output_dir), config.overwrite, config.resume_from)
         return config
 
     def check(self) -> None:
@@ -93,6 +98,8 @@ class TrainingConfig:
                                  f"got {value!r}.")
         if self.eval_every != "epoch" and not (isinstance(self.eval_every, int) and self.eval_every > 0):
             raise ValueError(f"eval_every must be 'epoch' or a positive number of steps; got {self.eval_every!r}.")
+        if self.resume_from is not None and self.overwrite:
+            raise ValueError("resume_from continues the run in output_dir and overwrite=True starts over: pass one.")
         if self.greater_is_better not in (None, True, False):
             raise ValueError(f"greater_is_better must be True, False or None; got {self.greater_is_better!r}.")
 

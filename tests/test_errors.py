@@ -9,7 +9,7 @@ import pytest
 
 import taskzoo
 from taskzoo import data
-from taskzoo.errors import DataError, ModelNotFoundError, TrainingError, UnknownTaskError
+from taskzoo.errors import DataError, ExistingRunError, ModelNotFoundError, TrainingError, UnknownTaskError
 from taskzoo.testing import toy_dataset
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
@@ -83,6 +83,25 @@ def bad_boxes(tiny_model_path, bbox):
         warnings.simplefilter("always")
         zoo.evaluate(rows)
     raise UserWarning(" | ".join(str(w.message) for w in caught if "boxes" in str(w.message)))
+
+
+def rerun_into_an_interrupted_run(tiny_model_path, tmp_path):
+    """A run interrupted (as by Ctrl-C) after its checkpoint at step 2, then the same call again."""
+    from taskzoo.errors import TrainingInterrupted
+
+    zoo, options = text_zoo(tiny_model_path), dict(max_steps=4, checkpoint_every=2, progress=False, plot=False)
+    steps = []
+
+    def ctrl_c_in_step_3(model):
+        steps.append(model)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+
+    zoo.on_optimizer_step = ctrl_c_in_step_3
+    with pytest.raises(TrainingInterrupted):
+        zoo.finetune(toy_dataset("text-classification", 32), output_dir=str(tmp_path / "run"), **options)
+    text_zoo(tiny_model_path).finetune(toy_dataset("text-classification", 32), output_dir=str(tmp_path / "run"),
+                                       **options)
 
 
 def silent_clip(tiny_model_path, tmp_path):
@@ -161,6 +180,9 @@ CASES = {
     "Output folder holding other files": (lambda m, t: (t.joinpath("notes.txt").write_text("mine"), text_zoo(m).finetune(
         toy_dataset("text-classification", 8), output_dir=str(t))), TrainingError,
         r"already holds files that taskzoo did not write \(notes.txt\)"),
+    "Output folder holding an earlier run": (lambda m, t: rerun_into_an_interrupted_run(m, t), ExistingRunError,
+                                             (r"run holds an unfinished run: its last checkpoint is .*step-2 \(step 2 "
+                                              r"of 4\)\. Resume it with resume_from='latest', or start over")),
     "Model folder with custom code, without `trust_remote_code=True`": (
         lambda m, t: taskzoo.load("text-classification", model=folder_with_custom_code(m, t)), ValueError,
         r"^The repository .*remote contains custom code which must be executed to correctly load the model.*"

@@ -2,6 +2,8 @@
 model and toy data, and writes a loadable model and a metrics line."""
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +17,10 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def write_text_splits(task: str, folder: Path) -> Path:
+    """train.csv and dev.csv (a held-out split by another usual name than validation)."""
     folder.mkdir(parents=True, exist_ok=True)
     toy_dataset(task, 32, seed=0).to_csv(folder / "train.csv")
-    toy_dataset(task, 16, seed=1).to_csv(folder / "validation.csv")
+    toy_dataset(task, 16, seed=1).to_csv(folder / "dev.csv")
     return folder
 
 
@@ -85,13 +88,13 @@ def write_audio_folders(task: str, folder: Path) -> Path:
     return folder
 
 
-# task -> (recipe script, extra arguments, writer of a local dataset folder)
+# task -> (recipe script, extra arguments, writer of a local dataset folder). A local folder's columns are the
+# task's own names, which every recipe reads without column flags (as the command line does).
 CASES = {
-    "image-classification": ("image_classification.py", ["--label-column", "label"], write_image_class_folders),
-    "image-segmentation": ("image_segmentation.py", ["--image-column", "image", "--mask-column", "mask"],
-                           write_image_mask_folders),
+    "image-classification": ("image_classification.py", [], write_image_class_folders),
+    "image-segmentation": ("image_segmentation.py", [], write_image_mask_folders),
     "object-detection": ("object_detection.py", [], write_coco_splits),
-    "text-classification": ("text_classification.py", ["--text-column", "text"], write_text_splits),
+    "text-classification": ("text_classification.py", [], write_text_splits),
     "sentence-similarity": ("sentence_similarity.py", [], write_text_splits),
     "translation": ("translation.py", ["--num-beams", "1"], write_jsonl_splits),
     "text-to-image": ("text_to_image.py", [], write_image_caption_folders),
@@ -118,3 +121,47 @@ def test_recipe_runs_on_the_tiny_model(task, tiny_model_path, tmp_path):
 def test_every_task_has_a_recipe():
     missing = [task for task in taskzoo.tasks() if task not in CASES]
     assert not missing, f"tasks without a recipe test: {missing}"
+
+
+def run_recipe(script: str, *args, cwd):
+    return subprocess.run([sys.executable, RECIPES / script, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+@pytest.mark.slow  # two recipe runs: about 25 s of CPU
+def test_a_recipe_refuses_to_replace_its_run_and_gives_the_command_that_does(tiny_model_path, tmp_path):
+    data = write_text_splits("text-classification", tmp_path / "data")  # columns text, label; dev.csv
+    args = ["--model", tiny_model_path("text-classification"), "--dataset", data, "--max-steps", "3",
+            "--batch-size", "4", "--output-dir", tmp_path / "out"]
+    first = run_recipe("text_classification.py", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "accuracy" in json.loads(first.stdout.splitlines()[-1])["metrics"]  # scored on dev.csv
+
+    again = run_recipe("text_classification.py", *args, cwd=tmp_path)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    command = shlex.join(["python", str(RECIPES / "text_classification.py"), *map(str, args), "--overwrite"])
+    out = tmp_path / "out"
+    assert again.stderr.endswith(f"holds a finished run of 3 steps ({out / 'best'}, {out / 'last'}). Choose another "
+                                 f"--output-dir, or replace it:\n  {command}\n"), again.stderr
+
+
+def test_a_recipe_says_in_one_line_when_there_is_no_evaluation_data(tmp_path):
+    toy_dataset("text-classification", 8).to_csv(tmp_path / "train.csv")
+    code = f"import sys; sys.path.insert(0, {str(RECIPES)!r}); from _common import load_splits; " \
+           f"print(load_splits({str(tmp_path)!r}))"
+    read = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == repr((str(tmp_path / "train.csv"), None))
+    assert read.stderr == (f"-c: no evaluation data in {tmp_path} (no validation, valid, val, eval, dev or test "
+                           "split): fine-tuning without evaluation.\n")
+
+
+def test_a_recipe_without_the_hub_says_so_in_one_line_naming_the_local_alternative(tmp_path):
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, RECIPES / "text_classification.py", "--max-steps", "20"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=offline)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("text_classification.py: --dataset stanfordnlp/sst2 is not a local file or folder, "
+                                  "and the Hugging Face hub could not give it")
+    assert "Pass --dataset a local folder instead: train.* and validation.* (or dev.*) files" in done.stderr

@@ -112,7 +112,7 @@ def test_checkpoints_are_written_by_default_and_resume_latest_finds_them(tiny_mo
     resumed = zoo.finetune(train, eval=held_out, max_steps=12, batch_size=8, eval_every=3, progress=False,
                            output_dir=str(tmp_path / "run"), resume_from="latest")
     assert [r["step"] for r in resumed.history if "eval_accuracy" in r] == [3, 6, 9, 12]
-    for off in ({"checkpoint_every": None}, {"save_checkpoints": False}):
+    for name, off in (("off", {"checkpoint_every": None}), ("off2", {"save_checkpoints": False})):
         zoo.finetune(train, eval=held_out, max_steps=4, eval_every=2, progress=False,
-                     output_dir=str(tmp_path / "off"), **off)
-        assert not (tmp_path / "off" / "checkpoints").exists()
+                     output_dir=str(tmp_path / name), **off)
+        assert not (tmp_path / name / "checkpoints").exists()

@@ -85,7 +85,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(fresh_classifier,
         for parameter in fresh_classifier.model.classifier.parameters():
             parameter.fill_(float("nan"))
     with pytest.raises(TrainingError, match="loss became nan at step 1"):
-        fresh_classifier.finetune(toy[0], epochs=1, batch_size=16, progress=False, output_dir=str(tmp_path))
+        fresh_classifier.finetune(toy[0], epochs=1, batch_size=16, progress=False, output_dir=str(tmp_path),
+                                  overwrite=True)
     assert (tmp_path / "last" / "model.safetensors").read_bytes() == saved
     assert result.steps == 4
 

@@ -146,7 +146,7 @@ def test_a_failing_save_leaves_the_previous_checkpoint_and_the_data_untouched(ti
 
     zoo.save = disk_full.__get__(zoo)
     with pytest.raises(OSError, match="No space left"):
-        zoo.finetune(str(train), max_steps=2, progress=False, output_dir=str(tmp_path / "run"))
+        zoo.finetune(str(train), max_steps=2, progress=False, output_dir=str(tmp_path / "run"), overwrite=True)
     for name, value in weights(tmp_path / "run" / "last").items():
         assert torch.equal(value, saved[name])
     assert train.read_bytes() == before_data
