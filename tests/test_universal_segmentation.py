@@ -210,6 +210,8 @@ def test_maskformer_and_oneformer_predict_evaluate_train_and_round_trip(family_p
 @pytest.mark.slow
 @pytest.mark.parametrize("family, epochs, floor", [("maskformer", 16, 0.35), ("oneformer", 8, 0.3)])
 def test_maskformer_and_oneformer_learn_the_toy_shapes(family_path, family, epochs, floor):
+    # They learn slower than Mask2Former (MaskFormer has no masked attention): over training seeds 0, 1, 2 and
+    # 42 (the default) MaskFormer ends at mean_iou 0.47, 0.51, 0.23, 0.51 and OneFormer at 0.35, 0.27, 0.40, 0.38.
     zoo = taskzoo.load(TASK, model=family_path(family), device="cpu")
     held_out = toy_dataset(TASK, 48, seed=1)
     before = zoo.evaluate(held_out)["mean_iou"]

@@ -75,7 +75,7 @@ def tiny_universal(path: Path, family: str, labels: list[str]) -> Path:
         config = transformers.OneFormerConfig(
             backbone_config=tiny_swin(), conv_dim=32, mask_dim=32, hidden_dim=32, encoder_feedforward_dim=64,
             encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=64, dropout=0.0,
-            num_queries=queries, task_seq_len=8, text_encoder_context_length=8, is_training=False, **points, **names)
+            num_queries=queries, task_seq_len=8, is_training=False, **points, **names)
         model = transformers.OneFormerForUniversalSegmentation(config)
         processor = transformers.OneFormerImageProcessorPil
         clip_tokenizer(["the", "task", "is", "semantic", "instance", "panoptic"]).save_pretrained(path)
