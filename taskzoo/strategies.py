@@ -56,8 +56,8 @@ def apply(model: torch.nn.Module, strategy: str, head: list[str], rank: int = 8,
     if strategy == "full":
         model.requires_grad_(True)
     elif strategy == "freeze":
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad = name.split(".")[0] in head
+        for name, parameter in model.named_parameters():  # head names may be dotted paths to nested modules
+            parameter.requires_grad = any(name.startswith(module + ".") for module in head)
     elif strategy == "lora":
         model = _add_lora(model, head, rank, alpha, dropout)
     else:
@@ -79,8 +79,12 @@ def _add_lora(model, head, rank, alpha, dropout):
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     # peft knows the attention projections of common architectures; elsewhere adapt every linear layer
     # of the body (the head is excluded: it trains in full through modules_to_save).
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=TARGETS.get(model_type) or "all-linear",
+    targets = TARGETS.get(model_type) or "all-linear"
+    if targets == "all-linear" and not any(isinstance(module, torch.nn.Linear) and not any(
+            name == part or name.startswith(part + ".") for part in head) for name, module in model.named_modules()):
+        raise ValueError(f"strategy='lora' adapts linear layers, and the body of {type(model).__name__} has none "
+                         "(a convolutional backbone): use strategy 'full' or 'freeze'.")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         exclude_modules=rf"({'|'.join(map(re.escape, head))})(\..*)?" if head else None,
                         modules_to_save=head)
     return get_peft_model(model, config)

@@ -1,10 +1,12 @@
 """image-segmentation (aliases semantic-segmentation, segmentation): AutoModelForSemanticSegmentation
-(SegFormer, BEiT, DPT, MobileViT, UperNet, ...).
+(SegFormer, BEiT, DPT, MobileViT, UperNet, ...) and the universal-segmentation Mask2Former, MaskFormer and
+OneFormer, whose specifics (mask and class targets, post-processing) live in universal_segmentation.py.
 
 Predict gives one ``{"label", "score", "mask"}`` per class present, the mask a PIL "L" image of the input's
 size (255 where the class is) and the score the class's mean probability over it; ``return_label_map=True``
 gives the raw label map instead (a height x width array of class ids). Logits are upsampled to the input's
-size before the argmax, as transformers' post_process_semantic_segmentation does.
+size before the argmax, as transformers' post_process_semantic_segmentation does (universal models go
+through their processor's own).
 
 Masks hold one class id per pixel; 255 is ignored by the loss and the metrics. ``reduce_labels=True`` is for
 datasets whose 0 means "other" (ADE20k): 0 becomes 255 and every other id moves down by one.
@@ -15,7 +17,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,10 +28,11 @@ from datasets import Image as ImageFeature
 from tqdm.auto import tqdm
 
 from taskzoo import data as data_utils
-from taskzoo import metrics, strategies
+from taskzoo import heads, metrics, strategies
 from taskzoo.errors import DataError
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
+from taskzoo.tasks import universal_segmentation as universal
 
 IGNORE_INDEX = 255
 MASK_COLUMNS = ("mask", "annotation", "label")  # accepted names of the mask column, in this order
@@ -100,9 +102,11 @@ class ImageSegmentation(Task):
     cached_head = None  # SegFormer's decode head takes every stage's features: no single input to cache
     demo_config = dict(train_size=192, eval_size=32, epochs=8, learning_rate=5e-3, batch_size=16)
 
-    def __init__(self, model, processor, *, reduce_labels: bool = False, **kwargs):
+    def __init__(self, model, processor, *, reduce_labels: bool = False, tokenizer=None, **kwargs):
         super().__init__(model, processor, **kwargs)
         self.reduce_labels = reduce_labels
+        self.tokenizer = tokenizer  # OneFormer's, for its task token; None for the other families
+        self.extra_inputs = universal.extra_inputs(model, tokenizer)
         # The loss must skip what the metrics skip (UperNet calls the setting loss_ignore_index).
         for name in ("semantic_loss_ignore_index", "loss_ignore_index"):
             if hasattr(model.config, name):
@@ -110,12 +114,21 @@ class ImageSegmentation(Task):
 
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, reduce_labels=False, **model_kwargs):
-        from transformers import AutoModelForSemanticSegmentation
-
         processor = load_image_processor(path, trust_remote_code)
-        model = AutoModelForSemanticSegmentation.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                                 **model_kwargs)
-        return cls(model, processor, reduce_labels=reduce_labels, source=str(path), device=device)
+        model = universal.load_model(path, trust_remote_code=trust_remote_code, **model_kwargs)
+        return cls(model, processor, reduce_labels=reduce_labels, tokenizer=universal.load_tokenizer(path, model),
+                   source=str(path), device=device)
+
+    def save(self, path):
+        path = super().save(path)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
+        return path
+
+    @property
+    def is_universal(self) -> bool:
+        """Whether the model is a universal-segmentation one (Mask2Former, MaskFormer, OneFormer)."""
+        return universal.is_universal(self.model)
 
     @property
     def labels(self) -> list[str]:
@@ -179,18 +192,20 @@ class ImageSegmentation(Task):
             self.reduce_labels = bool(options["reduce_labels"])
         names = options["labels"]
         if names is not None and list(names) != self.labels:
-            self._replace_head([str(name) for name in names])
+            # A fresh classifier for the names (ignore_mismatched_sizes); the rest keeps its weights. A universal
+            # model's class predictor gets len(names) + 1 outputs, its last the "no object" class.
+            from transformers import AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation
 
-    def _replace_head(self, names: list[str]) -> None:
-        """A fresh decode head for ``names`` (ignore_mismatched_sizes); the encoder keeps its weights."""
-        from transformers import AutoModelForSemanticSegmentation
+            auto_class = AutoModelForUniversalSegmentation if self.is_universal else AutoModelForSemanticSegmentation
+            self.model = heads.with_new_head(self.model, auto_class, [str(name) for name in names]).to(self.device)
 
-        with tempfile.TemporaryDirectory() as folder:
-            strategies.exportable(self.model, merged=True).save_pretrained(folder)
-            self.model = AutoModelForSemanticSegmentation.from_pretrained(
-                folder, num_labels=len(names), id2label=dict(enumerate(names)),
-                label2id={name: i for i, name in enumerate(names)}, ignore_mismatched_sizes=True,
-            ).to(self.device)
+    def head_modules(self) -> list[str]:
+        """SegFormer-like models: the decode head. Universal models: all but the backbone (their pixel decoder,
+        transformer decoder and class predictor are trained for a task, the backbone is generic)."""
+        if self.is_universal:
+            model = self.model.get_base_model() if strategies.is_peft(self.model) else self.model
+            return universal.head_modules(model)
+        return super().head_modules()
 
     def _mask(self, value) -> np.ndarray:
         mask = load_mask(value)
@@ -227,6 +242,11 @@ class ImageSegmentation(Task):
             if image.size != (mask.shape[1], mask.shape[0]):
                 raise DataError(f"An image is {image.size[0]}x{image.size[1]} but its mask is "
                                 f"{mask.shape[1]}x{mask.shape[0]}.")
+        if self.is_universal:  # the masks as targets: one binary mask per class present, and its class
+            pixels, sizes = universal.encode(self.processor, images)
+            mask_labels, class_labels = universal.targets(masks, sizes, tuple(pixels.shape[-2:]), IGNORE_INDEX)
+            return {"pixel_values": pixels, "sizes": sizes, "mask_labels": mask_labels, "class_labels": class_labels,
+                    "masks": [torch.from_numpy(mask) for mask in masks]}
         # Labels are reduced above, for every model family alike: the processor must not do it again.
         options = {"do_reduce_labels": False} if hasattr(self.processor, "do_reduce_labels") else {}
         encoded = self.processor(images=images, segmentation_maps=masks, return_tensors="pt", **options)
@@ -236,17 +256,35 @@ class ImageSegmentation(Task):
 
     # ------------------------------------------------------------------------------------- training
     def training_step(self, model, batch):
+        if self.is_universal:
+            pixels = batch["pixel_values"]
+            output = model(pixel_values=pixels, mask_labels=batch["mask_labels"], class_labels=batch["class_labels"],
+                           **self._extra_inputs(pixels.device, len(pixels)))
+            return {"loss": output.loss, "output": output.class_queries_logits}
         output = model(pixel_values=batch["pixel_values"], labels=batch["labels"])
         return {"loss": output.loss, "output": output.logits}
+
+    def _extra_inputs(self, device, count: int = 1) -> dict:
+        """OneFormer's task tokens for ``count`` images; nothing for the other families."""
+        return {name: value.expand(count, -1).to(device) for name, value in self.extra_inputs.items()}
+
+    def _label_maps(self, model, batch) -> list[torch.Tensor]:
+        """Per image of a collated batch, its label map at its mask's size."""
+        sizes = [tuple(mask.shape) for mask in batch["masks"]]
+        if self.is_universal:
+            return [label_map for _, label_map in universal.label_maps(
+                model, self.processor, batch["pixel_values"], batch["sizes"], sizes,
+                self._extra_inputs(batch["pixel_values"].device))]
+        logits = model(pixel_values=batch["pixel_values"]).logits.float()
+        return [F.interpolate(logit[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+                for logit, size in zip(logits, sizes)]
 
     def eval_step(self, model, batch):
         """Per sample the non-zero cells of its confusion matrix, as (cell index, count) rows: scoring a
         dataset needs only their sum, and a sample holds few classes however many the model knows. With
         ``keep_metric_inputs`` also the label map and the reference mask, for your metrics."""
-        logits = model(pixel_values=batch["pixel_values"]).logits.float()
-        count, predictions, references = logits.shape[1], [], []
-        for logit, mask in zip(logits, batch["masks"]):
-            label_map = F.interpolate(logit[None], size=mask.shape, mode="bilinear", align_corners=False)[0].argmax(0)
+        count, predictions, references = len(self.labels), [], []
+        for label_map, mask in zip(self._label_maps(model, batch), batch["masks"]):
             label_map, mask = label_map.cpu().numpy(), mask.cpu().numpy()
             confusion = metrics.confusion_matrix(label_map, mask, count, IGNORE_INDEX)
             cells = np.flatnonzero(confusion)
@@ -277,19 +315,27 @@ class ImageSegmentation(Task):
         return row["image"]
 
     def preprocess_batch(self, inputs, **options):
-        """(pixel values, (height, width) of each image): predict gives masks at the input's size."""
+        """(pixel values, (height, width) of each image, and for universal models each image's size in the
+        padded pixel values): predict gives masks at the input's size."""
         images = [data_utils.load_image(item) for item in inputs]
+        if self.is_universal:
+            return *universal.encode(self.processor, images), [im.size[::-1] for im in images]
         return self.processor(images=images, return_tensors="pt")["pixel_values"], [im.size[::-1] for im in images]
 
     def predict_batch(self, batch, return_label_map: bool = False):
         from PIL import Image
 
-        pixels, sizes = batch
-        logits = self.model(pixel_values=pixels.to(self.device)).logits.float()
+        if self.is_universal:
+            pixels, processed, sizes = batch
+            maps = universal.label_maps(self.model, self.processor, pixels.to(self.device), processed, sizes,
+                                        self._extra_inputs(self.device))
+        else:  # one image at a time: its class scores at full size can be large
+            pixels, sizes = batch
+            logits = self.model(pixel_values=pixels.to(self.device)).logits.float()
+            maps = (F.interpolate(logit[None], size=size, mode="bilinear", align_corners=False)[0].softmax(0).max(0)
+                    for logit, size in zip(logits, sizes))
         labels, results = self.labels, []
-        for logit, size in zip(logits, sizes):
-            upsampled = F.interpolate(logit[None], size=size, mode="bilinear", align_corners=False)[0]
-            score, label_map = upsampled.softmax(0).max(0)
+        for score, label_map in maps:
             if return_label_map:
                 results.append(label_map.cpu().numpy())
                 continue
@@ -306,21 +352,13 @@ class ImageSegmentation(Task):
     SHAPES = {"square": (220, 40, 40), "circle": (40, 200, 40), "triangle": (40, 60, 230)}
 
     @staticmethod
-    def tiny_model(path: str | os.PathLike) -> Path:
-        """A tiny random SegFormer (2 stages, hidden 16/32) for 64 px images and the toy classes, with its
-        PIL image processor, saved at ``path``."""
-        from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessorPil
+    def tiny_model(path: str | os.PathLike, family: str = "segformer") -> Path:
+        """A tiny random segmenter for 64 px images and the toy classes, with its PIL image processor, saved at
+        ``path``: a SegFormer (the default), or a universal-segmentation ``"mask2former"``, ``"maskformer"`` or
+        ``"oneformer"`` (see taskzoo/testing/segmentation.py)."""
+        from taskzoo.testing import segmentation
 
-        labels = ["background", *ImageSegmentation.SHAPES]
-        torch.manual_seed(0)
-        config = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
-                                 patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
-                                 decoder_hidden_size=32, classifier_dropout_prob=0.0, drop_path_rate=0.0,
-                                 num_labels=len(labels), id2label=dict(enumerate(labels)),
-                                 label2id={label: i for i, label in enumerate(labels)})
-        SegformerForSemanticSegmentation(config).save_pretrained(path)
-        SegformerImageProcessorPil(size={"height": 64, "width": 64}, do_reduce_labels=False).save_pretrained(path)
-        return Path(path)
+        return segmentation.tiny_segmenter(Path(path), family, ["background", *ImageSegmentation.SHAPES])
 
     @staticmethod
     def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
