@@ -25,6 +25,11 @@ class LaunchError(TaskzooError, RuntimeError):
     """The processes were launched in a way that would make them work against each other."""
 
 
+class TaskzooWarning(UserWarning):
+    """What taskzoo warns about (truncated inputs, a head that was never trained, ...); the command line shows
+    each as one line."""
+
+
 # The library's messages suggest fixes in Python syntax; the command line says the same in its own flags.
 _CLI_SPELLINGS = [
     (r"[Rr]ename yours with columns=\{'your_column': '(\w+)'\}", r"Rename yours with --columns YOUR_COLUMN=\1"),
@@ -32,6 +37,7 @@ _CLI_SPELLINGS = [
     (r"\(model='/path/to/model'\)", "(--model PATH)"),
     (r"\bpass overwrite=True\b", "pass --set overwrite=true"),
     (r"\bmixed_precision='(\w+)'", r"--mixed-precision \1"),
+    (r"^predict\(\) got an unknown option\b", "unknown --set option"),
 ]
 
 
@@ -65,4 +71,4 @@ def warn_at_caller(message: str) -> None:
     while frame is not None and (frame.f_code.co_filename.startswith(package + os.sep)
                                  or frame.f_code.co_filename == contextlib.__file__):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, stacklevel=level)
+    warnings.warn(message, TaskzooWarning, stacklevel=level)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from taskzoo import data as data_utils
 from taskzoo import metrics, strategies
 from taskzoo.errors import DataError
-from taskzoo.models import load_image_processor
+from taskzoo.models import load_image_processor, load_reports_hidden
 from taskzoo.task import Task
 
 IGNORE_INDEX = 255
@@ -89,6 +89,8 @@ def image_size(value) -> tuple[int, int] | None:
 class ImageSegmentation(Task):
     name = "image-segmentation"
     primary_metric = "mean_iou"
+    modality = "image"
+    model_needs = "a semantic segmentation model with an image processor (SegFormer, BEiT, DPT, ...)"
     required_columns = ("image", "mask")
     default_batch_size = 8
     default_learning_rate = 6e-5  # SegFormer's fine-tuning rate
@@ -111,9 +113,10 @@ class ImageSegmentation(Task):
         from transformers import AutoModelForSemanticSegmentation
 
         processor = load_image_processor(path, trust_remote_code)
-        model = AutoModelForSemanticSegmentation.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                                 **model_kwargs)
-        return cls(model, processor, reduce_labels=reduce_labels, source=str(path), device=device)
+        model, info = AutoModelForSemanticSegmentation.from_pretrained(
+            path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
+        return cls(model, processor, reduce_labels=reduce_labels, new_weights=info["missing_keys"], source=str(path),
+                   device=device)
 
     @property
     def labels(self) -> list[str]:
@@ -183,7 +186,7 @@ class ImageSegmentation(Task):
         """A fresh decode head for ``names`` (ignore_mismatched_sizes); the encoder keeps its weights."""
         from transformers import AutoModelForSemanticSegmentation
 
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, load_reports_hidden(everything=True):  # a new head: on purpose
             strategies.exportable(self.model, merged=True).save_pretrained(folder)
             self.model = AutoModelForSemanticSegmentation.from_pretrained(
                 folder, num_labels=len(names), id2label=dict(enumerate(names)),
