@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from taskzoo.errors import ModelNotFoundError, TaskzooError
-from taskzoo.models import library_bars_hidden, resolve_model
+from taskzoo.models import library_bars_hidden, resolve_model, wrong_model
 from taskzoo.registry import TASKS, get_task
 
 
@@ -29,12 +29,18 @@ def load(task: str, model: str | os.PathLike | None = None, *, revision: str | N
         model, revision = entry.default_model, revision or entry.default_revision
     path = resolve_model(model, revision)
     task_class = entry.load_class()
+    wrong = wrong_model(path, task_class)  # an image model for a text task, say: told before the loaders fail
+    if wrong:
+        raise ModelNotFoundError(wrong)
     try:
         with library_bars_hidden():
             return task_class.from_pretrained(path, device=device, trust_remote_code=trust_remote_code, **options)
     except TaskzooError:
         raise
     except (OSError, KeyError, ValueError) as error:
+        wrong = wrong_model(path, task_class, error)
+        if wrong:
+            raise ModelNotFoundError(wrong) from error
         if isinstance(error, ValueError) and "Unrecognized configuration class" not in str(error):
             raise  # a bad option (an unknown language code, say), not a folder of the wrong kind
         # The library loaders' messages for a folder of the wrong kind are long and indirect: say it plainly,

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from taskzoo.errors import TaskzooWarning
+
 
 def halving_on_oom(task, prepared: PreparedBatches, run: Callable[[Any], list]) -> Iterator[tuple[list[int], list]]:
     """``(indices, run(batch))`` for each prepared batch. A batch that runs out of device memory is split
@@ -23,8 +25,8 @@ def halving_on_oom(task, prepared: PreparedBatches, run: Callable[[Any], list]) 
                 raise
             half = len(indices) // 2
             prepared.retry(indices[:half], indices[half:])
-            warnings.warn(f"{task.name}: out of memory with a batch of {len(indices)}; "
-                          f"retrying as two batches of {half} and {len(indices) - half}.", stacklevel=2)
+            warnings.warn(f"{task.name}: out of memory with a batch of {len(indices)}; retrying as two batches "
+                          f"of {half} and {len(indices) - half}.", TaskzooWarning, stacklevel=2)
             if task.device.type == "cuda":
                 torch.cuda.empty_cache()
             continue

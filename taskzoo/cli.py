@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from taskzoo import __version__
+from taskzoo.cli_messages import commands_of, refuse_unknown_flags, warnings_as_lines
 from taskzoo.errors import TaskzooError, in_cli_syntax
 
 
@@ -60,22 +62,6 @@ def _check_options(given: dict, known: list[str] | None, command: str) -> None:
                              f"Options: {', '.join(sorted(known))}.")
 
 
-def _predict_options(task_class) -> list[str] | None:
-    """What ``predict --set`` accepts for a task: predict's own options and those of the task's
-    preprocess_batch / predict_batch; None when predict_batch passes any keyword on (to generate())."""
-    import inspect
-
-    names = []
-    for function in (task_class.predict, task_class.preprocess_batch, task_class.predict_batch):
-        for parameter in list(inspect.signature(function).parameters.values())[2:]:  # self, inputs
-            if parameter.kind is parameter.VAR_KEYWORD:
-                if function is task_class.predict_batch:
-                    return None
-            elif parameter.name not in names:
-                names.append(parameter.name)
-    return names
-
-
 def _input(value):
     """A predict input from the command line: JSON lists of two strings become pairs."""
     value = _value(value) if isinstance(value, str) else value
@@ -111,6 +97,7 @@ def cmd_tasks(args) -> None:
 def cmd_predict(args) -> None:
     import taskzoo
     from taskzoo import batch_predict
+    from taskzoo.predict_options import check_options
     from taskzoo.registry import get_task
     from taskzoo.result_files import json_line
 
@@ -130,7 +117,7 @@ def cmd_predict(args) -> None:
     if args.output and not (args.resume or args.overwrite):
         _check_new_output(Path(args.output))
     options = _pairs(args.set, "--set")
-    _check_options(options, _predict_options(get_task(args.task).load_class()), "predict")
+    check_options(get_task(args.task).load_class(), options)  # before the model loads
     batch_size = args.batch_size or options.pop("batch_size", None)
     zoo = taskzoo.load(args.task, args.model, device=args.device)
     files = dict(batch_size=batch_size, resume=args.resume, save_visuals=args.save_visuals)
@@ -285,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="taskzoo", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="Predict with, evaluate and fine-tune pretrained models, offline first. Outputs are JSON.\n\n"
                     f"tasks: {_task_names()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("tasks", help="list the tasks, their aliases and pinned default models"
@@ -363,16 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    refuse_unknown_flags(parser, argv)
     # argparse gives a positional list nothing once an option came between (`predict TASK --model M x`):
     # collect those leftovers as predict inputs instead of refusing them.
     args, leftovers = parser.parse_known_args(argv)
     if leftovers and (args.command != "predict" or any(item.startswith("--") for item in leftovers)):
-        parser.error(f"unrecognized arguments: {' '.join(leftovers)}")
+        commands_of(parser)[args.command].error(f"unrecognized arguments: {' '.join(leftovers)}")
     if leftovers:
         args.inputs += leftovers
     args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the command that resumes a run
     try:
-        args.run(args)
+        with warnings_as_lines(args.command):
+            args.run(args)
     except (TaskzooError, ValueError, TypeError, OSError, ImportError) as error:
         # Errors that bad input causes already say what to do: one line, in the command line's own
         # terms, without a traceback (set TASKZOO_DEBUG=1 to see it).

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from taskzoo.errors import TaskzooError
+from taskzoo.errors import TaskzooError, TaskzooWarning
 
 
 class MetricError(TaskzooError, RuntimeError):
@@ -108,7 +108,7 @@ class CustomMetric:
                 left_out.append(str(key))
         if left_out:
             warnings.warn(f"Metric {self.name!r}: left out {left_out}, which are not numbers; to keep them, wrap the "
-                          "metric in a function that reduces them to numbers.", stacklevel=2)
+                          "metric in a function that reduces them to numbers.", TaskzooWarning, stacklevel=2)
         return kept
 
 

@@ -116,6 +116,11 @@ def say_how_to_go_on(stop: ExistingRunError | TrainingInterrupted, name: str, ar
     print(f"{name}: {error}{stop.for_command_line(program, [str(item) for item in arguments])}", file=sys.stderr)
 
 
+class TaskzooWarning(UserWarning):
+    """What taskzoo warns about (truncated inputs, a head that was never trained, ...); the command line shows
+    each as one line."""
+
+
 # The library's messages suggest fixes in Python syntax; the command line says the same in its own flags.
 _CLI_SPELLINGS = [
     (r"[Rr]ename yours with columns=\{'your_column': '(\w+)'\}", r"Rename yours with --columns YOUR_COLUMN=\1"),
@@ -125,6 +130,7 @@ _CLI_SPELLINGS = [
     (r"\bresume_from='latest'", "--resume"),
     (r"\bmixed_precision='(\w+)'", r"--mixed-precision \1"),
     (r"\bdevice='([^']*)'", r"--device \1"),
+    (r"^predict\(\) got an unknown option\b", "unknown --set option"),
 ]
 
 
@@ -158,4 +164,4 @@ def warn_at_caller(message: str) -> None:
     while frame is not None and (frame.f_code.co_filename.startswith(package + os.sep)
                                  or frame.f_code.co_filename == contextlib.__file__):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, stacklevel=level)
+    warnings.warn(message, TaskzooWarning, stacklevel=level)

@@ -10,6 +10,7 @@ import torch
 from taskzoo import data as data_utils
 from taskzoo import strategies, streaming
 from taskzoo.errors import DataError
+from taskzoo.models import load_reports_hidden
 
 
 def model_labels(model: torch.nn.Module) -> list[str]:
@@ -48,7 +49,7 @@ def names_for_training(dataset, column: str, current: list[str], head_trained: b
 def with_new_head(model: torch.nn.Module, auto_class, names: list[str]) -> torch.nn.Module:
     """``model`` reloaded through ``auto_class`` with a fresh head sized for ``names`` (the label names are
     stored in its config); the body keeps its current, possibly fine-tuned, weights."""
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, load_reports_hidden(everything=True):  # a new head: on purpose
         strategies.exportable(model, merged=True).save_pretrained(folder)
         return auto_class.from_pretrained(folder, num_labels=len(names), id2label=dict(enumerate(names)),
                                           label2id={name: i for i, name in enumerate(names)},

@@ -8,6 +8,7 @@ instead of surfacing a hub stack trace.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 import sys
@@ -89,6 +90,78 @@ def _from_hub(repo_id: str, revision: str | None, tried: list[str]) -> Path:
     )
 
 
+# Files that hold a tokenizer, or the processor settings that say a model takes images or audio.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "source.spm", "merges.txt")
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "feature_extractor_config.json")
+
+
+def model_inputs(path: str | os.PathLike) -> tuple[set[str], str | None]:
+    """What a model folder's files say its model takes, a set of "text", "image", "audio" (or "pipeline" for a
+    diffusers pipeline; empty when they do not tell), and its class (config.json's architectures)."""
+    import json
+
+    path = Path(path)
+
+    def read(name: str) -> dict:
+        try:
+            value = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    if (path / "model_index.json").exists():
+        return {"pipeline"}, read("model_index.json").get("_class_name")
+    config = read("config.json")
+    architecture = next(iter(config.get("architectures") or []), None)
+    settings = [read(name) for name in PROCESSOR_FILES]
+    settings += [value for setting in settings for value in setting.values() if isinstance(value, dict)]  # nested
+    kinds = {"audio"} if any("sampling_rate" in setting for setting in settings) else set()
+    if any({"image_processor_type", "image_mean", "crop_size"} & set(setting) for setting in settings):
+        kinds.add("image")
+    if any((path / name).exists() for name in TOKENIZER_FILES):
+        kinds.add("text")
+    model_type = config.get("model_type")
+    if not kinds and model_type:  # no processor files: what transformers' processor tables say of its type
+        from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
+        from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+        from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+
+        kinds = {kind for kind, table in (("image", IMAGE_PROCESSOR_MAPPING_NAMES), ("text", TOKENIZER_MAPPING_NAMES),
+                                          ("audio", FEATURE_EXTRACTOR_MAPPING_NAMES)) if table.get(model_type)}
+        kinds -= {"audio"} if "image" in kinds else set()  # a few image models keep old feature extractors
+    return kinds, architecture or model_type
+
+
+def describe_model(kinds: set[str], architecture: str | None) -> str:
+    """What model_inputs found, in words: 'an image model (ViTForImageClassification)'."""
+    if "pipeline" in kinds:
+        what = "a diffusers pipeline"
+    elif "audio" in kinds:
+        what = "an audio model"
+    elif "image" in kinds:
+        what = "an image-and-text model" if "text" in kinds else "an image model"
+    else:
+        what = "a text model" if "text" in kinds else "a model"
+    return f"{what} ({architecture})" if architecture else what
+
+
+def wrong_model(path: str | os.PathLike, task_class, error: Exception | None = None) -> str | None:
+    """Why ``path`` holds a model that ``task_class`` cannot use, in one sentence; None where its files do not
+    show that. Before loading: a model for another kind of input. After a loader failed with ``error``: also
+    an architecture that the task's model class does not cover."""
+    modality = getattr(task_class, "modality", None)
+    kinds, architecture = model_inputs(path)
+    if modality is None or not kinds:
+        return None
+    held, name, needs = describe_model(kinds, architecture), task_class.name, task_class.model_needs
+    if modality not in kinds:
+        return f"{path} holds {held}; {name} needs {needs}."
+    if error is not None and "Unrecognized configuration class" in str(error):
+        return f"{path} holds {held}, which {name} cannot load: it needs {needs}."
+    return None
+
+
 def load_image_processor(path, trust_remote_code: bool = False):
     """The checkpoint's image processor, PIL backend: the default picks torchvision where it is installed,
     and torchvision does not import beside the CPU build of torch."""
@@ -97,12 +170,46 @@ def load_image_processor(path, trust_remote_code: bool = False):
     return AutoImageProcessor.from_pretrained(path, backend="pil", trust_remote_code=trust_remote_code)
 
 
+class LoadReportsHidden(logging.Filter):
+    """Drops transformers' load report, a table of the weights a checkpoint lacked or had in excess (with raw
+    terminal colour codes): taskzoo says what matters in one line (Task.warn_if_untrained). Reports of
+    mismatched shapes or failed conversions, which transformers raises an error about next, still show, unless
+    ``everything`` (taskzoo replaces a head on purpose)."""
+
+    def __init__(self, everything: bool = False):
+        super().__init__()
+        self.everything = everything
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        return not self.everything and ("MISMATCH" in message or "CONVERSION" in message)
+
+
+@contextmanager
+def load_reports_hidden(everything: bool = False):
+    """Within this context transformers' load reports are hidden (see LoadReportsHidden), unless its
+    verbosity is info or debug (TRANSFORMERS_VERBOSITY=info)."""
+    from transformers.utils import logging as transformers_logging
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    hidden = LoadReportsHidden(everything)
+    if transformers_logging.get_verbosity() > logging.INFO:
+        logger.addFilter(hidden)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hidden)
+
+
 @contextmanager
 def library_bars_hidden():
     """Within this context transformers, datasets and diffusers show no progress bars of their own
     ("Loading weights", "Writing model shards", "Map"), so that taskzoo's calls show one bar per long
-    operation, taskzoo's. Warnings are untouched, and each library's setting is restored on exit: a
-    user's own calls keep their bars. Also a decorator."""
+    operation, taskzoo's, and transformers shows no load reports (see load_reports_hidden). Warnings are
+    untouched, and each library's setting is restored on exit: a user's own calls keep their bars. Also a
+    decorator."""
     import warnings
 
     import datasets
@@ -124,7 +231,8 @@ def library_bars_hidden():
             if enabled:
                 disable()
     try:
-        yield
+        with load_reports_hidden():
+            yield
     finally:
         transformers_logging.set_tqdm_hook(previous_hook)
         with warnings.catch_warnings():

@@ -2,7 +2,7 @@
 
 A task file subclasses :class:`Task` and fills in:
 
-- ``from_pretrained(path, **options)``: load model and processor from a local folder;
+- ``from_pretrained(path, **options)``: load model and processor from a local folder (``new_weights``: the head's);
 - ``save(path)``: write a normal HF folder that the plain library loaders open;
 - ``required_columns`` and ``prepare(dataset, training)``: check values and convert them (labels to ids);
 - ``prepare_for_training(dataset)``: optional, adapt the model to the data (a new classification head);
@@ -24,7 +24,7 @@ and in training.py.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +37,7 @@ from taskzoo import strategies, streaming
 from taskzoo.batching import PreparedBatches, halving_on_oom
 from taskzoo.errors import DataError, warn_at_caller
 from taskzoo.models import library_bars_hidden
+from taskzoo.predict_options import check_options
 
 
 def default_device() -> torch.device:
@@ -71,12 +72,17 @@ class Task:
     required_columns: ClassVar[tuple[str, ...]] = ()
     default_batch_size: ClassVar[int] = 8
     default_learning_rate: ClassVar[float] = 5e-5
+    # What its models take ("text", "image", "audio", "pipeline") and which it loads: see models.wrong_model.
+    modality: ClassVar[str | None] = None
+    model_needs: ClassVar[str] = ""
 
     def __init__(self, model: torch.nn.Module, processor: Any = None, *, source: str | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, new_weights: Iterable[str] = ()):
         self.model = model  # the nn.Module that fine-tuning trains
         self.processor = processor  # tokenizer / image processor / feature extractor, or None
         self.source = source  # the folder it was loaded from
+        self.new_weights = tuple(sorted(new_weights))  # head weights the checkpoint lacked: newly initialised
+        self.head_trained = not self.new_weights
         self.device = torch.device(device) if device is not None else default_device()
         self.model.to(self.device).eval()
 
@@ -95,6 +101,17 @@ class Task:
         self.model_to_save().save_pretrained(path)
         self.processor.save_pretrained(path)
         return Path(path)
+
+    def warn_if_untrained(self) -> None:
+        """Once per loaded model, at its first predict or evaluate: a newly initialised head answers at random."""
+        if not self.head_trained and not self.__dict__.get("_warned_untrained"):
+            self._warned_untrained = True
+            warn_at_caller(self.untrained_message())
+
+    def untrained_message(self) -> str:
+        names = ", ".join(self.new_weights[:3]) + (" and more" if len(self.new_weights) > 3 else "") or "its weights"
+        return (f"{self.name}: {self.source} holds no trained head for this task ({names} were newly initialised), "
+                "so its outputs are random: fine-tune it first.")
 
     # --------------------------------------------------------------------------------------- data
     def read_path(self, path: str | os.PathLike):
@@ -191,13 +208,13 @@ class Task:
         helps where decoding is a large share of the time and there are cores to spare.
         """
         autocast = self.autocast(mixed_precision)
+        check_options(self, {**options, "num_workers": num_workers, "compile": compile})
+        self.warn_if_untrained()
         single = self.is_single(inputs)
         items = [inputs] if single else list(inputs)
         if not items:
             return []
         batch_size = self.check_batch_size(batch_size)
-        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
-            raise ValueError(f"num_workers must be a non-negative integer; got {num_workers!r}.")
         self.check_inputs(items)
         # Length-sorted batches pad less; outputs are put back in input order below.
         order = sorted(range(len(items)), key=lambda i: self.input_length(items[i]), reverse=True)
@@ -248,10 +265,8 @@ class Task:
         return compiled(self, enabled)
 
     def check_batch_size(self, batch_size: int | None) -> int:
-        batch_size = self.default_batch_size if batch_size is None else batch_size
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-        return batch_size
+        check_options(self, {"batch_size": batch_size})
+        return self.default_batch_size if batch_size is None else batch_size
 
     def count_truncated(self, count: int) -> None:
         """Tasks call this when they cut inputs to the model's maximum length."""
@@ -296,6 +311,7 @@ class Task:
         from taskzoo.custom_metrics import MetricSet
         from taskzoo.evaluation import evaluate_task
 
+        self.warn_if_untrained()
         metrics = MetricSet.of(metrics)  # scripts load (and bad items are refused) before any work
         dataset = self.load_data(data, "eval", columns)
         if dataset is None:
@@ -348,6 +364,7 @@ class Task:
                 eval_set = build_cache(self, eval_set, batch_size)
             trainer = CachedHeadTraining(self)
         result = train_task(trainer, train_set, eval_set, config)
+        self.head_trained = True
         self.warn_truncated("finetune")
         result.task = self
         return result

@@ -180,7 +180,17 @@ def review_csv(tmp_path_factory):
     (["predict", "text-classification", "--model", "{model}", "--input-file", "missing.txt"],
      "--input-file missing.txt: no such file"),
     (["predict", "text-classification", "--model", "{model}", "good", "--set", "topk=2"],
-     "unknown --set option 'topk' for taskzoo predict. Did you mean 'top_k'? Options: batch_size, compile,"),
+     "unknown --set option 'topk'. Did you mean 'top_k'? Options: batch_size, progress, mixed_precision, compile,"),
+    (["predict", "text-classification", "--model", "{model}", "good", "--set", "top_k=two"],
+     "top_k must be a positive integer; got 'two'."),
+    (["predict", "image-classification", "--model", "{model}", "x.png", "--set", "top_k=0"],
+     "top_k must be a positive integer; got 0."),
+    (["predict", "object-detection", "--model", "{model}", "x.png", "--set", "threshold=high"],
+     "threshold must be a number in [0, 1]; got 'high'."),
+    (["predict", "translation", "--model", "{model}", "hello", "--set", "num_beam=2"],
+     "unknown --set option 'num_beam'. Did you mean 'num_beams'?"),
+    (["predict", "image-classification", "--model", "{text_model}", "x.png"],
+     "holds a text model (BertForSequenceClassification); image-classification needs an image classification model"),
     (["finetune", "text-classification", "--model", "{model}", "--train", "{csv}", "--output-dir", "run",
       "--set", "epoch=2"], "unknown --set option 'epoch' for taskzoo finetune. Did you mean 'epochs'? Options:"),
     (["finetune", "text-classification", "--model", "{model}", "--train", "{csv}", "--output-dir", "run",
@@ -207,8 +217,8 @@ def test_user_errors_are_one_line_in_command_line_terms(argv, message, tiny_mode
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = tiny_model_path("text-classification")
-    assert main([arg.format(model=model, csv=review_csv) for arg in argv]) == 2
+    model, text_model = tiny_model_path(argv[1]), tiny_model_path("text-classification")
+    assert main([arg.format(model=model, text_model=text_model, csv=review_csv) for arg in argv]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith(f"taskzoo {argv[0]}: error: "), error
     assert message in error
@@ -255,3 +265,61 @@ def test_tiny_model_command_writes_a_model_that_loads(tmp_path, capsys):
         "UperNetForSemanticSegmentation"
     assert main(["tiny-model", "translation", str(tmp_path / "y"), "--family", "beit"]) == 2
     assert "translation has no tiny model of family 'beit'" in capsys.readouterr().err
+
+
+def test_version():
+    import taskzoo
+
+    result = taskzoo_cli("--version")
+    assert result.returncode == 0 and result.stdout == f"taskzoo {taskzoo.__version__}\n"
+
+
+@pytest.mark.parametrize("argv, guess", [
+    (["finetune", "text-classification", "--train", "t.csv", "--output-dir", "run", "--learning_rate", "1e-3"],
+     "--learning_rate; did you mean --learning-rate?"),
+    (["finetune", "text-classification", "--train", "t.csv", "--output-dir", "run", "--lr=1e-3"],
+     "--lr; did you mean --learning-rate?"),
+    (["finetune", "text-classification", "--train", "t.csv", "--output_dir", "run"],  # argparse: "required"
+     "--output_dir; did you mean --output-dir?"),
+    (["evaluate", "text-classification", "--data", "d.csv", "--bs", "4"], "--bs; did you mean --batch-size?"),
+    (["predict", "text-classification", "--modle", "m", "good"], "--modle; did you mean --model?"),
+    (["serve", "text-classification", "--prot", "80"], "--prot; did you mean --port?"),
+    (["predict", "text-classification", "--frobnicate", "good"], "--frobnicate"),
+])
+def test_unknown_flag_shows_the_commands_usage_and_the_flag_it_likely_means(argv, guess, capsys):
+    from taskzoo.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    error = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert error.startswith(f"usage: taskzoo {argv[0]} [-h]"), error  # the command's own usage, not taskzoo's
+    assert error.endswith(f"taskzoo {argv[0]}: error: unrecognized argument {guess}\n"), error
+
+
+def test_unknown_top_level_flag_and_abbreviations(capsys):
+    from taskzoo.cli import build_parser, main
+
+    with pytest.raises(SystemExit):
+        main(["--versoin"])
+    error = capsys.readouterr().err
+    assert error.endswith("taskzoo: error: unrecognized argument --versoin; did you mean --version?\n")
+    # argparse's unique abbreviations still work: --epoch is --epochs.
+    args = build_parser().parse_args(["finetune", "text-classification", "--train", "t", "--output-dir", "r",
+                                      "--epoch", "2"])
+    assert args.epochs == 2.0
+
+
+def test_untrained_head_is_one_warning_line_without_the_transformers_table(tiny_model_path):
+    import os
+
+    # The sentence-similarity tiny model is a BERT without a classification head, as all-MiniLM-L6-v2 is.
+    result = subprocess.run(
+        [sys.executable, "-m", "taskzoo.cli", "predict", "text-classification", "--model",
+         tiny_model_path("sentence-similarity"), "good", "bad"], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "warning"})  # a user's default (the tests quieten it)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["input"] for line in result.stdout.splitlines()] == ["good", "bad"]
+    assert result.stderr == (f"taskzoo predict: warning: text-classification: {tiny_model_path('sentence-similarity')} "
+                             "holds no trained head for this task (classifier.bias, classifier.weight were newly "
+                             "initialised), so its outputs are random: fine-tune it first.\n")

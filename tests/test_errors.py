@@ -114,6 +114,30 @@ def silent_clip(tiny_model_path, tmp_path):
     zoo.evaluate([{"audio": str(tmp_path / "silence.wav"), "text": "one two"}])
 
 
+def first_warning(run) -> None:
+    """Run ``run`` twice; raise what taskzoo warned the first time, after checking that it warned only then."""
+    from taskzoo.errors import TaskzooWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+        first = [str(w.message) for w in caught if issubclass(w.category, TaskzooWarning)]
+        run()
+    assert len([w for w in caught if issubclass(w.category, TaskzooWarning)]) == len(first), "warned twice"
+    raise UserWarning(" | ".join(first))
+
+
+def untrained_head(tiny_model_path):
+    # A sentence-transformers folder (a BERT without a classification head), as all-MiniLM-L6-v2 is.
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("sentence-similarity"), device="cpu")
+    first_warning(lambda: zoo.predict("hello"))
+
+
+def classifier_for_similarity(tiny_model_path):
+    zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("text-classification"), device="cpu")
+    first_warning(lambda: zoo.predict(("a cat", "a dog")))
+
+
 # The row's first cell in docs/errors.md -> (what to run, the exception class, a pattern of its message).
 CASES = {
     "Unknown task": (lambda m, t: taskzoo.load("text-clasification"), UnknownTaskError,
@@ -125,11 +149,34 @@ CASES = {
     "Hub id that is not cached, offline": (
         lambda m, t: taskzoo.load("text-classification", model="someone/missing"), ModelNotFoundError,
         r"Could not find model 'someone/missing'. Tried:.*Hugging Face cache.*pass a local folder"),
-    "Model of the wrong kind": (lambda m, t: taskzoo.load("text-to-image", model=m("text-classification")),
-                                ModelNotFoundError, r"neither a diffusers pipeline \(model_index.json\)"),
+    "Model of the wrong kind": (
+        lambda m, t: taskzoo.load("image-classification", model=m("object-detection")), ModelNotFoundError,
+        r"^\S+ holds an image model \(RTDetrForObjectDetection\), which image-classification cannot load: it needs "
+        r"an image classification model with an image processor \(ViT, ConvNeXT, ResNet, ...\).$"),
     "Text model given to an image task": (
         lambda m, t: taskzoo.load("image-classification", model=m("text-classification")), ModelNotFoundError,
-        r"does not hold a model that image-classification can load \(Can't load image processor"),
+        r"^\S+ holds a text model \(BertForSequenceClassification\); image-classification needs an image "
+        r"classification model with an image processor"),
+    "Image model given to a text task": (
+        lambda m, t: taskzoo.load("text-classification", model=m("image-classification")), ModelNotFoundError,
+        r"^\S+ holds an image model \(ViTForImageClassification\); text-classification needs a text model with "
+        r"a tokenizer"),
+    "Text model given to text-to-image": (
+        lambda m, t: taskzoo.load("text-to-image", model=m("text-classification")), ModelNotFoundError,
+        r"holds a text model \(BertForSequenceClassification\); text-to-image needs a diffusers text-to-image "
+        r"pipeline \(model_index.json\)"),
+    "Model without a trained head": (
+        lambda m, t: untrained_head(m), UserWarning,
+        r"^text-classification: \S+ holds no trained head for this task \(classifier.bias, classifier.weight were "
+        r"newly initialised\), so its outputs are random: fine-tune it first.$"),
+    "Text classifier given to sentence-similarity": (
+        lambda m, t: classifier_for_similarity(m), UserWarning,
+        r"^sentence-similarity: \S+ holds a BertForSequenceClassification, not a sentence-transformers model "
+        r"\(it has no modules.json\): .* fine-tune it first.$"),
+    "Unknown predict option": (lambda m, t: text_zoo(m).predict("good", topk=2), TypeError,
+                               r"^predict\(\) got an unknown option 'topk'. Did you mean 'top_k'\? Options: .*top_k.$"),
+    "Predict option of the wrong type": (lambda m, t: text_zoo(m).predict("good", top_k="two"), ValueError,
+                                         r"^top_k must be a positive integer; got 'two'.$"),
     "Mask value beyond the number of labels": (lambda m, t: bad_mask(m), DataError,
                                                r"Column 'mask', row 0: value 9 is not a class of the model, which has 4 labels"),
     "Box outside the image or without area": (

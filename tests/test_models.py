@@ -73,3 +73,69 @@ def test_library_progress_bars_are_hidden_in_taskzoo_calls_and_kept_for_the_user
     for bar in ("Loading weights", "Writing model shards", "Generating train split"):
         assert bar not in ours
     assert "Loading weights" in theirs and "Writing model shards" in theirs  # the user's own calls keep them
+
+
+@pytest.mark.parametrize("verbosity, shown", [("warning", False), ("info", True)])
+def test_load_report_is_hidden_in_taskzoo_calls_unless_transformers_is_verbose(verbosity, shown, tiny_model_path):
+    import logging
+
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as transformers_logging
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    backbone = tiny_model_path("sentence-similarity")  # no classification head: transformers reports it missing
+    records, logger = Records(), logging.getLogger("transformers.modeling_utils")
+    previous = transformers_logging.get_verbosity()
+    logger.addHandler(records)
+    transformers_logging.set_verbosity(getattr(logging, verbosity.upper()))  # a user's default is warning
+    try:
+        zoo = taskzoo.load("text-classification", model=backbone, device="cpu")
+        ours = list(records.messages)
+        AutoModelForSequenceClassification.from_pretrained(backbone)  # the user's own call
+    finally:
+        transformers_logging.set_verbosity(previous)
+        logger.removeHandler(records)
+    assert not zoo.head_trained and zoo.new_weights == ("classifier.bias", "classifier.weight")
+    assert any("LOAD REPORT" in message for message in ours) is shown
+    assert any("LOAD REPORT" in message for message in records.messages[len(ours):])  # kept for the user's own
+
+
+def test_what_a_model_folder_takes_is_read_from_its_files(tiny_model_path, tmp_path):
+    from taskzoo.models import describe_model, model_inputs
+
+    expected = {"text-classification": ({"text"}, "BertForSequenceClassification"),
+                "image-classification": ({"image"}, "ViTForImageClassification"),
+                "automatic-speech-recognition": ({"audio", "text"}, "Wav2Vec2ForCTC"),
+                "text-to-image": ({"pipeline"}, "StableDiffusionPipeline")}
+    for task, found in expected.items():
+        assert model_inputs(tiny_model_path(task)) == found
+    assert describe_model(*expected["automatic-speech-recognition"]) == "an audio model (Wav2Vec2ForCTC)"
+    # Without processor files, transformers' processor tables for its model type say it.
+    (tmp_path / "config.json").write_text('{"model_type": "vit", "architectures": ["ViTModel"]}')
+    assert model_inputs(tmp_path) == ({"image"}, "ViTModel")
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-type"}')
+    assert model_inputs(tmp_path) == (set(), "no-such-type")
+
+
+@pytest.mark.parametrize("task, model, message", [
+    ("sentence-similarity", "image-classification", "holds an image model (ViTForImageClassification); "
+     "sentence-similarity needs a sentence-transformers model, or a text encoder with a tokenizer."),
+    ("translation", "image-classification", "holds an image model (ViTForImageClassification); translation needs"),
+    ("automatic-speech-recognition", "translation", "holds a text model (MarianMTModel); automatic-speech-recognition "
+     "needs a speech model with a feature extractor"),
+    ("object-detection", "automatic-speech-recognition", "holds an audio model (Wav2Vec2ForCTC); object-detection"),
+    ("text-classification", "text-to-image", "holds a diffusers pipeline (StableDiffusionPipeline); text-classif"),
+    ("text-classification", "automatic-speech-recognition", "holds an audio model (Wav2Vec2ForCTC), which "
+     "text-classification cannot load: it needs a text model with a tokenizer"),
+])
+def test_a_model_for_other_inputs_is_named_with_what_the_task_needs(task, model, message, tiny_model_path):
+    with pytest.raises(taskzoo.ModelNotFoundError) as raised:
+        taskzoo.load(task, model=tiny_model_path(model), device="cpu")
+    assert str(raised.value).startswith(f"{tiny_model_path(model)} {message}"), str(raised.value)

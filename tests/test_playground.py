@@ -76,6 +76,25 @@ def upload_toy_image(page, task, tmp_path):
     return image
 
 
+def test_api_docs_page_renders_the_predict_operation(browser, tiny_model_path):
+    """The playground's "API docs" link opens Swagger UI, from the package's own files, showing the routes; the
+    /predict operation unfolds to its request body with the task's example."""
+    pytest.importorskip("swagger_ui_bundle", reason="swagger-ui-bundle (the serve extra) is not installed")
+    with Server("image-classification", tiny_model_path("image-classification")) as server:
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.click("text=API docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+        assert "Unable to render" not in page.inner_text("body")
+        assert page.locator(".opblock-summary-path").all_inner_texts() == ["/health", "/info", "/predict"]
+        page.click("#operations-default-predict_predict_post .opblock-summary")
+        operation = page.locator("#operations-default-predict_predict_post")
+        operation.locator("text=Request body").wait_for(timeout=10_000)
+        assert "predict one input or a list" in operation.inner_text()
+        assert '"inputs": "<base64 image>"' in operation.locator(".body-param__example, .microlight").first.inner_text()
+        page.close()
+
+
 def test_text_classification_shows_labels_with_score_bars(open_page):
     page, zoo = open_page("text-classification", "--api-key", "s3cret")
     # The server wants a key: the page asks for it before it shows the form.

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,10 @@ def test_health_info_docs_and_page(zoo_of, client_of):
     assert docs.status_code == 200 and "docs-assets/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text
     assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
     assert "/predict" in client.get("/openapi.json").json()["paths"]
+    # The page reads OpenAPI 3.0 (Swagger UI 4 renders no 3.1 document): the same routes.
+    assert 'url: "docs/openapi.json"' in docs.text or "url: 'docs/openapi.json'" in docs.text
+    for_page = client.get("/docs/openapi.json").json()
+    assert for_page["openapi"] == "3.0.3" and for_page["paths"] == client.get("/openapi.json").json()["paths"]
     page = client.get("/")
     assert page.status_code == 200 and "playground.js" in page.text
     for name in ("index.html", "playground.js", "playground.css"):  # nothing fetched from elsewhere
@@ -333,16 +338,70 @@ def test_wrong_kinds_of_input_get_400_with_the_python_message(zoo_of, client_of)
     refused(images.post("/predict", files=[("files", ("a.png", b"not an image"))]), 400, "corrupted or not an image")
     refused(client_of("automatic-speech-recognition").post("/predict", files=[("files", ("a.wav", b"noise"))]),
             400, "could not be decoded")
-    # Options are checked by the task itself: the very message the Python API gives.
+    # Options are checked as the Python API checks them: the very message it gives.
     zoo, image = zoo_of("image-classification"), Image.new("RGB", (32, 32), "blue")
     with pytest.raises(ValueError) as python_error:
         zoo.predict(image, top_k=0)
     answer = images.post("/predict", json={"inputs": png_base64(image), "parameters": {"top_k": 0}})
     assert answer.status_code == 400 and answer.json() == {"error": str(python_error.value)}
-    with pytest.raises(TypeError) as python_error:
-        zoo.predict(image, colour="red")
-    answer = images.post("/predict", json={"inputs": png_base64(image), "parameters": {"colour": "red"}})
-    assert answer.status_code == 400 and answer.json() == {"error": str(python_error.value)}
+
+
+def test_predict_options_are_refused_by_name_and_type_before_the_inputs_are_read(client_of):
+    images = client_of("image-classification")
+    # The option is checked first: the input (not base64) is never decoded.
+    refused(images.post("/predict", json={"inputs": "not base64!", "parameters": {"topk": 2}}), 400,
+            "predict() got an unknown option 'topk'. Did you mean 'top_k'? Options: mixed_precision, top_k.")
+    refused(images.post("/predict", files=[("files", ("a.png", b"not an image"))],
+                        data={"parameters": '{"top_k": "two"}'}), 400, "top_k must be a positive integer; got 'two'.")
+    refused(client_of("text-classification").post("/predict", json={"inputs": "good", "parameters": {"top_k": 1.5}}),
+            400, "top_k must be a positive integer; got 1.5.")
+    refused(client_of("object-detection").post("/predict", json={"inputs": "x", "parameters": {"threshold": 2}}),
+            400, "threshold must be a number in [0, 1]; got 2.")
+    # translation passes other options on to generate(): a typo of a known name is still refused.
+    translation = client_of("translation")
+    refused(translation.post("/predict", json={"inputs": "the cat", "parameters": {"num_beam": 2}}), 400,
+            "predict() got an unknown option 'num_beam'. Did you mean 'num_beams'?")
+    refused(translation.post("/predict", json={"inputs": "the cat", "parameters": {"temperatur": 0.5}}), 400,
+            "Did you mean 'temperature'?")
+    answer = translation.post("/predict", json={"inputs": "the cat", "parameters": {"num_beams": 2,
+                                                                                 "length_penalty": 1.0}})
+    assert answer.status_code == 200 and "translation_text" in answer.json()
+
+
+def test_a_model_without_a_trained_head_is_named_once_as_the_server_starts(tiny_model_path):
+    from taskzoo.errors import TaskzooWarning
+
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("sentence-similarity"), device="cpu")
+    with pytest.warns(TaskzooWarning, match="holds no trained head for this task .* fine-tune it first"):
+        app = create_app(zoo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TaskzooWarning)  # requests add none
+        assert TestClient(app).post("/predict", json={"inputs": "good"}).status_code == 200
+        assert zoo.predict("good")["label"]
+
+
+def test_the_docs_page_document_is_openapi_3_0():
+    from taskzoo.serving.app import openapi_3_0
+
+    # What FastAPI and pydantic 2 write for optional, union, bounded and example fields (OpenAPI 3.1).
+    body = {"type": "object", "properties": {
+        "count": {"anyOf": [{"type": "integer"}, {"type": "null"}], "title": "Count"},
+        "mode": {"type": ["string", "integer"]},
+        "scale": {"type": "number", "exclusiveMinimum": 0.0, "examples": [2.0]},
+        "kind": {"const": "a"},
+        "properties": {"type": "string", "title": "a field named like a keyword"}}}
+    original = {"openapi": "3.1.0", "paths": {"/echo": {"post": {"requestBody": {"content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Body"}}}}}}},
+        "components": {"schemas": {"Body": body}}}
+    snapshot = json.dumps(original)
+    converted = openapi_3_0(original)
+    assert converted["openapi"] == "3.0.3" and converted["paths"] == original["paths"]
+    fields = converted["components"]["schemas"]["Body"]["properties"]
+    assert fields["count"] == {"type": "integer", "nullable": True, "title": "Count"}
+    assert fields["mode"] == {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+    assert fields["scale"] == {"type": "number", "minimum": 0.0, "exclusiveMinimum": True, "example": 2.0}
+    assert fields["kind"] == {"enum": ["a"]} and fields["properties"] == body["properties"]["properties"]
+    assert json.dumps(original) == snapshot  # the app's own document is left as it was
 
 
 def test_api_key(zoo_of):

@@ -9,7 +9,6 @@ the per-request timeout, 500 for a failure of the model itself (which never stop
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import secrets
@@ -26,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from taskzoo.errors import TaskzooError
+from taskzoo.predict_options import option_defaults
 from taskzoo.serving.batching import Batcher, LengthGroupedPredict, batch_key
 from taskzoo.serving.codec import (MEDIA, SERVER_OPTIONS, Limits, RequestError, check_parameters,
                                    decode_media, decode_request, example_input, to_json)
@@ -42,6 +42,7 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
     :func:`taskzoo.serve`, which does. Up to ``max_batch_size`` inputs of concurrent requests are gathered
     and run in batches of similar lengths, of at most ``batch_size`` inputs (default: the task's)."""
     limits = limits or Limits()
+    task.warn_if_untrained()  # as the server starts, rather than at its first request
     batcher = Batcher(LengthGroupedPredict(task, batch_size), max_batch_size, max_wait_ms)  # checks batch_size
 
     @asynccontextmanager
@@ -154,9 +155,13 @@ async def read_form(request: Request, task, limits: Limits):
         raise RequestError(f"A request may hold at most {limits.max_inputs} inputs; this one holds {len(files)}.",
                            413)
     try:
-        parameters = check_parameters(task, json.loads(fields.get("parameters") or "{}"), limits)
+        parameters = json.loads(fields.get("parameters") or "{}")
     except ValueError as error:
         raise RequestError(f"The 'parameters' field is not valid JSON: {error}.") from None
+    try:
+        parameters = check_parameters(task, parameters, limits)
+    except (TypeError, ValueError) as error:  # an unknown option, or a value of the wrong type
+        raise RequestError(str(error)) from None
     items = []
     for name, upload in files:
         raw = await upload.read()
@@ -166,18 +171,9 @@ async def read_form(request: Request, task, limits: Limits):
 
 
 def predict_options(task) -> dict:
-    """The options a request may pass in ``parameters``, with their defaults, read from the task's
-    predict and predict_batch signatures (less the server's own: batch size, progress...)."""
-    options = {}
-    for function in (task.predict, task.predict_batch):
-        parameters = list(inspect.signature(function).parameters.values())[1:]  # after the inputs
-        for parameter in parameters:
-            if parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) or \
-                    parameter.name in (*SERVER_OPTIONS, "window_batch"):  # window_batch: predict sets it
-                continue
-            default = parameter.default
-            options[parameter.name] = default if isinstance(default, (str, int, float, bool, type(None))) else None
-    return options
+    """The options a request may pass in ``parameters``, with their defaults (those of the task's predict,
+    less the server's own: batch size, progress...)."""
+    return {name: default for name, default in option_defaults(task).items() if name not in SERVER_OPTIONS}
 
 
 def predict_schema(task) -> dict:
@@ -195,7 +191,8 @@ def predict_schema(task) -> dict:
 
 def add_docs(app: FastAPI) -> None:
     """Swagger UI at /docs from the swagger-ui-bundle package's files, not from a CDN (the server may be
-    offline); without that package, the OpenAPI schema is still at /openapi.json."""
+    offline); without that package, the OpenAPI schema is still at /openapi.json. The page reads the schema
+    as OpenAPI 3.0 (/docs/openapi.json): the Swagger UI releases before 5 render no 3.1 document."""
     try:
         from swagger_ui_bundle import swagger_ui_path
     except ImportError:
@@ -206,10 +203,53 @@ def add_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs():
-        return get_swagger_ui_html(openapi_url="openapi.json", title=app.title,
+        return get_swagger_ui_html(openapi_url="docs/openapi.json", title=app.title,
                                    swagger_js_url="docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="docs-assets/swagger-ui.css",
                                    swagger_favicon_url="docs-assets/favicon-32x32.png")
+
+    @app.get("/docs/openapi.json", include_in_schema=False)
+    async def docs_schema():
+        return openapi_3_0(app.openapi())
+
+
+def openapi_3_0(document: dict) -> dict:
+    """An OpenAPI 3.1 document (FastAPI's) as 3.0: JSON Schema's ``"type": "null"`` becomes ``nullable``,
+    ``const`` a one-value ``enum``, numeric exclusive bounds the 3.0 flags and ``examples`` lists an ``example``."""
+    names = ("properties", "patternProperties", "$defs", "schemas", "paths", "responses", "content")
+
+    def schema(node, named: bool = False):
+        if isinstance(node, list):
+            return [schema(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        node = {key: schema(value, key in names) for key, value in node.items()}
+        if named:  # a map of names (properties, paths...): its keys are not schema keywords
+            return node
+        for key in ("anyOf", "oneOf"):
+            options = node.get(key)
+            if isinstance(options, list) and {"type": "null"} in options:
+                rest = [option for option in options if option != {"type": "null"}]
+                del node[key]
+                node.update(rest[0] if len(rest) == 1 else {key: rest}, nullable=True)
+        kinds = node.get("type")
+        if isinstance(kinds, list):  # ["string", "null"]
+            del node["type"]
+            node.update({"nullable": True} if "null" in kinds else {})
+            kinds = [kind for kind in kinds if kind != "null"]
+            node.update({"type": kinds[0]} if len(kinds) == 1 else {"anyOf": [{"type": kind} for kind in kinds]})
+        if "const" in node:
+            node["enum"] = [node.pop("const")]
+        for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            if isinstance(node.get(exclusive), (int, float)) and not isinstance(node[exclusive], bool):
+                node[bound], node[exclusive] = node[exclusive], True
+        if isinstance(node.get("examples"), list):
+            examples = node.pop("examples")
+            if examples:
+                node.setdefault("example", examples[0])
+        return node
+
+    return {**schema(document), "openapi": "3.0.3"}
 
 
 def json_error(message: str, status: int, headers: dict | None = None, fields: dict | None = None):

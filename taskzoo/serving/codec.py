@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from taskzoo import data as data_utils
+from taskzoo.predict_options import check_options
 
 # Which tasks take media rather than text; the others take strings, pairs (two-element lists) or dicts.
 MEDIA = {"image-classification": "image", "object-detection": "image", "image-segmentation": "image",
@@ -69,8 +70,9 @@ def decode_request(task, body: Any, limits: Limits) -> tuple[list, bool, dict]:
         raise RequestError(f"Unknown field(s) {unknown} in the request body; it takes 'inputs' and 'parameters'.")
     if "inputs" not in body:
         raise RequestError(f"The request body has no 'inputs' field: send {{\"inputs\": {example_input(task)}}}.")
+    parameters = check_parameters(task, body.get("parameters"), limits)  # before decoding any input
     items, single = decode_inputs(task, body["inputs"], limits)
-    return items, single, check_parameters(task, body.get("parameters"), limits)
+    return items, single, parameters
 
 
 def check_parameters(task, parameters: Any, limits: Limits) -> dict:
@@ -82,6 +84,7 @@ def check_parameters(task, parameters: Any, limits: Limits) -> dict:
     if refused:
         raise RequestError(f"'parameters' may not set {refused}: the server chooses how it batches "
                            "(see taskzoo serve --max-batch-size).")
+    check_options(task, parameters, unlisted=SERVER_OPTIONS)  # a wrong name or type of value: named, 400
     size = [parameters.get(side, getattr(task, "native_size", None)) for side in ("width", "height")]
     if task.name == "text-to-image" and all(isinstance(side, int) for side in size):  # what it would generate
         check_pixels(*size, "The image to generate", limits)

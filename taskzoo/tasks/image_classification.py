@@ -30,6 +30,8 @@ SPLIT_NAMES = ("train", *data_utils.EVAL_SPLIT_NAMES)
 class ImageClassification(Task):
     name = "image-classification"
     primary_metric = "accuracy"
+    modality = "image"
+    model_needs = "an image classification model with an image processor (ViT, ConvNeXT, ResNet, ...)"
     required_columns = ("image", "label")
     default_batch_size = 32
     # Label names for the head (their order gives the ids); needed for a stream, which cannot be scanned.
@@ -39,11 +41,6 @@ class ImageClassification(Task):
     # With a frozen body, the classifier's input can be cached (strategy="freeze"): a one-module head.
     cached_head = property(lambda self: strategies.single_head(self.model))
 
-    def __init__(self, model, processor, *, head_trained: bool = True, **kwargs):
-        super().__init__(model, processor, **kwargs)
-        # False when the checkpoint had no classification head (a backbone such as DINOv2).
-        self.head_trained = head_trained
-
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, **model_kwargs):
         from transformers import AutoModelForImageClassification
@@ -51,7 +48,7 @@ class ImageClassification(Task):
         processor = load_image_processor(path, trust_remote_code)
         model, info = AutoModelForImageClassification.from_pretrained(
             path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
-        return cls(model, processor, head_trained=not info["missing_keys"], source=str(path), device=device)
+        return cls(model, processor, new_weights=info["missing_keys"], source=str(path), device=device)
 
     @property
     def labels(self) -> list[str]:

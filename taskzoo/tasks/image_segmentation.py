@@ -91,6 +91,8 @@ def image_size(value) -> tuple[int, int] | None:
 class ImageSegmentation(Task):
     name = "image-segmentation"
     primary_metric = "mean_iou"
+    modality = "image"
+    model_needs = "a semantic segmentation model with an image processor (SegFormer, BEiT, DPT, ...)"
     required_columns = ("image", "mask")
     default_batch_size = 8
     default_learning_rate = 6e-5  # SegFormer's fine-tuning rate
@@ -115,9 +117,10 @@ class ImageSegmentation(Task):
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, reduce_labels=False, **model_kwargs):
         processor = load_image_processor(path, trust_remote_code)
-        model = universal.load_model(path, trust_remote_code=trust_remote_code, **model_kwargs)
+        model, info = universal.load_model(path, trust_remote_code=trust_remote_code, output_loading_info=True,
+                                           **model_kwargs)
         return cls(model, processor, reduce_labels=reduce_labels, tokenizer=universal.load_tokenizer(path, model),
-                   source=str(path), device=device)
+                   new_weights=info["missing_keys"], source=str(path), device=device)
 
     def save(self, path):
         path = super().save(path)

@@ -32,7 +32,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Va
 
 from taskzoo import data as data_utils
 from taskzoo import heads, metrics, strategies, streaming
-from taskzoo.errors import DataError
+from taskzoo.errors import DataError, TaskzooWarning
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
 
@@ -70,6 +70,8 @@ def decode(processor, outputs, sizes: list[tuple[int, int]], threshold: float) -
 class ObjectDetection(Task):
     name = "object-detection"
     primary_metric = "map"
+    modality = "image"
+    model_needs = "an object detection model with an image processor (DETR, RT-DETR, YOLOS, ...)"
     required_columns = ("image", "objects")
     default_batch_size = 8
     default_learning_rate = 1e-4  # DETR's
@@ -79,10 +81,6 @@ class ObjectDetection(Task):
     demo_config = dict(train_size=200, eval_size=48, max_steps=300, batch_size=8, learning_rate=1e-3,
                        scheduler="constant", eval_every=50)
 
-    def __init__(self, model, processor, *, head_trained: bool = True, **kwargs):
-        super().__init__(model, processor, **kwargs)
-        self.head_trained = head_trained  # False when the checkpoint had no detection head
-
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, **model_kwargs):
         from transformers import AutoModelForObjectDetection
@@ -90,7 +88,7 @@ class ObjectDetection(Task):
         processor = load_image_processor(path, trust_remote_code)
         model, info = AutoModelForObjectDetection.from_pretrained(
             path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
-        return cls(model, processor, head_trained=not info["missing_keys"], source=str(path), device=device)
+        return cls(model, processor, new_weights=info["missing_keys"], source=str(path), device=device)
 
     @property
     def labels(self) -> list[str]:
@@ -174,7 +172,7 @@ class ObjectDetection(Task):
             warnings.warn(f"{self.name}: of {total} boxes in the {role} data, {clipped} crossed the image border "
                           f"and were clipped to it, and {dropped} were dropped (zero or negative width or height, "
                           f"or wholly outside the image{'; first: ' + first if first else ''}). Boxes are COCO "
-                          "[x, y, width, height] in pixels.", stacklevel=3)
+                          "[x, y, width, height] in pixels.", TaskzooWarning, stacklevel=3)
         return dataset.select_columns(["image"]).add_column("objects", cleaned, feature=OBJECTS)
 
     def collate(self, examples: list[dict]) -> dict:

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from taskzoo import metrics, strategies, streaming
 from taskzoo.batching import PreparedBatches, halving_on_oom, token_budget_batches
 from taskzoo.errors import DataError
-from taskzoo.models import library_bars_hidden
+from taskzoo.models import library_bars_hidden, model_inputs
+from taskzoo.predict_options import check_options
 from taskzoo.task import Task
 
 LOSSES = ("cosine", "cosent")
@@ -33,6 +34,8 @@ LOSSES = ("cosine", "cosent")
 class SentenceSimilarity(Task):
     name = "sentence-similarity"
     primary_metric = "spearman"
+    modality = "text"
+    model_needs = "a sentence-transformers model, or a text encoder with a tokenizer"
     required_columns = ("sentence1", "sentence2", "score")
     default_batch_size = 64  # sentences per forward pass (training, evaluation, predict without a tokenizer)
     default_batch_tokens = 4096  # predict: padded tokens per forward pass, unless batch_size is given
@@ -54,7 +57,17 @@ class SentenceSimilarity(Task):
 
         model = SentenceTransformer(str(path), device=str(device) if device else None,
                                     trust_remote_code=trust_remote_code)
-        return cls(model, loss=loss, source=str(path), device=device or model.device)
+        task = cls(model, loss=loss, source=str(path), device=device or model.device)
+        # A plain transformers folder (a text classifier, a BERT): sentence-transformers mean-pools its encoder,
+        # whose embeddings were not trained for similarity.
+        task.head_trained = (Path(path) / "modules.json").exists()
+        return task
+
+    def untrained_message(self) -> str:
+        _, architecture = model_inputs(self.source)
+        return (f"sentence-similarity: {self.source} holds {'a ' + architecture if architecture else 'a model'}, not "
+                "a sentence-transformers model (it has no modules.json): its sentences are embedded by mean pooling "
+                "over an encoder that was not trained for similarity, so its scores mean little: fine-tune it first.")
 
     @library_bars_hidden()
     def save(self, path):
@@ -214,13 +227,16 @@ class SentenceSimilarity(Task):
         return (encoder, name) if name else None
 
     def predict(self, inputs, batch_size=None, progress=None, mixed_precision="no", compile=False,
-                batch_tokens=None):
+                num_workers=0, batch_tokens=None, **options):
         """Scores pairs, or a source sentence against many. Each distinct sentence is encoded once. All are
         tokenized in one call and sorted by their length in tokens, so that a batch holds sentences of (nearly)
         one length: little padding, and none at all lets attention run without a mask. By default a batch holds
         up to ``batch_tokens`` padded tokens (default 4096): many short sentences or a few long ones, ending
         where the length changes when that saves more padding than a batch costs. ``batch_size`` instead fixes
-        the number of sentences per batch. A batch that runs out of device memory is halved, as in every task."""
+        the number of sentences per batch. A batch that runs out of device memory is halved, as in every task.
+        ``num_workers=N`` pads the next batches in N processes (tokenizing is done before, at once)."""
+        check_options(self, {**options, "num_workers": num_workers})  # any in options is unknown: refused
+        self.warn_if_untrained()
         if batch_size is not None:
             self.check_batch_size(batch_size)
             if batch_tokens is not None:
@@ -238,7 +254,7 @@ class SentenceSimilarity(Task):
         tokens = self.tokenized(unique)
         lengths = [len(row["input_ids"]) for row in tokens] if tokens else [len(sentence) for sentence in unique]
         batches = self._batches(lengths, bool(tokens), batch_size, batch_tokens)
-        prepared = PreparedBatches(self, tokens or unique, batches, {}, num_workers=0)
+        prepared = PreparedBatches(self, tokens or unique, batches, {}, num_workers=num_workers)
         embeddings = None
         bar = tqdm(total=len(unique), desc=f"{self.name}: encode", unit="sentence",
                    disable=not (progress if progress is not None else len(batches) > 10))

@@ -34,6 +34,8 @@ METADATA = ("metadata.csv", "metadata.jsonl")
 class SpeechRecognition(Task):
     name = "automatic-speech-recognition"
     primary_metric = "wer"
+    modality = "audio"
+    model_needs = "a speech model with a feature extractor: CTC (wav2vec2, HuBERT, ...) or Whisper"
     greater_is_better = False
     required_columns = ("audio", "text")
     default_batch_size = 8
@@ -45,12 +47,11 @@ class SpeechRecognition(Task):
     demo_config = dict(train_size=400, eval_size=32, epochs=8, learning_rate=8e-3, batch_size=8, scheduler="constant")
 
     def __init__(self, model, processor, *, language: str | None = None, whisper_task: str = "transcribe",
-                 head_trained: bool = True, **kwargs):
+                 **kwargs):
         super().__init__(model, processor, **kwargs)
         self.is_ctc = not model.config.is_encoder_decoder
         # Whisper's prompt (``task`` is taken by taskzoo.load): None language: the model's own, or detected.
         self.language, self.whisper_task = language, whisper_task
-        self.head_trained = head_trained  # False: the CTC output layer was freshly initialised
         # Whisper ties its output layer to the token embeddings, so there is no separate head to train.
         self.strategies = ("full", "freeze", "lora") if self.is_ctc else ("full", "lora")
 
@@ -75,8 +76,8 @@ class SpeechRecognition(Task):
         if config.is_encoder_decoder and not hasattr(getattr(processor, "tokenizer", None), "_decode_asr"):
             raise ValueError(f"{path} holds a {config.model_type!r} encoder-decoder; taskzoo transcribes with "
                              "Whisper-style encoder-decoders (Whisper's tokenizer and prompt) and CTC models.")
-        head = not any(key.startswith("lm_head") for key in info["missing_keys"])
-        return cls(model, processor, language=language, whisper_task=whisper_task, head_trained=head,
+        new = [key for key in info["missing_keys"] if key.startswith("lm_head")]  # the CTC output layer
+        return cls(model, processor, language=language, whisper_task=whisper_task, new_weights=new,
                    source=str(path), device=device)
 
     @property

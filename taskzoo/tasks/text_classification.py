@@ -24,6 +24,8 @@ from taskzoo.task import Task
 class TextClassification(Task):
     name = "text-classification"
     primary_metric = "accuracy"
+    modality = "text"
+    model_needs = "a text model with a tokenizer (BERT, RoBERTa, DistilBERT, a sentence-transformers backbone, ...)"
     required_columns = ("text", "label")
     default_batch_size = 32
     # Label names for the head (their order gives the ids); needed for a stream, which cannot be scanned.
@@ -32,11 +34,6 @@ class TextClassification(Task):
     # With a frozen body, the classifier's input can be cached (strategy="freeze"): a one-module head.
     cached_head = property(lambda self: strategies.single_head(self.model))
 
-    def __init__(self, model, tokenizer, *, head_trained: bool = True, **kwargs):
-        super().__init__(model, tokenizer, **kwargs)
-        # False when the checkpoint had no classification head (its weights were freshly initialised).
-        self.head_trained = head_trained
-
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, **model_kwargs):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -44,7 +41,7 @@ class TextClassification(Task):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
-        return cls(model, tokenizer, head_trained=not info["missing_keys"], source=str(path), device=device)
+        return cls(model, tokenizer, new_weights=info["missing_keys"], source=str(path), device=device)
 
     @property
     def labels(self) -> list[str]:

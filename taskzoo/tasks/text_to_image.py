@@ -40,6 +40,8 @@ ROW = "_taskzoo_row"  # the row index prepare() adds: it seeds that row's evalua
 class TextToImage(Task):
     name = "text-to-image"
     primary_metric = "eval_loss"
+    modality = "pipeline"
+    model_needs = "a diffusers text-to-image pipeline (model_index.json) or a LoRA folder that taskzoo saved"
     greater_is_better = False
     required_columns = ("image", "text")
     default_batch_size = 4

@@ -30,6 +30,8 @@ SETTINGS_FILE = "taskzoo.json"
 class Translation(Task):
     name = "translation"
     primary_metric = "bleu"
+    modality = "text"
+    model_needs = "a text-to-text model with a tokenizer (Marian, T5, mBART, M2M100, NLLB, ...)"
     required_columns = ("source", "target")
     default_batch_size = 16
     default_learning_rate = 5e-5
@@ -66,8 +68,9 @@ class Translation(Task):
                      target_lang=target_lang)  # what the caller passes wins over what was saved
         languages = {key: saved.get(key) if value is None else value for key, value in given.items()}
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=trust_remote_code, **model_kwargs)
-        return cls(model, tokenizer, **languages, source=str(path), device=device)
+        model, info = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                            output_loading_info=True, **model_kwargs)
+        return cls(model, tokenizer, **languages, new_weights=info["missing_keys"], source=str(path), device=device)
 
     @library_bars_hidden()
     def save(self, path):
