@@ -70,7 +70,7 @@ def init_for_training_from_scratch(model) -> None:
         nn.init.zeros_(head.layers[-1].weight)
         nn.init.zeros_(head.layers[-1].bias)
     # The anchors are 0.05 and 0.1 of the image wide on the two levels: the real model's, made for small objects
-    # in 640-px photos. The toy's rectangles are 0.25 to 0.64 of the image: a bias of 2 on the width and height
+    # in 640-px photos. The toy's rectangles are 0.25 to 0.63 of the image: a bias of 2 on the width and height
     # logits starts the proposals at 0.28 and 0.45, and the steps go to placing the boxes, not to growing them
     # (without it the demo's run ended at map_50 0.61-0.70 over seeds 0-2; with it, 0.84-0.90).
     with torch.no_grad():
