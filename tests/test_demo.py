@@ -15,7 +15,10 @@ from taskzoo.errors import UnknownTaskError
 def test_detection_demo_finds_the_boxes(demo_run):
     row = demo_run("object-detection")
     assert row["metric"] == "map_50" and row["greater_is_better"]
-    assert row["before"] < 0.1 and row["after"] >= 0.5, (row["before"], row["after"])
+    # Measured on AMD EPYC (AVX2, no AVX-512/AMX): 0.77-0.90 over training seeds 0-4 and 42 (the demo's),
+    # 0.82-0.88 with torch's non-vector kernels (ATEN_CPU_CAPABILITY=default) or two threads (see
+    # bench/detection_seeds.py); 0.6 leaves room for other kernels' numerics, and is still well past chance (~0).
+    assert row["before"] < 0.1 and row["after"] >= 0.6, (row["before"], row["after"])
 
 
 def test_speech_recognition_demo_transcribes(demo_run):

@@ -120,11 +120,12 @@ def test_the_original_detr_family_fine_tunes_and_predicts(detr_path):
 
 
 def test_the_demo_run_finds_the_held_out_boxes(trained):
-    """A real margin, not "after > before": from no box found to at least half of them (IoU >= 0.5)."""
+    """A real margin, not "after > before": from no box found to most of them (IoU >= 0.5). The run ends at
+    map_50 0.77-0.90 and map 0.35-0.48 over training seeds and kernels (see tests/test_demo.py)."""
     zoo, row, held_out = trained
-    assert row["before"] < 0.1 and row["after"] >= 0.5
+    assert row["before"] < 0.1 and row["after"] >= 0.6
     after = zoo.evaluate(held_out)
-    assert after["map_50"] == pytest.approx(row["after"]) and after["map"] > 0.1
+    assert after["map_50"] == pytest.approx(row["after"]) and after["map"] > 0.2
     assert set(after) == set(metrics.COCO_STATS)
     losses = [record["loss"] for record in row["history"] if "loss" in record]
     assert len(losses) >= 10 and losses[-1] < losses[0] / 2
