@@ -29,9 +29,11 @@ from taskzoo.training_config import TrainingConfig, TrainingResult  # noqa: F401
 def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingResult:
     """Fine-tune ``task.model`` on ``train_set``: set up, resume (or start fresh), the epoch loop, finish."""
     run = _Run(task, train_set, eval_set, config)
-    run.resume_or_start_fresh("a stream of" if streaming.is_stream(train_set) else len(train_set))
-    run.train()
-    return run.finish()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(run.accelerator.mixed_precision)
+    with task.frozen_parts(run.accelerator.device, dtype):  # what the task uses beside task.model, not trained
+        run.resume_or_start_fresh("a stream of" if streaming.is_stream(train_set) else len(train_set))
+        run.train()
+        return run.finish()
 
 
 class _Run:

@@ -116,11 +116,11 @@ def test_lora_trains_only_adapters_and_reloads_to_the_same_images(tiny_model_pat
 
     base_path = tiny_model_path(TASK)
     zoo = taskzoo.load(TASK, model=base_path, device="cpu")
-    base_weights = {name: value.clone() for name, value in zoo.model.unet.state_dict().items()}
+    base_weights = {name: value.clone() for name, value in zoo.pipeline.unet.state_dict().items()}
     base_images = pixels(zoo.predict(["a red square", "a green triangle"], **FAST))
     zoo.finetune(toy_dataset(TASK, 32, seed=0), strategy="lora", lora_rank=4, lora_alpha=8, epochs=1,
                  batch_size=8, learning_rate=1e-2, progress=False, save_checkpoints=False)
-    weights = {name.replace(".base_layer", ""): value for name, value in zoo.model.unet.state_dict().items()
+    weights = {name.replace(".base_layer", ""): value for name, value in zoo.pipeline.unet.state_dict().items()
                if "lora_" not in name}  # peft wraps each adapted layer: to_q.weight -> to_q.base_layer.weight
     assert weights.keys() == base_weights.keys()
     assert all(torch.equal(weights[name], value) for name, value in base_weights.items())
@@ -155,7 +155,7 @@ def test_ema_snr_gamma_and_cached_latents_with_v_prediction(tiny_model_path, hel
     config_file = folder / "scheduler" / "scheduler_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "prediction_type": "v_prediction"}))
     zoo = taskzoo.load(TASK, model=folder, device="cpu")
-    assert zoo.model.noise_scheduler.config.prediction_type == "v_prediction"
+    assert zoo.family.objective(zoo.training_options).kind == "v_prediction"
     before = zoo.evaluate(held_out, batch_size=8)["eval_loss"]
     result = zoo.finetune(toy_dataset(TASK, 32, seed=0), eval=held_out, ema=True, ema_decay=0.9, snr_gamma=5.0,
                           cache_latents=True, epochs=3, batch_size=8, learning_rate=2e-3, progress=False,
