@@ -68,10 +68,12 @@ def save_lora(denoiser: torch.nn.Module, prefix: str, name: str, path: Path, bas
     config = copy.deepcopy(denoiser.peft_config[name])
     layers = get_peft_model_state_dict(denoiser, adapter_name=name)
     if hasattr(denoiser, "load_lora_adapter"):
-        # What the pipelines' save_lora_weights write; the metadata keeps lora_alpha, without which diffusers'
-        # loader would assume alpha == rank.
-        LoraBaseMixin._save_lora_weights(path, lora_layers={prefix: convert_state_dict_to_diffusers(layers)},
-                                         lora_metadata={prefix: config.to_dict()}, weight_name=LORA_WEIGHTS)
+        # What the pipelines' save_lora_weights write, keyed as diffusers' training scripts key them (UNets in
+        # diffusers' own naming, transformers in peft's); the metadata keeps lora_alpha, without which
+        # diffusers' loader would assume alpha == rank.
+        layers = convert_state_dict_to_diffusers(layers) if prefix == "unet" else layers
+        LoraBaseMixin._save_lora_weights(path, lora_layers={prefix: layers}, lora_metadata={prefix: config.to_dict()},
+                                         weight_name=LORA_WEIGHTS)
     else:
         save_file({f"base_model.model.{key}": value.contiguous() for key, value in layers.items()},
                   str(path / PEFT_WEIGHTS), metadata={"format": "pt"})

@@ -19,11 +19,12 @@ TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, int
 
 
 @library_bars_hidden()
-def tiny_model(task: str, path: str | os.PathLike) -> Path:
-    """Build a tiny random model for ``task`` and save it as a normal HF folder at ``path``."""
+def tiny_model(task: str, path: str | os.PathLike, **options) -> Path:
+    """Build a tiny random model for ``task`` and save it as a normal HF folder at ``path``; ``options`` go to
+    the task's kit (text-to-image: ``family="sdxl"``, say)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    return get_task(task).load_class().tiny_model(path)
+    return get_task(task).load_class().tiny_model(path, **options)
 
 
 @library_bars_hidden()
