@@ -6,10 +6,10 @@ depends on its prompt, seed and settings, not on its neighbours in a batch (up t
 Fine-tuning trains the denoiser (UNet or transformer) in its family's objective (taskzoo.diffusion_families:
 noise or velocity prediction for the UNet families and PixArt, flow matching for SD3 and Flux); the text
 encoders and VAE stay frozen, outside the module that Accelerate prepares and checkpoints. Strategy "full",
-or "lora" (peft adapters on the denoiser's attention, saved as diffusers' ``pytorch_lora_weights.safetensors``
-with an ``adapter_config.json`` naming the base pipeline). ``eval_loss`` is the loss of the family's objective
-at fixed timesteps with noise seeded by each row's index: the same model scores the same, whatever the
-batching or the number of processes.
+or "lora" (peft adapters on the denoiser's attention, saved as diffusers' ``pytorch_lora_weights.safetensors``,
+PixArt's as peft's ``adapter_model.safetensors``, with an ``adapter_config.json`` naming the base pipeline).
+``eval_loss`` is the loss of the family's objective at fixed points of the schedule with noise seeded by each
+row's index: the same model scores the same, whatever the batching or the number of processes.
 """
 
 from __future__ import annotations
