@@ -14,12 +14,18 @@ class Denoiser(torch.nn.Module):
     alone. The frozen VAE and text encoders stay outside it, so that Accelerate neither wraps (DDP, FSDP,
     DeepSpeed) nor saves them. forward() takes the denoiser's keyword arguments and returns its prediction."""
 
-    def __init__(self, denoiser: torch.nn.Module):
+    def __init__(self, denoiser: torch.nn.Module, save_with=None):
         super().__init__()
         self.denoiser = denoiser
+        self.save_with = save_with  # (folder, state_dict) -> writes the task's whole folder with these weights
 
     def forward(self, **inputs) -> torch.Tensor:
         return self.denoiser(**inputs, return_dict=False)[0]
+
+    def save_pretrained(self, path, state_dict: dict | None = None) -> None:
+        """What fine-tuning under FSDP or DeepSpeed calls with the weights gathered from every process's shards
+        (checkpoints.save_model): the task's folder, a pipeline or LoRA adapters, holding these weights."""
+        self.save_with(Path(path), self.state_dict() if state_dict is None else state_dict)
 
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA format: "unet." / "transformer." keys
@@ -79,6 +85,22 @@ def save_lora(denoiser: torch.nn.Module, prefix: str, name: str, path: Path, bas
                   str(path / PEFT_WEIGHTS), metadata={"format": "pt"})
     config.base_model_name_or_path = base_model
     config.save_pretrained(str(path))
+
+
+def lora_base(path: Path) -> str | None:
+    """The base pipeline that the LoRA folder ``path`` names; None where ``path`` is not a LoRA folder."""
+    import json
+
+    from taskzoo.errors import ModelNotFoundError
+
+    if not ((path / LORA_WEIGHTS).exists() or (path / PEFT_WEIGHTS).exists()):
+        return None
+    record = path / "adapter_config.json"
+    base = json.loads(record.read_text()).get("base_model_name_or_path") if record.exists() else None
+    if not base:
+        raise ModelNotFoundError(f"LoRA folder {path} does not name its base pipeline (base_model_name_or_path in "
+                                 "adapter_config.json).")
+    return base
 
 
 def load_lora(denoiser: torch.nn.Module, prefix: str, name: str, path: Path) -> None:

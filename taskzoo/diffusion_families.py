@@ -16,6 +16,8 @@ generation does.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from taskzoo.errors import ModelNotFoundError
@@ -112,6 +114,42 @@ class Family:
     def frozen(self) -> dict[str, torch.nn.Module]:
         names = ("vae", *self.encoders)
         return {name: getattr(self.pipeline, name) for name in names if getattr(self.pipeline, name, None) is not None}
+
+    @contextmanager
+    def standing_in(self, denoiser):
+        """Within this context ``denoiser`` stands in for the pipeline's own (to save a merged copy, say)."""
+        own = self.module
+        setattr(self.pipeline, self.denoiser, denoiser)
+        try:
+            yield
+        finally:
+            setattr(self.pipeline, self.denoiser, own)
+
+    def save(self, path, denoiser=None) -> None:
+        """The pipeline folder, with ``denoiser`` (if given) in place of the pipeline's own."""
+        with self.standing_in(denoiser or self.module):
+            self.pipeline.save_pretrained(path)
+
+    def place_frozen(self, device, dtype) -> dict:
+        """The frozen parts to ``device``, cast to ``dtype`` (None: kept) as diffusers' scripts cast them for mixed
+        precision; a VAE whose config says force_upcast stays float32 under fp16. Returns {cast part: own dtype}."""
+        cast = {}
+        for name, part in self.frozen().items():
+            if dtype is None or (name == "vae" and dtype == torch.float16 and part.config.force_upcast):
+                part.to(device)
+            else:
+                cast[name] = part.dtype
+                part.to(device, dtype)
+        return cast
+
+    def restore_frozen(self, cast: dict, base: str, device) -> None:
+        """The parts :meth:`place_frozen` cast, reloaded from the pipeline folder ``base`` (casting back would keep
+        the rounding), and every frozen part on ``device``."""
+        for name, part in self.frozen().items():
+            if name in cast:
+                part = type(part).from_pretrained(base, subfolder=name).to(dtype=cast[name]).requires_grad_(False)
+                setattr(self.pipeline, name, part.eval())
+            part.to(device)
 
     def objective(self, options: dict):
         return self.objective_class(self.pipeline.scheduler.config, options)

@@ -159,3 +159,28 @@ def test_lora_trains_adapters_only_and_diffusers_loads_them(family, base_paths, 
 def test_snr_gamma_is_refused_for_flow_matching(base_paths):
     with pytest.raises(ValueError, match="snr_gamma weights DDPM losses; sd3 trains by flow matching"):
         load(base_paths("sd3")).finetune(toy_dataset(TASK, 8), snr_gamma=5.0, progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_weights_gathered_from_shards_are_what_is_saved(strategy, base_paths, tmp_path):
+    """Under FSDP or DeepSpeed the loop saves through Denoiser.save_pretrained with the weights gathered from
+    the shards: those weights are saved, not the live module's. Here the untrained weights stand in for them."""
+    zoo = load(base_paths("pixart"))  # the family without a diffusers LoRA loader
+    base_images, untrained = pixels(zoo.predict(PROMPTS, **FAST)), copy_of(zoo.model.state_dict())
+    zoo.finetune(toy_dataset(TASK, 8), strategy=strategy, max_steps=1, batch_size=8, learning_rate=3e-2,
+                 progress=False, save_checkpoints=False)
+    tuned = pixels(zoo.predict(PROMPTS, **FAST))
+    assert any(not np.array_equal(a, b) for a, b in zip(tuned, base_images))
+    adapters = copy_of(zoo.model.state_dict())  # with lora_B = 0 they change nothing
+    gathered = untrained if strategy == "full" else {key: torch.zeros_like(value) if "lora_B" in key else value
+                                                     for key, value in adapters.items()}
+    zoo.model.save_pretrained(tmp_path / "gathered", state_dict=gathered)
+    saved = sorted(p.name for p in (tmp_path / "gathered").iterdir())
+    assert ("transformer" in saved) == (strategy == "full") and "tokenizer_config.json" not in saved
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(load(tmp_path / "gathered").predict(PROMPTS, **FAST)),
+                                                    base_images))
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(zoo.predict(PROMPTS, **FAST)), tuned))  # live: as it was
+
+
+def copy_of(state_dict):
+    return {key: value.clone() for key, value in state_dict.items()}

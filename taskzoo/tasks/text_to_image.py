@@ -15,7 +15,6 @@ row's index: the same model scores the same, whatever the batching or the number
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import uuid
@@ -28,7 +27,7 @@ import torch
 from taskzoo import data as data_utils
 from taskzoo import streaming
 from taskzoo.diffusion import (EMA, LORA_WEIGHTS, PEFT_WEIGHTS, Denoiser, add_lora, clip_scores, fuse_lora, has_lora,
-                               image_grid, load_lora, save_lora, training_pixels)
+                               image_grid, load_lora, lora_base, save_lora, training_pixels)
 from taskzoo.diffusion_families import family_of
 from taskzoo.errors import DataError, ModelNotFoundError
 from taskzoo.models import library_bars_hidden
@@ -61,7 +60,8 @@ class TextToImage(Task):
         self.family = family_of(pipeline)
         for part in self.family.frozen().values():
             part.requires_grad_(False)
-        super().__init__(Denoiser(self.family.module), pipeline.tokenizer, **kwargs)
+        # No processor: the pipeline holds its tokenizers (one to three).
+        super().__init__(Denoiser(self.family.module, save_with=self._save_gathered), None, **kwargs)
         self.pipeline = pipeline.to(self.device)  # around the same modules: fine-tuning shows in predict
         pipeline.set_progress_bar_config(disable=True)
         self.base_model = base_model  # the pipeline folder a LoRA applies to, and frozen parts reload from
@@ -83,15 +83,10 @@ class TextToImage(Task):
 
         from taskzoo.models import resolve_model
 
-        path = base = Path(path)
-        if (path / LORA_WEIGHTS).exists() or (path / PEFT_WEIGHTS).exists():
-            record = path / "adapter_config.json"
-            base = json.loads(record.read_text()).get("base_model_name_or_path") if record.exists() else None
-            if not base:
-                raise ModelNotFoundError(f"LoRA folder {path} does not name its base pipeline "
-                                         "(base_model_name_or_path in adapter_config.json).")
-            base = resolve_model(base)
-        elif not (path / "model_index.json").exists():
+        path = Path(path)
+        base = lora_base(path)  # a LoRA folder names its base pipeline
+        base = path if base is None else resolve_model(base)
+        if base == path and not (path / "model_index.json").exists():
             raise ModelNotFoundError(f"{path} is neither a diffusers pipeline (model_index.json) nor a LoRA "
                                      f"folder ({LORA_WEIGHTS} or {PEFT_WEIGHTS}).")
         pipeline = AutoPipelineForText2Image.from_pretrained(str(base), trust_remote_code=trust_remote_code)
@@ -124,36 +119,35 @@ class TextToImage(Task):
             if self._has_lora():  # a plain pipeline, the LoRA fused into a copy of the denoiser
                 merged = copy.deepcopy(denoiser)
                 fuse_lora(merged, ADAPTER)
-            setattr(self.pipeline, name, merged or denoiser)
-            try:
-                self.pipeline.save_pretrained(path)
-            finally:
-                setattr(self.pipeline, name, denoiser)
+            self.family.save(path, merged)
         for part in self._cast:  # cast for mixed precision while fine-tuning: the exact weights are the base's
             shutil.rmtree(path / part)
             shutil.copytree(Path(self.base_model) / part, path / part)
         return path
+
+    def _save_gathered(self, path: Path, state_dict: dict) -> None:
+        """save(), with the denoiser's weights gathered from FSDP or DeepSpeed shards (``denoiser.`` keys), loaded
+        into a plain copy of the denoiser (the live one holds this process's shards only)."""
+        live = self.family.module
+        gathered = type(live).from_config(live.config)
+        if self._has_lora():
+            add_lora(gathered, copy.deepcopy(live.peft_config[ADAPTER]), ADAPTER)
+        gathered.load_state_dict({key.removeprefix("denoiser."): value for key, value in state_dict.items()})
+        with self.family.standing_in(gathered):
+            self.save(path)
 
     @contextmanager
     def frozen_parts(self, device, dtype):
         """The VAE and text encoders on the loop's device, cast to its mixed-precision dtype as diffusers'
         scripts cast them (the VAE stays float32 under fp16 where its config says force_upcast). Cast parts
         are reloaded from the base pipeline afterwards: predict and save see the exact weights again."""
-        parts = self.family.frozen()
-        for name, part in parts.items():
-            keep = dtype is None or (name == "vae" and dtype == torch.float16 and part.config.force_upcast)
-            if not keep:
-                self._cast[name], self._mixed = part.dtype, dtype
-            part.to(device) if keep else part.to(device, dtype)
+        self._cast = self.family.place_frozen(device, dtype)
+        self._mixed = dtype if self._cast else None
         try:
             yield
         finally:
-            (cast, self._cast), self._mixed = (self._cast, {}), None
-            for name, part in parts.items():
-                if name in cast:
-                    part = type(part).from_pretrained(self.base_model, subfolder=name).to(dtype=cast[name])
-                    setattr(self.pipeline, name, part.requires_grad_(False).eval())
-                part.to(self.device)
+            cast, self._cast, self._mixed = self._cast, {}, None
+            self.family.restore_frozen(cast, self.base_model, self.device)
 
     # ----------------------------------------------------------------------------------------- data
     def read_path(self, path):
@@ -236,9 +230,10 @@ class TextToImage(Task):
             from peft import LoraConfig
 
             if not self._has_lora():  # else: go on training the loaded adapter
-                add_lora(denoiser, LoraConfig(r=options["lora_rank"], lora_alpha=options["lora_alpha"],
-                                              lora_dropout=options.get("lora_dropout", 0.0), init_lora_weights="gaussian",
-                                              target_modules=list(self.family.lora_targets)), ADAPTER)
+                config = LoraConfig(r=options["lora_rank"], lora_alpha=options["lora_alpha"],
+                                    lora_dropout=options.get("lora_dropout", 0.0), init_lora_weights="gaussian",
+                                    target_modules=list(self.family.lora_targets))
+                add_lora(denoiser, config, ADAPTER)
             for name, parameter in denoiser.named_parameters():
                 parameter.requires_grad_("lora_" in name)
         self._ema = None
@@ -271,8 +266,8 @@ class TextToImage(Task):
             noise = torch.stack([torch.randn((len(EVAL_FRACTIONS), *latents.shape[1:]),
                                              generator=torch.Generator().manual_seed(int(row)))
                                  for row in batch["row"]]).to(latents.device)
-            losses = sum(family.losses(model, objective, latents, noise[:, k], objective.fixed(fraction, n, latents.device),
-                                       conditioning, self.training_options) for k, fraction in enumerate(EVAL_FRACTIONS))
+            losses = sum(family.losses(model, objective, latents, noise[:, k], objective.fixed(at, n, noise.device),
+                                       conditioning, self.training_options) for k, at in enumerate(EVAL_FRACTIONS))
             results = [{"loss": loss / len(EVAL_FRACTIONS)} for loss in losses.tolist()]
             if self.clip is not None or self.keep_metric_inputs:  # keep_metric_inputs: your metrics get the images
                 images = self._render(batch["text"], self.clip_inference_steps, seeds=batch["row"].tolist())
@@ -297,9 +292,9 @@ class TextToImage(Task):
     def _render(self, prompts, steps: int, seeds):
         # While fine-tuning in mixed precision the frozen parts are cast: the pipeline runs under autocast.
         with torch.autocast(self.pipeline.device.type, dtype=self._mixed) if self._mixed else nullcontext():
-            return self.pipeline(list(prompts), num_inference_steps=steps, height=self.resolution, width=self.resolution,
-                                 generator=[torch.Generator().manual_seed(int(seed)) for seed in seeds],
-                                 **self.family.call_options()).images
+            generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+            return self.pipeline(list(prompts), num_inference_steps=steps, height=self.resolution,
+                                 width=self.resolution, generator=generators, **self.family.call_options()).images
 
     def on_evaluate(self, model, output_dir, step) -> None:
         """The validation prompts, rendered with fixed seeds (grids compare across steps), as one PNG."""
