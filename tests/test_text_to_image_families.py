@@ -156,9 +156,24 @@ def test_lora_trains_adapters_only_and_diffusers_loads_them(family, base_paths, 
     assert all(np.array_equal(a, b) for a, b in zip(diffusers_images(pipeline, family), tuned))
 
 
-def test_snr_gamma_is_refused_for_flow_matching(base_paths):
+def test_other_pipelines_and_options_of_another_family_are_refused(base_paths):
+    from types import SimpleNamespace
+
+    from taskzoo.diffusion_families import family_of
+    from taskzoo.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="SimpleNamespace is not a text-to-image pipeline taskzoo knows"):
+        family_of(SimpleNamespace(unet=None, transformer=None))
+    sd3, flux = load(base_paths("sd3")), load(base_paths("flux"))
     with pytest.raises(ValueError, match="snr_gamma weights DDPM losses; sd3 trains by flow matching"):
-        load(base_paths("sd3")).finetune(toy_dataset(TASK, 8), snr_gamma=5.0, progress=False)
+        sd3.finetune(toy_dataset(TASK, 8), snr_gamma=5.0, progress=False)
+    with pytest.raises(ValueError, match="true_cfg_scale is Flux's"):
+        sd3.predict("a red square", true_cfg_scale=2.0, **FAST)
+    with pytest.raises(ValueError, match="pass true_cfg_scale > 1"):
+        flux.predict("a red square", negative_prompt="blurry", **FAST)
+    plain = pixels([flux.predict("a red square", **FAST)])[0]
+    negative = pixels([flux.predict("a red square", negative_prompt="blurry", true_cfg_scale=2.0, **FAST)])[0]
+    assert negative.shape == plain.shape and not np.array_equal(negative, plain)
 
 
 @pytest.mark.parametrize("strategy", ["full", "lora"])
