@@ -1,5 +1,7 @@
-"""Diffusion machinery for the text-to-image task: the trainable module (the denoiser alone), EMA weights,
-CLIP scores, and the image grid that fine-tuning writes at each evaluation."""
+"""Diffusion machinery for the text-to-image task: the trainable module (the denoiser alone), its LoRA
+adapters (added, fused, saved and loaded in diffusers' or peft's format), training images as the scripts
+prepare them, EMA weights, CLIP scores, and the image grid that fine-tuning writes at each evaluation.
+What differs between the pipeline families is in taskzoo.diffusion_families."""
 
 from __future__ import annotations
 
