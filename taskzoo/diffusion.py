@@ -1,47 +1,139 @@
-"""Diffusion machinery for the text-to-image task: the trainable module around a pipeline's parts, EMA
-weights, and the image grid that fine-tuning writes at each evaluation."""
+"""Diffusion machinery for the text-to-image task: the trainable module (the denoiser alone), its LoRA
+adapters (added, fused, saved and loaded in diffusers' or peft's format), training images as the scripts
+prepare them, EMA weights, CLIP scores, and the image grid that fine-tuning writes at each evaluation.
+What differs between the pipeline families is in taskzoo.diffusion_families."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 
-class DiffusionModel(torch.nn.Module):
-    """What fine-tuning trains: the UNet, beside the frozen VAE and text encoder. forward() is the objective,
-    so that under DDP the UNet runs inside the wrapper's forward."""
+class Denoiser(torch.nn.Module):
+    """What fine-tuning trains, prepares and checkpoints: the pipeline's denoiser (a UNet or a transformer)
+    alone. The frozen VAE and text encoders stay outside it, so that Accelerate neither wraps (DDP, FSDP,
+    DeepSpeed) nor saves them. forward() takes the denoiser's keyword arguments and returns its prediction."""
 
-    def __init__(self, unet, vae, text_encoder, noise_scheduler):
+    def __init__(self, denoiser: torch.nn.Module, save_with=None):
         super().__init__()
-        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
-        self.noise_scheduler = noise_scheduler  # DDPM, from the pipeline's scheduler config
-        vae.requires_grad_(False)
-        text_encoder.requires_grad_(False)
+        self.denoiser = denoiser
+        self.save_with = save_with  # (folder, state_dict) -> writes the task's whole folder with these weights
 
-    @torch.no_grad()
-    def latents(self, batch: dict, sample: bool) -> torch.Tensor:
-        """Scaled latents: a draw from the VAE posterior, or (for evaluation) its mean."""
-        if "latent_mean" in batch:  # cached by prepare() with cache_latents=True
-            mean, std = batch["latent_mean"], batch["latent_std"]
-        else:
-            posterior = self.vae.encode(batch["pixel_values"].to(self.vae.dtype)).latent_dist
-            mean, std = posterior.mean, posterior.std
-        latents = mean + std * torch.randn_like(mean) if sample else mean
-        return latents.float() * self.vae.config.scaling_factor
+    def forward(self, **inputs) -> torch.Tensor:
+        return self.denoiser(**inputs, return_dict=False)[0]
 
-    def forward(self, latents, input_ids, noise, timesteps):
-        """The UNet's prediction for the noised latents, and the target it should match."""
-        with torch.no_grad():
-            hidden = self.text_encoder(input_ids)[0]
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-        kind = self.noise_scheduler.config.prediction_type
-        if kind == "epsilon":
-            return prediction, noise
-        if kind == "v_prediction":
-            return prediction, self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        raise ValueError(f"Fine-tuning needs prediction_type 'epsilon' or 'v_prediction'; the scheduler has {kind!r}.")
+    def save_pretrained(self, path, state_dict: dict | None = None) -> None:
+        """What fine-tuning under FSDP or DeepSpeed calls with the weights gathered from every process's shards
+        (checkpoints.save_model): the task's folder, a pipeline or LoRA adapters, holding these weights."""
+        self.save_with(Path(path), self.state_dict() if state_dict is None else state_dict)
+
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LoRA format: "unet." / "transformer." keys
+PEFT_WEIGHTS = "adapter_model.safetensors"  # peft's, for denoisers without a diffusers LoRA loader (PixArt)
+
+
+def has_lora(denoiser: torch.nn.Module, name: str) -> bool:
+    return name in getattr(denoiser, "peft_config", {})
+
+
+def add_lora(denoiser: torch.nn.Module, config, name: str) -> None:
+    """peft adapters on the denoiser (what diffusers' add_adapter does, for denoisers that lack it too)."""
+    if hasattr(denoiser, "add_adapter"):  # diffusers' PeftAdapterMixin
+        denoiser.add_adapter(config, name)
+    else:
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(config, denoiser, adapter_name=name)  # sets denoiser.peft_config
+
+
+def fuse_lora(denoiser: torch.nn.Module, name: str) -> None:
+    """Merge the adapters into the weights and remove them: a plain denoiser again."""
+    from diffusers.utils import recurse_remove_peft_layers
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in denoiser.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge(adapter_names=[name])
+    recurse_remove_peft_layers(denoiser)
+    del denoiser.peft_config
+    if hasattr(denoiser, "_hf_peft_config_loaded"):
+        denoiser._hf_peft_config_loaded = None
+
+
+def save_lora(denoiser: torch.nn.Module, prefix: str, name: str, path: Path, base_model: str) -> None:
+    """The adapters alone: diffusers' format where the denoiser has diffusers' LoRA loader (each pipeline's
+    load_lora_weights reads it), else peft's (peft's PeftModel.from_pretrained reads it); and an
+    adapter_config.json (rank, alpha, targets) naming the base pipeline."""
+    import copy
+
+    from diffusers.loaders.lora_base import LoraBaseMixin
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(denoiser.peft_config[name])
+    layers = get_peft_model_state_dict(denoiser, adapter_name=name)
+    if hasattr(denoiser, "load_lora_adapter"):
+        # What the pipelines' save_lora_weights write, keyed as diffusers' training scripts key them (UNets in
+        # diffusers' own naming, transformers in peft's); the metadata keeps lora_alpha, without which
+        # diffusers' loader would assume alpha == rank.
+        layers = convert_state_dict_to_diffusers(layers) if prefix == "unet" else layers
+        LoraBaseMixin._save_lora_weights(path, lora_layers={prefix: layers}, lora_metadata={prefix: config.to_dict()},
+                                         weight_name=LORA_WEIGHTS)
+    else:
+        save_file({f"base_model.model.{key}": value.contiguous() for key, value in layers.items()},
+                  str(path / PEFT_WEIGHTS), metadata={"format": "pt"})
+    config.base_model_name_or_path = base_model
+    config.save_pretrained(str(path))
+
+
+def lora_base(path: Path) -> str | None:
+    """The base pipeline that the LoRA folder ``path`` names; None where ``path`` is not a LoRA folder."""
+    import json
+
+    from taskzoo.errors import ModelNotFoundError
+
+    if not ((path / LORA_WEIGHTS).exists() or (path / PEFT_WEIGHTS).exists()):
+        return None
+    record = path / "adapter_config.json"
+    base = json.loads(record.read_text()).get("base_model_name_or_path") if record.exists() else None
+    if not base:
+        raise ModelNotFoundError(f"LoRA folder {path} does not name its base pipeline (base_model_name_or_path in "
+                                 "adapter_config.json).")
+    return base
+
+
+def load_lora(denoiser: torch.nn.Module, prefix: str, name: str, path: Path) -> None:
+    """Adapters that :func:`save_lora` wrote, onto the base pipeline's denoiser."""
+    if (path / LORA_WEIGHTS).exists():
+        denoiser.load_lora_adapter(str(path), prefix=prefix, adapter_name=name, weight_name=LORA_WEIGHTS)
+        return
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    add_lora(denoiser, LoraConfig.from_pretrained(str(path)), name)
+    weights = {key.removeprefix("base_model.model."): value for key, value in load_file(path / PEFT_WEIGHTS).items()}
+    set_peft_model_state_dict(denoiser, weights, adapter_name=name)
+
+
+def training_pixels(image, size: int) -> tuple[torch.Tensor, list[int]]:
+    """An image scaled (shorter side) and centre-cropped to ``size``, as CHW in [-1, 1], as diffusers' training
+    scripts prepare them; and its size ids (original height and width, crop top and left, target height and
+    width), which SDXL reads."""
+    import numpy as np
+    from PIL import Image
+
+    from taskzoo.data import load_image
+
+    image = load_image(image)
+    original, scale = [image.height, image.width], size / min(image.size)
+    image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
+                         Image.BILINEAR)
+    left, top = (image.width - size) // 2, (image.height - size) // 2
+    array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1), [*original, top, left, size, size]
 
 
 class EMA:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -407,6 +407,13 @@ class Task:
 
     def on_evaluate(self, model: torch.nn.Module, output_dir: Path, step: int) -> None:
         """Called on the main process after each evaluation during fine-tuning (render samples, say)."""
+
+    def frozen_parts(self, device: torch.device, dtype: torch.dtype | None):
+        """A context manager around the fine-tuning loop for modules the task uses but does not train, kept out
+        of ``self.model`` so that Accelerate neither wraps nor checkpoints them (a diffusion pipeline's VAE and
+        text encoders): within it they sit on ``device``, in the mixed-precision ``dtype`` (None: as they
+        are). Default: there are none."""
+        return nullcontext()
 
     # ------------------------------------------------------------------------------ testing kit
     # Settings with which `taskzoo demo` (and the tests) fine-tune the tiny model on the toy data.

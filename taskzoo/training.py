@@ -29,12 +29,14 @@ from taskzoo.training_config import TrainingConfig, TrainingResult  # noqa: F401
 def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingResult:
     """Fine-tune ``task.model`` on ``train_set``: set up, resume (or start fresh), the epoch loop, finish."""
     run = _Run(task, train_set, eval_set, config)
-    run.resume_or_start_fresh("a stream of" if streaming.is_stream(train_set) else len(train_set))
-    try:
-        run.train()
-        return run.finish()
-    except KeyboardInterrupt:
-        raise run.interrupted() from None  # says where the last checkpoint is and how to resume from it
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(run.accelerator.mixed_precision)
+    with task.frozen_parts(run.accelerator.device, dtype):  # what the task uses beside task.model, not trained
+        run.resume_or_start_fresh("a stream of" if streaming.is_stream(train_set) else len(train_set))
+        try:
+            run.train()
+            return run.finish()
+        except KeyboardInterrupt:
+            raise run.interrupted() from None  # says where the last checkpoint is and how to resume from it
 
 
 class _Run:

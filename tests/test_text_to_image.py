@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 import taskzoo
 from taskzoo.errors import DataError
@@ -79,6 +80,9 @@ def test_validation_grids_and_the_saved_pipeline_open_everywhere(tuned):
     with Image.open(grids[-1]) as grid:  # 4 prompts from the training captions, in one row of 128 px cells
         assert grid.size == (4 * 130 + 2, 128 + 14 + 4)
     assert (output_dir / "last" / "model_index.json").exists()
+    checkpoint = sorted((output_dir / "checkpoints").glob("step-*"))[-1]  # the UNet and its optimizer state only
+    with safe_open(checkpoint / "model.safetensors", "pt") as weights:
+        assert set(weights.keys()) == {f"denoiser.{key}" for key in zoo.pipeline.unet.state_dict()}
     expected = pixels(zoo.predict(["a red square", "a blue circle"], **FAST))
     reloaded = taskzoo.load(TASK, model=output_dir / "last", device="cpu")
     assert all(np.array_equal(a, b) for a, b in zip(pixels(reloaded.predict(["a red square", "a blue circle"],
@@ -116,11 +120,11 @@ def test_lora_trains_only_adapters_and_reloads_to_the_same_images(tiny_model_pat
 
     base_path = tiny_model_path(TASK)
     zoo = taskzoo.load(TASK, model=base_path, device="cpu")
-    base_weights = {name: value.clone() for name, value in zoo.model.unet.state_dict().items()}
+    base_weights = {name: value.clone() for name, value in zoo.pipeline.unet.state_dict().items()}
     base_images = pixels(zoo.predict(["a red square", "a green triangle"], **FAST))
     zoo.finetune(toy_dataset(TASK, 32, seed=0), strategy="lora", lora_rank=4, lora_alpha=8, epochs=1,
                  batch_size=8, learning_rate=1e-2, progress=False, save_checkpoints=False)
-    weights = {name.replace(".base_layer", ""): value for name, value in zoo.model.unet.state_dict().items()
+    weights = {name.replace(".base_layer", ""): value for name, value in zoo.pipeline.unet.state_dict().items()
                if "lora_" not in name}  # peft wraps each adapted layer: to_q.weight -> to_q.base_layer.weight
     assert weights.keys() == base_weights.keys()
     assert all(torch.equal(weights[name], value) for name, value in base_weights.items())
@@ -155,7 +159,7 @@ def test_ema_snr_gamma_and_cached_latents_with_v_prediction(tiny_model_path, hel
     config_file = folder / "scheduler" / "scheduler_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "prediction_type": "v_prediction"}))
     zoo = taskzoo.load(TASK, model=folder, device="cpu")
-    assert zoo.model.noise_scheduler.config.prediction_type == "v_prediction"
+    assert zoo.family.objective(zoo.training_options).kind == "v_prediction"
     before = zoo.evaluate(held_out, batch_size=8)["eval_loss"]
     result = zoo.finetune(toy_dataset(TASK, 32, seed=0), eval=held_out, ema=True, ema_decay=0.9, snr_gamma=5.0,
                           cache_latents=True, epochs=3, batch_size=8, learning_rate=2e-3, progress=False,
@@ -220,3 +224,39 @@ def test_clip_score_when_a_clip_model_is_given(tiny_model_path, held_out, tmp_pa
     first, second = zoo.evaluate(held_out), zoo.evaluate(held_out)
     assert set(first) == {"eval_loss", "clip_score"} and first == second
     assert 0.0 <= first["clip_score"] <= 100.0
+
+
+@pytest.mark.slow  # ~30 s: bf16 convolutions are emulated on CPUs without bf16 units
+def test_mixed_precision_casts_the_frozen_parts_only_while_training(tiny_model_path, held_out, tmp_path):
+    import filecmp
+
+    base = tiny_model_path(TASK)
+    zoo = taskzoo.load(TASK, model=base, device="cpu")
+    seen, step = {}, zoo.training_step
+
+    def watched_step(model, batch):  # what the loop sees while it trains
+        seen.setdefault("frozen", {name: part.dtype for name, part in zoo.family.frozen().items()})
+        seen.setdefault("denoiser", next(model.parameters()).dtype)
+        return step(model, batch)
+
+    zoo.training_step = watched_step
+    output_dir = tmp_path / "run"
+    zoo.finetune(toy_dataset(TASK, 4), eval=held_out.select(range(2)), mixed_precision="bf16", max_steps=2,
+                 eval_every=1, batch_size=2, learning_rate=1e-3, output_dir=str(output_dir),
+                 validation_prompts=["a red square"], validation_inference_steps=1, progress=False)
+    # As diffusers' scripts: the VAE and text encoder in bf16, the trained weights in float32.
+    assert seen == {"frozen": {"vae": torch.bfloat16, "text_encoder": torch.bfloat16}, "denoiser": torch.float32}
+    assert (output_dir / "validation-step-000002.png").exists()  # rendered under autocast while cast
+    # Afterwards the frozen parts are the base's float32 weights again, in memory and in every saved folder.
+    assert {part.dtype for part in zoo.family.frozen().values()} == {torch.float32}
+    for folder in ("best", "last"):
+        for part in ("vae", "text_encoder"):
+            saved = sorted((output_dir / folder / part).glob("*.safetensors"))
+            assert saved and all(filecmp.cmp(file, base / part / file.name, shallow=False) for file in saved)
+    reloaded = taskzoo.load(TASK, model=output_dir / "last", device="cpu")
+    assert np.array_equal(*pixels([zoo.predict("a red square", **FAST), reloaded.predict("a red square", **FAST)]))
+    # A training checkpoint holds the UNet (and the optimizer's state for it), not the VAE or text encoder.
+    checkpoint = sorted((output_dir / "checkpoints").glob("step-*"))[-1]
+    with safe_open(checkpoint / "model.safetensors", "pt") as weights:
+        assert {key.split(".")[0] for key in weights.keys()} == {"denoiser"}
+        assert len(list(weights.keys())) == len(zoo.pipeline.unet.state_dict())

@@ -1,39 +1,40 @@
-"""text-to-image: Stable Diffusion pipelines (diffusers' AutoPipelineForText2Image).
+"""text-to-image: diffusers pipelines of five families (AutoPipelineForText2Image): Stable Diffusion 1.x/2.x,
+SDXL, SD3, PixArt-alpha/sigma and Flux.
 
 Predict renders prompts -> ``{"image"}`` (PIL). Each image has its own generator seeded with ``seed``, so it
 depends on its prompt, seed and settings, not on its neighbours in a batch (up to float rounding).
-Fine-tuning trains the UNet on the noise-prediction objective (epsilon or v-prediction, as the scheduler
-config says), the text encoder and VAE frozen: strategy "full", or "lora" (peft adapters on the UNet's
-attention, saved as diffusers' ``pytorch_lora_weights.safetensors`` with an ``adapter_config.json`` naming
-the base pipeline). ``eval_loss`` is the denoising loss at fixed timesteps with noise seeded by each row's
-index: the same model scores the same, whatever the batching or the number of processes.
+Fine-tuning trains the denoiser (UNet or transformer) in its family's objective (taskzoo.diffusion_families:
+noise or velocity prediction for the UNet families and PixArt, flow matching for SD3 and Flux); the text
+encoders and VAE stay frozen, outside the module that Accelerate prepares and checkpoints. Strategy "full",
+or "lora" (peft adapters on the denoiser's attention, saved as diffusers' ``pytorch_lora_weights.safetensors``,
+PixArt's as peft's ``adapter_model.safetensors``, with an ``adapter_config.json`` naming the base pipeline).
+``eval_loss`` is the loss of the family's objective at fixed points of the schedule with noise seeded by each
+row's index: the same model scores the same, whatever the batching or the number of processes.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import random
+import shutil
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from datasets import Dataset
 
 from taskzoo import data as data_utils
 from taskzoo import streaming
+from taskzoo.diffusion import (EMA, LORA_WEIGHTS, PEFT_WEIGHTS, Denoiser, add_lora, clip_scores, fuse_lora, has_lora,
+                               image_grid, load_lora, lora_base, save_lora, training_pixels)
+from taskzoo.diffusion_families import family_of
 from taskzoo.errors import DataError, ModelNotFoundError
-from taskzoo.diffusion import EMA, DiffusionModel, clip_scores, image_grid
 from taskzoo.models import library_bars_hidden
 from taskzoo.task import Task
 
-EVAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # fractions of num_train_timesteps; every row is scored at each
-LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # the UNet's attention projections
-LORA_WEIGHTS, ADAPTER = "pytorch_lora_weights.safetensors", "default"
+EVAL_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)  # noise levels along the schedule; every row is scored at each
+ADAPTER = "default"  # the name of the LoRA adapter that fine-tuning adds and save() writes
 ROW = "_taskzoo_row"  # the row index prepare() adds: it seeds that row's evaluation noise
 
 
@@ -48,28 +49,34 @@ class TextToImage(Task):
     default_learning_rate = 1e-5  # full fine-tuning; LoRA usually wants about 1e-4
     strategies = ("full", "lora")
     # LoRA as diffusers' train_text_to_image_lora.py (rank 4, alpha = rank); saved as adapters alone by default.
+    # Flow matching (SD3, Flux) samples timesteps and weights losses as diffusers' SD3/Flux scripts' defaults.
     finetune_options = {**Task.finetune_options, "lora_rank": 4, "lora_alpha": 4, "save_merged": False,
                         "ema": False, "ema_decay": 0.9999, "snr_gamma": None, "cache_latents": False,
-                        "resolution": None, "validation_prompts": None, "validation_inference_steps": 25}
+                        "resolution": None, "validation_prompts": None, "validation_inference_steps": 25,
+                        "weighting_scheme": "logit_normal", "logit_mean": 0.0, "logit_std": 1.0, "mode_scale": 1.29,
+                        "guidance_scale": 3.5}
     demo_config = dict(train_size=32, eval_size=8, epochs=2, batch_size=8, learning_rate=4e-3, warmup_steps=1,
                        validation_inference_steps=4)
 
     def __init__(self, pipeline, *, base_model, resolution=None, clip=None, clip_inference_steps=25, **kwargs):
-        from diffusers import DDPMScheduler
-
-        if any(getattr(pipeline, part, None) is None for part in ("unet", "vae", "text_encoder", "tokenizer")):
-            raise ModelNotFoundError(f"{type(pipeline).__name__} is not a Stable Diffusion UNet pipeline "
-                                     "(unet, vae, text_encoder, tokenizer).")
-        model = DiffusionModel(pipeline.unet, pipeline.vae, pipeline.text_encoder,
-                               DDPMScheduler.from_config(pipeline.scheduler.config))
-        super().__init__(model, pipeline.tokenizer, **kwargs)
-        self.pipeline = pipeline  # around the same modules: fine-tuning shows in predict
+        self.family = family_of(pipeline)
+        for part in self.family.frozen().values():
+            part.requires_grad_(False)
+        # No processor: the pipeline holds its tokenizers (one to three).
+        super().__init__(Denoiser(self.family.module, save_with=self._save_gathered), None, **kwargs)
+        self.pipeline = pipeline.to(self.device)  # around the same modules: fine-tuning shows in predict
         pipeline.set_progress_bar_config(disable=True)
-        self.base_model = base_model  # the pipeline folder a LoRA applies to
-        self.native_size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-        self.resolution = self._check_size(self.native_size if resolution is None else resolution, "resolution")
+        self.base_model = base_model  # the pipeline folder a LoRA applies to, and frozen parts reload from
+        self.resolution = self._check_size(self.family.native_size() if resolution is None else resolution,
+                                           "resolution")
         self.clip, self.clip_inference_steps = clip, clip_inference_steps
         self.training_options, self._ema, self._validation_prompts = dict(self.finetune_options), None, []
+        self._cast, self._mixed = {}, None  # while fine-tuning in mixed precision: cast part -> own dtype; the dtype
+
+    @property
+    def native_size(self) -> int:
+        """The size predict renders when not told: ``resolution`` (default: the model's own)."""
+        return self.resolution
 
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, resolution=None, clip_model=None,
@@ -78,21 +85,16 @@ class TextToImage(Task):
 
         from taskzoo.models import resolve_model
 
-        path = base = Path(path)
-        if (path / LORA_WEIGHTS).exists():
-            record = path / "adapter_config.json"
-            base = json.loads(record.read_text()).get("base_model_name_or_path") if record.exists() else None
-            if not base:
-                raise ModelNotFoundError(f"LoRA folder {path} does not name its base pipeline "
-                                         "(base_model_name_or_path in adapter_config.json).")
-            base = resolve_model(base)
-        elif not (path / "model_index.json").exists():
+        path = Path(path)
+        base = lora_base(path)  # a LoRA folder names its base pipeline
+        base = path if base is None else resolve_model(base)
+        if base == path and not (path / "model_index.json").exists():
             raise ModelNotFoundError(f"{path} is neither a diffusers pipeline (model_index.json) nor a LoRA "
-                                     f"folder ({LORA_WEIGHTS}).")
+                                     f"folder ({LORA_WEIGHTS} or {PEFT_WEIGHTS}).")
         pipeline = AutoPipelineForText2Image.from_pretrained(str(base), trust_remote_code=trust_remote_code)
-        if base != path:
-            # Our LoRA holds UNet weights only (pipeline.load_lora_weights would warn about the text encoder).
-            pipeline.unet.load_lora_adapter(str(path), prefix="unet", adapter_name=ADAPTER, weight_name=LORA_WEIGHTS)
+        if base != path:  # our LoRA holds the denoiser's adapters only
+            name = family_of(pipeline).denoiser
+            load_lora(getattr(pipeline, name), name, ADAPTER, path)
         clip = None
         if clip_model is not None:
             from transformers import CLIPModel, CLIPProcessor
@@ -103,39 +105,51 @@ class TextToImage(Task):
                    clip_inference_steps=clip_inference_steps, source=str(path), device=device)
 
     def _has_lora(self) -> bool:
-        return ADAPTER in getattr(self.pipeline.unet, "peft_config", {})
+        return has_lora(self.family.module, ADAPTER)
 
     @library_bars_hidden()
     def save(self, path):
-        """The whole pipeline folder; with a LoRA, the adapter alone in diffusers' format."""
+        """The whole pipeline folder; with a LoRA, the adapter alone (see taskzoo.diffusion.save_lora)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        name, denoiser = self.family.denoiser, self.family.module
         with self._ema_weights():
-            if not self._has_lora():
-                self.pipeline.save_pretrained(path)
+            if self._has_lora() and not self.training_options.get("save_merged"):
+                save_lora(denoiser, name, ADAPTER, path, self.base_model)
                 return path
-            if self.training_options.get("save_merged"):  # a plain pipeline, the LoRA fused into a UNet copy
-                unet, merged = self.pipeline.unet, copy.deepcopy(self.pipeline.unet)
-                merged.fuse_lora(adapter_names=[ADAPTER])
-                merged.unload_lora()
-                self.pipeline.unet = merged
-                try:
-                    self.pipeline.save_pretrained(path)
-                finally:
-                    self.pipeline.unet = unet
-                return path
-            from diffusers.utils import convert_state_dict_to_diffusers
-            from peft.utils import get_peft_model_state_dict
-
-            unet = self.pipeline.unet
-            config = copy.deepcopy(unet.peft_config[ADAPTER])
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
-            # The metadata keeps lora_alpha: without it diffusers' loader assumes alpha == rank.
-            type(self.pipeline).save_lora_weights(path, unet_lora_layers=layers, safe_serialization=True,
-                                                  unet_lora_adapter_metadata=config.to_dict())
-        config.base_model_name_or_path = self.base_model
-        config.save_pretrained(str(path))  # adapter_config.json: rank, alpha, targets and the base pipeline
+            merged = None
+            if self._has_lora():  # a plain pipeline, the LoRA fused into a copy of the denoiser
+                merged = copy.deepcopy(denoiser)
+                fuse_lora(merged, ADAPTER)
+            self.family.save(path, merged)
+        for part in self._cast:  # cast for mixed precision while fine-tuning: the exact weights are the base's
+            shutil.rmtree(path / part)
+            shutil.copytree(Path(self.base_model) / part, path / part)
         return path
+
+    def _save_gathered(self, path: Path, state_dict: dict) -> None:
+        """save(), with the denoiser's weights gathered from FSDP or DeepSpeed shards (``denoiser.`` keys), loaded
+        into a plain copy of the denoiser (the live one holds this process's shards only)."""
+        live = self.family.module
+        gathered = type(live).from_config(live.config)
+        if self._has_lora():
+            add_lora(gathered, copy.deepcopy(live.peft_config[ADAPTER]), ADAPTER)
+        gathered.load_state_dict({key.removeprefix("denoiser."): value for key, value in state_dict.items()})
+        with self.family.standing_in(gathered):
+            self.save(path)
+
+    @contextmanager
+    def frozen_parts(self, device, dtype):
+        """The VAE and text encoders on the loop's device, cast to its mixed-precision dtype as diffusers'
+        scripts cast them (the VAE stays float32 under fp16 where its config says force_upcast). Cast parts
+        are reloaded from the base pipeline afterwards: predict and save see the exact weights again."""
+        self._cast = self.family.place_frozen(device, dtype)
+        self._mixed = dtype if self._cast else None
+        try:
+            yield
+        finally:
+            cast, self._cast, self._mixed = self._cast, {}, None
+            self.family.restore_frozen(cast, self.base_model, self.device)
 
     # ----------------------------------------------------------------------------------------- data
     def read_path(self, path):
@@ -146,15 +160,15 @@ class TextToImage(Task):
         options = self.training_options
         if options["resolution"] is not None:
             self.resolution = self._check_size(options["resolution"], "resolution")
+        if options["snr_gamma"] and self.family.objective_class.__name__ == "FlowMatching":
+            raise ValueError(f"snr_gamma weights DDPM losses; {self.family.name} trains by flow matching, "
+                             "weighted by weighting_scheme.")
         prompts = options["validation_prompts"]
         # Default: the first captions of the training data (its first rows: a stream has no end).
         prompts = list(dict.fromkeys(streaming.head(dataset, 256)["text"]))[:4] if prompts is None else prompts
         self._validation_prompts = [prompts] if isinstance(prompts, str) else list(prompts)
 
     def prepare(self, dataset, training: bool):
-        if getattr(self.pipeline, "text_encoder_2", None) is not None:
-            raise ValueError(f"Fine-tuning and evaluation take SD 1.x/2.x pipelines; {type(self.pipeline).__name__} "
-                             "has two text encoders (predict works).")
         texts = dataset["text"]
         bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
         if bad:
@@ -170,34 +184,25 @@ class TextToImage(Task):
 
     @torch.no_grad()
     def _encode_images(self, rows: dict) -> dict:
-        pixels = torch.stack([self._pixels(image) for image in rows["image"]]).to(self.device, self.model.vae.dtype)
-        posterior = self.model.vae.encode(pixels).latent_dist
-        return {"latent_mean": posterior.mean.float().cpu().numpy(), "latent_std": posterior.std.float().cpu().numpy()}
-
-    def _pixels(self, image) -> torch.Tensor:
-        """An image scaled (shorter side) and centre-cropped to the resolution, as CHW in [-1, 1]."""
-        from PIL import Image
-
-        image, size = data_utils.load_image(image), self.resolution
-        scale = size / min(image.size)
-        image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
-                             Image.BILINEAR)
-        left, top = (image.width - size) // 2, (image.height - size) // 2
-        array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 127.5 - 1.0
-        return torch.from_numpy(array).permute(2, 0, 1)
+        vae = self.pipeline.vae
+        pixels, size_ids = zip(*(training_pixels(image, self.resolution) for image in rows["image"]))
+        posterior = vae.encode(torch.stack(pixels).to(vae.device, vae.dtype)).latent_dist
+        return {"latent_mean": posterior.mean.float().cpu().numpy(), "latent_std": posterior.std.float().cpu().numpy(),
+                "size_ids": list(size_ids)}
 
     def collate(self, examples: list[dict]) -> dict:
-        texts, limit = [row["text"] for row in examples], self.processor.model_max_length
-        batch = {"text": texts, "row": torch.tensor([row.get(ROW, 0) for row in examples]),
-                 "input_ids": self.processor(texts, padding="max_length", max_length=limit, truncation=True,
-                                             return_tensors="pt").input_ids}
-        # CLIP reads 77 tokens; longer captions are cut, as the pipeline cuts prompts. Counted for one warning.
-        self.count_truncated(sum(len(ids) > limit for ids in self.processor(texts, verbose=False).input_ids))
+        texts = [row["text"] for row in examples]
+        batch = {"text": texts, "row": torch.tensor([row.get(ROW, 0) for row in examples])}
+        # Captions longer than the text encoder reads are cut, as the pipeline cuts prompts: counted for one warning.
+        tokenizer, limit = self.family.prompt_tokenizer()
+        self.count_truncated(sum(len(ids) > limit for ids in tokenizer(texts, verbose=False).input_ids))
         if "latent_mean" in examples[0]:
             for key in ("latent_mean", "latent_std"):
                 batch[key] = torch.from_numpy(np.asarray([row[key] for row in examples], dtype=np.float32))
+            batch["size_ids"] = torch.tensor([row["size_ids"] for row in examples])
         else:
-            batch["pixel_values"] = torch.stack([self._pixels(row["image"]) for row in examples])
+            pixels, size_ids = zip(*(training_pixels(row["image"], self.resolution) for row in examples))
+            batch["pixel_values"], batch["size_ids"] = torch.stack(pixels), torch.tensor(size_ids)
         return batch
 
     # ------------------------------------------------------------------------------------- training
@@ -218,24 +223,24 @@ class TextToImage(Task):
     def apply_strategy(self, strategy: str) -> None:
         if strategy not in self.strategies:
             raise ValueError(f"text-to-image supports strategy 'full' or 'lora'; got {strategy!r}.")
-        options, unet = self.training_options, self.model.unet
+        options, denoiser = self.training_options, self.family.module
         if strategy == "full":
             if self._has_lora():  # a loaded LoRA is merged into the weights, which now all train
-                self.pipeline.fuse_lora(adapter_names=[ADAPTER])
-                self.pipeline.unload_lora_weights()
-            unet.requires_grad_(True)
+                fuse_lora(denoiser, ADAPTER)
+            denoiser.requires_grad_(True)
         else:
             from peft import LoraConfig
 
             if not self._has_lora():  # else: go on training the loaded adapter
-                unet.add_adapter(LoraConfig(r=options["lora_rank"], lora_alpha=options["lora_alpha"],
-                                            lora_dropout=options.get("lora_dropout", 0.0), init_lora_weights="gaussian",
-                                            target_modules=LORA_TARGETS), ADAPTER)
-            for name, parameter in unet.named_parameters():
+                config = LoraConfig(r=options["lora_rank"], lora_alpha=options["lora_alpha"],
+                                    lora_dropout=options.get("lora_dropout", 0.0), init_lora_weights="gaussian",
+                                    target_modules=list(self.family.lora_targets))
+                add_lora(denoiser, config, ADAPTER)
+            for name, parameter in denoiser.named_parameters():
                 parameter.requires_grad_("lora_" in name)
         self._ema = None
         if options["ema"]:
-            self._ema = EMA([parameter for parameter in unet.parameters() if parameter.requires_grad],
+            self._ema = EMA([parameter for parameter in denoiser.parameters() if parameter.requires_grad],
                             decay=options["ema_decay"])
 
     def on_optimizer_step(self, model) -> None:
@@ -247,35 +252,25 @@ class TextToImage(Task):
         return self._ema.swapped() if self._ema is not None else nullcontext()
 
     def training_step(self, model, batch):
-        bare = getattr(model, "module", model)  # inside a DDP wrapper
-        scheduler = bare.noise_scheduler
-        latents = bare.latents(batch, sample=True)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
-        prediction, target = model(latents, batch["input_ids"], torch.randn_like(latents), timesteps)
-        losses = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        gamma = self.training_options.get("snr_gamma")
-        if gamma:  # min-SNR-gamma weighting (Hang et al. 2023), as in diffusers' train_text_to_image.py
-            from diffusers.training_utils import compute_snr
-
-            snr = compute_snr(scheduler, timesteps)
-            losses = losses * snr.clamp(max=gamma) / (snr + 1 if scheduler.config.prediction_type == "v_prediction"
-                                                      else snr)
-        return {"loss": losses.mean(), "output": prediction}
+        family = self.family
+        latents, objective = family.latents(batch, sample=True), family.objective(self.training_options)
+        timesteps = objective.draw(len(latents), latents.device)
+        losses = family.losses(model, objective, latents, torch.randn_like(latents), timesteps,
+                               family.encode(list(batch["text"]), batch, latents.device), self.training_options)
+        weights = objective.weights(timesteps)
+        return {"loss": (losses if weights is None else losses * weights.to(losses.device)).mean(), "output": None}
 
     def eval_step(self, model, batch):
-        bare = getattr(model, "module", model)
+        family = self.family
         with self._ema_weights():
-            latents = bare.latents(batch, sample=False)
-            noise = torch.stack([torch.randn((len(EVAL_TIMESTEPS), *latents.shape[1:]),
+            latents, objective = family.latents(batch, sample=False), family.objective(self.training_options)
+            conditioning, n = family.encode(list(batch["text"]), batch, latents.device), len(latents)
+            noise = torch.stack([torch.randn((len(EVAL_FRACTIONS), *latents.shape[1:]),
                                              generator=torch.Generator().manual_seed(int(row)))
                                  for row in batch["row"]]).to(latents.device)
-            losses = torch.zeros(len(latents), device=latents.device)
-            for k, fraction in enumerate(EVAL_TIMESTEPS):
-                timesteps = torch.full((len(latents),), int(fraction * bare.noise_scheduler.config.num_train_timesteps),
-                                       device=latents.device)
-                prediction, target = model(latents, batch["input_ids"], noise[:, k], timesteps)
-                losses += F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-            results = [{"loss": loss / len(EVAL_TIMESTEPS)} for loss in losses.tolist()]
+            losses = sum(family.losses(model, objective, latents, noise[:, k], objective.fixed(at, n, noise.device),
+                                       conditioning, self.training_options) for k, at in enumerate(EVAL_FRACTIONS))
+            results = [{"loss": loss / len(EVAL_FRACTIONS)} for loss in losses.tolist()]
             if self.clip is not None or self.keep_metric_inputs:  # keep_metric_inputs: your metrics get the images
                 images = self._render(batch["text"], self.clip_inference_steps, seeds=batch["row"].tolist())
                 scores = clip_scores(*self.clip, images, batch["text"], self.pipeline.device) if self.clip else None
@@ -297,21 +292,25 @@ class TextToImage(Task):
         return [prediction["image"] for prediction in predictions], references
 
     def _render(self, prompts, steps: int, seeds):
-        return self.pipeline(list(prompts), num_inference_steps=steps, height=self.resolution, width=self.resolution,
-                             generator=[torch.Generator().manual_seed(int(seed)) for seed in seeds]).images
+        # While fine-tuning in mixed precision the frozen parts are cast: the pipeline runs under autocast.
+        with torch.autocast(self.pipeline.device.type, dtype=self._mixed) if self._mixed else nullcontext():
+            generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+            return self.pipeline(list(prompts), num_inference_steps=steps, height=self.resolution,
+                                 width=self.resolution, generator=generators, **self.family.call_options()).images
 
     def on_evaluate(self, model, output_dir, step) -> None:
         """The validation prompts, rendered with fixed seeds (grids compare across steps), as one PNG."""
         if not self._validation_prompts:
             return
-        was_training = self.pipeline.unet.training
-        self.pipeline.unet.eval()
+        denoiser = self.family.module
+        was_training = denoiser.training
+        denoiser.eval()
         try:
             with self._ema_weights(), torch.no_grad():  # not inference_mode: training goes on (see Task.predict)
                 images = self._render(self._validation_prompts, self.training_options["validation_inference_steps"],
                                       seeds=range(len(self._validation_prompts)))
         finally:
-            self.pipeline.unet.train(was_training)
+            denoiser.train(was_training)
         image_grid(images, self._validation_prompts).save(Path(output_dir) / f"validation-step-{step:06d}.png")
 
     # -------------------------------------------------------------------------------------- predict
@@ -327,63 +326,55 @@ class TextToImage(Task):
         return super().predict(inputs, batch_size=batch_size, progress=progress, **options)
 
     def _check_size(self, value, name: str) -> int:
-        multiple = max(8, self.pipeline.vae_scale_factor)  # the pipeline itself only checks % 8
+        multiple, scale = max(8, self.family.size_multiple()), self.pipeline.vae_scale_factor  # the pipelines check % 8
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
+            patches = f", and its denoiser reads {multiple // scale} x {multiple // scale} latent patches" \
+                if multiple > max(8, scale) else ""
             raise ValueError(f"{name} must be a positive multiple of {multiple} (this pipeline's VAE scales by "
-                             f"{self.pipeline.vae_scale_factor}); got {value!r}.")
+                             f"{scale}{patches}); got {value!r}.")
         return value
 
     def compile_target(self):
-        return self.pipeline, "unet"  # where the time goes: one UNet pass per denoising step
+        return self.pipeline, self.family.denoiser  # where the time goes: one denoiser pass per step
 
-    def predict_batch(self, prompts, negative_prompt=None, num_inference_steps=50, guidance_scale=7.5,
-                      height=None, width=None, seed=None):
+    def predict_batch(self, prompts, negative_prompt=None, num_inference_steps=None, guidance_scale=None,
+                      height=None, width=None, seed=None, true_cfg_scale=None):
         bad = [prompt for prompt in prompts if not isinstance(prompt, str)]
         if bad:
             raise ValueError(f"text-to-image takes prompts as strings; got {type(bad[0]).__name__}: {bad[0]!r:.80}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise ValueError(f"negative_prompt is one string, used for every prompt; got {negative_prompt!r:.80}")
+        flux, options = self.family.name == "flux", dict(self.family.call_options())
+        if true_cfg_scale is not None and not flux:
+            raise ValueError("true_cfg_scale is Flux's classifier-free guidance; this pipeline's is guidance_scale.")
+        if flux and negative_prompt is not None and not (true_cfg_scale or 0) > 1:
+            raise ValueError("Flux's guidance_scale is distilled guidance, which takes no negative prompt: pass "
+                             "true_cfg_scale > 1 (true classifier-free guidance, two passes a step) with it.")
+        # None: the pipeline's own default (50 steps and guidance 7.5 for SD 1.x, 28 and 3.5 for Flux, ...).
+        options.update({key: value for key, value in (("num_inference_steps", num_inference_steps),
+                                                      ("guidance_scale", guidance_scale),
+                                                      ("true_cfg_scale", true_cfg_scale)) if value is not None})
         height = self._check_size(self.native_size if height is None else height, "height")
         width = self._check_size(self.native_size if width is None else width, "width")
         # One generator per image, all seeded alike: an image's noise does not depend on what shares its batch.
         generator = None if seed is None else [torch.Generator().manual_seed(seed) for _ in prompts]
-        negative = None if negative_prompt is None else [negative_prompt] * len(prompts)
-        images = self.pipeline(list(prompts), negative_prompt=negative, num_inference_steps=num_inference_steps,
-                               guidance_scale=guidance_scale, height=height, width=width, generator=generator).images
+        if negative_prompt is not None:  # else the pipeline's default (None, or "" for PixArt)
+            options["negative_prompt"] = [negative_prompt] * len(prompts)
+        images = self.pipeline(list(prompts), height=height, width=width, generator=generator, **options).images
         return [{"image": image} for image in images]
 
     # ---------------------------------------------------------------------------------- testing kit
-    COLORS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 60, 220), "yellow": (230, 210, 20)}
-    SHAPES = ("square", "circle", "triangle")
-    WORDS = ("a", "an", "the", "photo", "of", "on", "white", "background", "small", "big", "blurry", "ugly")
+    @staticmethod
+    def tiny_model(path: str | os.PathLike, family: str = "sd") -> Path:
+        """A tiny random pipeline of ``family`` ("sd", "sdxl", "sd3", "pixart" or "flux"; diffusers'
+        get_dummy_components sizes) that renders 32 px images (Flux: at resolution=32), saved at ``path``."""
+        from taskzoo.testing.diffusion import tiny_pipeline
+
+        return tiny_pipeline(Path(path), family)
 
     @staticmethod
-    def tiny_model(path: str | os.PathLike) -> Path:
-        """A tiny Stable Diffusion pipeline (diffusers' get_dummy_components sizes), 32 px, saved at ``path``."""
-        from taskzoo.testing.diffusion import tiny_stable_diffusion
-
-        return tiny_stable_diffusion(Path(path), [*TextToImage.COLORS, *TextToImage.SHAPES, *TextToImage.WORDS])
-
-    @staticmethod
-    def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
+    def toy_dataset(n: int = 64, seed: int = 0):
         """32 px coloured shapes on white, placed and sized at random, captioned "a red square" and so on."""
-        from PIL import Image, ImageDraw
+        from taskzoo.testing.diffusion import toy_dataset
 
-        cls, rng = TextToImage, random.Random(seed)
-        combos = [(color, shape) for color in cls.COLORS for shape in cls.SHAPES]
-        images, texts = [], []
-        for i in range(n):
-            color, shape = combos[(i + seed) % len(combos)]
-            image = Image.new("RGB", (32, 32), "white")
-            size = rng.randint(16, 25)
-            x, y = rng.randint(0, 32 - size), rng.randint(0, 32 - size)
-            box, fill, draw = [x, y, x + size - 1, y + size - 1], cls.COLORS[color], ImageDraw.Draw(image)
-            if shape == "square":
-                draw.rectangle(box, fill=fill)
-            elif shape == "circle":
-                draw.ellipse(box, fill=fill)
-            else:
-                draw.polygon([(x + size / 2, y), (x, y + size - 1), (x + size - 1, y + size - 1)], fill=fill)
-            images.append(image)
-            texts.append(f"a {color} {shape}")
-        return Dataset.from_dict({"image": images, "text": texts})
+        return toy_dataset(n, seed)
