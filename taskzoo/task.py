@@ -15,10 +15,12 @@ A task file subclasses :class:`Task` and fills in:
 - ``is_single(x)`` and ``predict_batch(batch, **options)``: forward -> postprocess, on what
   ``preprocess_batch(inputs, **options)`` made of the inputs (optional: decode, resize; it may run in
   worker processes); ``compile_target()`` names the module ``predict(compile=True)`` compiles;
-- ``tiny_model(path)`` and ``toy_dataset(n, seed)``: the testing kit (see taskzoo/testing.py).
+- ``tiny_model(path)`` and ``toy_dataset(n, seed)``: the testing kit (see taskzoo/testing.py);
+- optionally, the facts that serving, the playground, result files and the demo read (``input_type``,
+  ``example_input``, ``outputs_images``, ``shown_metric``, ``playground_form``, ``draw``): their section below.
 
-Everything else (predict's batching, evaluate, finetune) is shared and lives here, in evaluation.py
-and in training.py.
+Everything else (predict, evaluate, finetune) is shared and lives here, in batching.py, evaluation.py
+and training.py.
 """
 
 from __future__ import annotations
@@ -55,12 +57,12 @@ class Task:
     # The server, the playground, predict's result files and the demo read these from the task, never from its
     # name: a subclass inherits them, and a task of your own sets them (docs/custom-tasks.md).
     input_type: ClassVar[str] = "text"  # how a request sends one input: "text" (JSON strings, lists, objects),
-    # or "image" / "audio" (base64 or an uploaded file, which the server decodes before predict)
-    example_input: ClassVar[Any] = None  # one input as a request sends it (errors, API docs); None: "<base64 image>"
+    # or "image" / "audio" (base64 or an uploaded file, decoded by the server); input_kind(item) is another thing
+    example_input: ClassVar[Any] = None  # one input as a request sends it (errors, API docs); None: by input_type
     outputs_images: ClassVar[bool] = False  # outputs hold PIL images: the server encodes them (PNG) in a thread
     shown_metric: ClassVar[str | None] = None  # the metric `taskzoo demo` shows; None: primary_metric
     # The playground's fields, where each one's value goes in the request, and how the answer is shown (see
-    # taskzoo/serving/playground.py); None: one field for the input, the answer as JSON.
+    # taskzoo/serving/playground.py); None: one field for the input, the answer shown by its shape.
     playground_form: ClassVar[dict | None] = None
 
     def draw(self, input: Any, output: Any):

@@ -59,8 +59,8 @@ function fileField(spec) {
     preview.hidden = false;
     recorded = null;
   });
-  return el("div", {}, el("label", { for: spec.id, text: spec.label ?? `${kind[0].toUpperCase() + kind.slice(1)} file` }),
-    input, preview);
+  const label = spec.label ?? `${kind[0].toUpperCase() + kind.slice(1)} file`;
+  return el("div", {}, el("label", { for: spec.id, text: label }), input, preview);
 }
 
 // The microphone, recorded as 16-bit PCM WAV in the page (browsers record webm/opus, which the server's
@@ -237,7 +237,8 @@ async function drawMasks(segments) {
 const isPng = (value) => typeof value === "string" && value.startsWith("iVBORw0KGgo");  // base64 of PNG's signature
 const firstOf = (output, test) => (test(output) ? output
   : Object.values(output && typeof output === "object" ? output : {}).find(test));
-const labelled = (output) => (Array.isArray(output) ? output : [output]).every((o) => o && typeof o === "object" && "label" in o);
+const labelled = (output) => (Array.isArray(output) ? output : [output])
+  .every((o) => o && typeof o === "object" && "label" in o);
 
 const SHOW = {
   labels: (output) => bars((Array.isArray(output) ? output : [output]).map((o) => [o.label, o.score])),
@@ -247,8 +248,8 @@ const SHOW = {
     const names = lines ? $(lines.id).value.split("\n").map((s) => s.trim()).filter(Boolean) : [];
     return bars(scores.map((score, i) => [names[i] ?? `#${i + 1}`, score]));
   },
-  boxes: drawBoxes,
-  masks: drawMasks,
+  boxes: (output) => drawBoxes(Array.isArray(output) ? output : [output]),
+  masks: (output) => drawMasks(Array.isArray(output) ? output : [output]),
   text: (output) => el("div", { id: "text-output", class: "text-output",
     text: firstOf(output, (v) => typeof v === "string") ?? JSON.stringify(output) }),
   image: (output) => {
@@ -263,7 +264,8 @@ const SHOW = {
   auto: (output) => {
     const items = Array.isArray(output) ? output : [output];
     if (items.length && labelled(output)) {
-      return SHOW[items.some((o) => "box" in o) ? "boxes" : items.some((o) => "mask" in o) ? "masks" : "labels"](output);
+      const drawn = items.some((o) => "box" in o) ? "boxes" : items.some((o) => "mask" in o) ? "masks" : "labels";
+      return SHOW[drawn](output);
     }
     if (firstOf(output, isPng) !== undefined) return SHOW.image(output);
     if (firstOf(output, (v) => typeof v === "string") !== undefined) return SHOW.text(output);
