@@ -1,8 +1,10 @@
-"""Accelerator set-up shared by the training loop, evaluation and sharded prediction."""
+"""Devices and accelerator set-up shared by the training loop, evaluation and sharded prediction."""
 
 from __future__ import annotations
 
 import os
+
+import torch
 
 from taskzoo.errors import LaunchError
 
@@ -35,3 +37,28 @@ def check_launch(accelerator) -> None:
             "the same output folder. On CPUs set ACCELERATE_USE_CPU=1 (ACCELERATE_USE_CPU=1 torchrun "
             "--nproc_per_node N ...), or launch with `accelerate launch --num_processes N ...` "
             "(add --cpu on a machine without GPUs).")
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def check_device(device: str | torch.device | None) -> None:
+    """Refuse, in one line and before anything loads, a device torch cannot use here."""
+    if device is None:
+        return
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={str(device)!r} is not a device torch knows: use 'cpu', 'cuda', 'cuda:1', "
+                         "'mps', ...") from None
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}, but torch {torch.__version__} sees no CUDA GPU here "
+                         "(torch.cuda.is_available() is False): install a CUDA build of torch, or use 'cpu'.")
+    if found.type == "cuda" and found.index is not None and found.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"device={str(device)!r}, but this machine has {count} GPU(s): cuda:0 to cuda:{count - 1}.")
+    if found.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={str(device)!r}, but torch sees no Apple GPU (MPS) here; use 'cpu'.")

@@ -21,7 +21,7 @@ def load(task: str, model: str | os.PathLike | None = None, *, revision: str | N
 
     Without ``model`` the task's default checkpoint is used, pinned to its revision.
     """
-    from taskzoo.task import check_device
+    from taskzoo.accelerators import check_device
 
     entry = get_task(task)
     check_device(device)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from taskzoo import data as data_utils
+from taskzoo import streaming
 from taskzoo.errors import DataError
 from taskzoo.result_files import OutputFiles, json_line
 
@@ -149,7 +150,7 @@ def _open(task, data):
         raise DataError(f"The data has splits {list(data)}: predict on one of them (its folder, or data['test']).")
     if isinstance(data, Mapping) or type(data).__name__ == "DataFrame":
         data = data_utils.to_dataset(data)
-    return _undecoded(data), folder
+    return streaming.undecoded(data), folder
 
 
 def _media_files(folder: Path) -> list[Path]:
@@ -158,17 +159,6 @@ def _media_files(folder: Path) -> list[Path]:
     if any(p.suffix.lower() in DATA_SUFFIXES for p in files):
         return []
     return [p for p in files if p.suffix.lower() in (*data_utils.IMAGE_SUFFIXES, *AUDIO_SUFFIXES)]
-
-
-def _undecoded(data):
-    """Image and audio columns kept as files/bytes: the task decodes them, naming a bad one (and datasets'
-    audio decoder needs torchcodec, which does not import beside CPU torch)."""
-    from datasets import Audio, Image
-
-    for column, feature in (getattr(data, "features", None) or {}).items():
-        if isinstance(feature, (Image, Audio)) and feature.decode:
-            data = data.cast_column(column, type(feature)(decode=False))
-    return data
 
 
 # ------------------------------------------------------------------------------------ predict to file

@@ -1,5 +1,6 @@
-"""predict's batches: preprocessed ahead of the model (in worker processes with ``num_workers``), and halved
-when one does not fit in device memory, so a long prediction run is not lost to one large batch."""
+"""predict's batches: sorted by length, preprocessed ahead of the model (in worker processes with
+``num_workers``), and halved when one does not fit in device memory, so a long prediction run is not lost to
+one large batch."""
 
 from __future__ import annotations
 
@@ -10,8 +11,45 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from taskzoo.errors import TaskzooWarning
+from taskzoo.predict_options import check_options
+
+
+def predict_in_batches(task, inputs: Any, batch_size: int | None, progress: bool | None, mixed_precision: str,
+                       compile: bool, num_workers: int, options: dict) -> Any:
+    """What :meth:`taskzoo.task.Task.predict` does: check the options and inputs, then run length-sorted
+    batches through ``task.predict_batch`` (preprocessed ahead, halved on running out of memory) and give the
+    outputs back in input order; one input gives one output."""
+    autocast = task.autocast(mixed_precision)
+    check_options(task, {**options, "num_workers": num_workers, "compile": compile})
+    task.warn_if_untrained()
+    single = task.is_single(inputs)
+    items = [inputs] if single else list(inputs)
+    if not items:
+        return []
+    batch_size = task.check_batch_size(batch_size)
+    task.check_inputs(items)
+    # Length-sorted batches pad less; outputs are put back in input order below.
+    order = sorted(range(len(items)), key=lambda i: task.input_length(items[i]), reverse=True)
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    outputs: list[Any] = [None] * len(items)
+    bar = tqdm(total=len(items), desc=f"{task.name}: predict", unit="input",
+               disable=not (progress if progress is not None else len(batches) > 10))
+    prepared = PreparedBatches(task, items, batches, options, num_workers)
+    if any(module.training for module in task.model.modules()):
+        task.model.eval()  # ~2 ms a call for MiniLM (transformers' train() override); the flag scan is cheap
+    # no_grad, not inference_mode: tensors a model caches during predict (BEiT's relative position index,
+    # say) must stay usable when it trains later in the same process (transformers' pipeline does the same).
+    with torch.no_grad(), autocast, task.compiled(compile):
+        for indices, results in halving_on_oom(task, prepared, lambda batch: task.predict_batch(batch, **options)):
+            for index, result in zip(indices, results):
+                outputs[index] = result
+            bar.update(len(indices))
+    bar.close()
+    task.warn_truncated("predict")
+    return outputs[0] if single else outputs
 
 
 def halving_on_oom(task, prepared: PreparedBatches, run: Callable[[Any], list]) -> Iterator[tuple[list[int], list]]:

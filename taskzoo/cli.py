@@ -217,7 +217,7 @@ def _accelerate_on(device: str | None) -> str | None:
     --device sets that environment before anything has chosen. Returns the device to load the model on."""
     if device is None:
         return None
-    from taskzoo.task import check_device
+    from taskzoo.accelerators import check_device
 
     check_device(device)
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:

@@ -7,6 +7,7 @@ training starts, rather than silently fixing it.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -301,6 +302,34 @@ def load_image(image: Any):
     if not isinstance(image, Image.Image):
         raise DataError(f"Expected an image (PIL image, path or array); got {type(image).__name__}.")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def image_size(image: Any) -> tuple[int, int]:
+    """(width, height): from the header alone of a file (path, BytesIO, datasets' undecoded image), else decoded."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.size
+    source = image if not isinstance(image, Mapping) else (  # datasets' undecoded image
+        io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path"))
+    if isinstance(source, (str, os.PathLike, io.BytesIO)):
+        try:
+            with Image.open(source) as opened:
+                return opened.size
+        except (OSError, ValueError, SyntaxError):  # not an image: load_image below says so, naming the file
+            pass
+    return load_image(image).size
+
+
+def png_base64(image, data_url: bool = False) -> str:
+    """A PIL image as base64 PNG (lossless); ``data_url``: as a ``data:image/png;base64,...`` URL."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return ("data:image/png;base64," if data_url else "") + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def is_image(value: Any) -> bool:  # a PIL image? (told without importing PIL)
+    return hasattr(value, "save") and hasattr(value, "size") and hasattr(value, "mode")
 
 
 # ------------------------------------------------------------------------------------------------ audio

@@ -21,9 +21,6 @@ from pathlib import Path
 from taskzoo.registry import canonical_name, get_task
 
 DEFAULT_FOLDER = "taskzoo-demo"
-# The metric the table shows, where the task's primary one reads badly on a toy run: detection's "map" averages
-# IoU thresholds 0.5 to 0.95; map_50 (a box counts when it overlaps the true one by half) is "found it".
-SHOWN_METRIC = {"object-detection": "map_50"}
 PICTURED = 3  # held-out examples drawn per task that predicts labels, boxes or masks of images
 LOSS_POINTS = 25  # about how many training-loss records a tour stop's curve gets (log_every is set from it)
 # Stops that run in a second process, on the second core, while this one runs the others: the tiny models cannot
@@ -61,7 +58,7 @@ def demo_task(name: str, folder: Path, pictures: Path | None = None, progress: b
     train_size, eval_size = settings.pop("train_size"), settings.pop("eval_size")
     steps = settings.get("max_steps") or -(-train_size // settings.get("batch_size", 8)) * settings.get("epochs", 3)
     settings.setdefault("log_every", max(1, round(steps / LOSS_POINTS)))  # a curve, even for a run of 8 steps
-    metric = SHOWN_METRIC.get(name, cls.primary_metric)
+    metric = cls.shown_metric or cls.primary_metric  # where the primary one reads badly on a toy run
     started = time.perf_counter()
     say("  building a tiny random model")
     zoo = taskzoo.load(name, model=testing.tiny_model(name, folder / "tiny-model"), device="cpu")
@@ -88,12 +85,6 @@ def demo_task(name: str, folder: Path, pictures: Path | None = None, progress: b
     return row
 
 
-def drawable(sample, prediction) -> bool:
-    """Whether taskzoo.visualize draws this prediction over its input: an image's labels, boxes or masks."""
-    return (hasattr(sample, "size") and hasattr(sample, "mode") and isinstance(prediction, list)
-            and all(isinstance(item, dict) and ({"label", "box", "mask"} & set(item)) for item in prediction))
-
-
 def sample_text(sample, row: dict) -> str:
     """The predict() input as the demo shows it. An audio file (in a temporary folder, gone by the time anyone
     reads the line) is shown by its length and, where the row has one, its transcript."""
@@ -113,13 +104,13 @@ def save_pictures(zoo, held_out, sample, prediction, run: Path, pictures: Path, 
     """The task's pictures as PNG files in ``pictures``: predicted labels, boxes or masks drawn over a few
     held-out images, the images generated at the last evaluation, and the training curve. Returns the file
     names."""
-    from taskzoo.visualize import side_by_side, visualize
+    from taskzoo.visualize import side_by_side
 
     saved = []
     pictures.mkdir(parents=True, exist_ok=True)
-    if drawable(sample, prediction):
+    if zoo.draw(sample, prediction) is not None:  # a task that draws its outputs (labels, boxes, masks)
         inputs = [zoo.input_of(row) for row in held_out.select(range(min(PICTURED, len(held_out))))]
-        drawings = [visualize(image, found) for image, found in zip(inputs, zoo.predict(inputs))]
+        drawings = [zoo.draw(image, found) for image, found in zip(inputs, zoo.predict(inputs))]
         side_by_side(drawings).save(pictures / f"{name}.png")
         saved.append(f"{name}.png")
     grids = sorted(run.glob("validation-step-*.png"))  # text-to-image renders its prompts at each evaluation

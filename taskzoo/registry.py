@@ -2,7 +2,8 @@
 
 Like transformers' ``SUPPORTED_TASKS``, each entry names the class that implements the task and a
 default checkpoint pinned to a revision. Classes are imported lazily, so ``import taskzoo`` stays fast
-and a task whose optional dependencies are missing does not break the others.
+and a task whose optional dependencies are missing does not break the others. A task of your own is registered
+with its class itself (see docs/custom-tasks.md).
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from taskzoo.errors import UnknownTaskError
 @dataclass(frozen=True)
 class TaskEntry:
     name: str
-    impl: str  # "module:Class", imported on first use
-    default_model: str  # a hub id, or a packaged-model name (see taskzoo/models.py)
-    default_revision: str | None  # pinned commit, as transformers' pipeline registry pins its defaults
-    extra: str  # the pip extra that installs what the task needs
+    impl: str | type  # "module:Class", imported on first use, or the Task subclass itself
+    default_model: str  # a hub id, a local folder, or a packaged-model name (see taskzoo/models.py)
+    default_revision: str | None = None  # pinned commit, as transformers' pipeline registry pins its defaults
+    extra: str = ""  # the pip extra that installs what the task needs
 
     def load_class(self):
+        if isinstance(self.impl, type):
+            return self.impl
         module_name, class_name = self.impl.split(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
+            if not self.extra:
+                raise
             raise ImportError(
                 f"Task {self.name!r} needs an optional dependency that is not installed ({error.name}). "
                 f"Install it with: pip install 'taskzoo[{self.extra}]'"
@@ -43,9 +48,20 @@ def register_task(entry: TaskEntry, aliases: tuple[str, ...] = ()) -> None:
     for name in (entry.name, *aliases):
         if name in TASKS or name in ALIASES:
             raise ValueError(f"A task named {name!r} is already registered.")
+    if isinstance(entry.impl, type) and getattr(entry.impl, "name", None) != entry.name:
+        raise ValueError(f"{entry.impl.__name__}.name is {getattr(entry.impl, 'name', None)!r}, but it is registered "
+                         f"as {entry.name!r}: set name = {entry.name!r} in the class.")
     TASKS[entry.name] = entry
     for alias in aliases:
         ALIASES[alias] = entry.name
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task that register_task added (a user's, say, when a test is done with it), and its aliases."""
+    name = canonical_name(name)
+    del TASKS[name]
+    for alias in [alias for alias, target in ALIASES.items() if target == name]:
+        del ALIASES[alias]
 
 
 # fmt: off

@@ -7,47 +7,37 @@ equal to r modulo N into ``OUT.part-r-of-N``; the main process merges the parts 
 
 from __future__ import annotations
 
-import base64
 import glob
 import heapq
-import io
 import json
 import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from taskzoo.data import is_image, png_base64
 from taskzoo.errors import DataError
-
-# Tasks whose outputs people look at rather than read: save_visuals also draws them over the input image.
-DRAWN_TASKS = ("object-detection", "image-segmentation")
 
 
 def json_line(task, index: int, fields: Mapping, item, output, visuals: str | os.PathLike | None = None) -> str:
     """One output line: ``{"index", **fields, "output"}``. Images in the output become PNG files in
-    ``visuals`` (their paths in the JSON), or base64 PNG data without it; with ``visuals`` the outputs of
-    detection and segmentation are also drawn over the input image."""
+    ``visuals`` (their paths in the JSON), or base64 PNG data URLs without it; with ``visuals`` the output is
+    also drawn over its input where the task draws its outputs (``task.draw``: labels, boxes, masks)."""
     record = {"index": index, **fields}
-    if visuals and task.name in DRAWN_TASKS:
-        from taskzoo import visualize
-
+    drawing = task.draw(item, output) if visuals else None
+    if drawing is not None:
         path = Path(visuals) / f"{index:06d}-visual.png"
-        visualize(item, output, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        drawing.save(path, format="PNG")
         record["visual"] = str(path)
     if visuals:
         output = _save_images(output, Path(visuals), f"{index:06d}")
     return json.dumps({**record, "output": output}, default=_json_default) + "\n"
 
 
-def _is_image(value) -> bool:
-    return hasattr(value, "save") and hasattr(value, "size")
-
-
 def _json_default(value):
-    if _is_image(value):  # PIL images: lossless PNG, as a data URI
-        buffer = io.BytesIO()
-        value.save(buffer, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    if is_image(value):  # PIL images: lossless PNG, as a data URL
+        return png_base64(value, data_url=True)
     if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
         return value.tolist()
     return str(value)
@@ -55,7 +45,7 @@ def _json_default(value):
 
 def _save_images(value, folder: Path, stem: str):
     """Replace the PIL images inside an output by the paths of PNG files written for them."""
-    if _is_image(value):
+    if is_image(value):
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{stem}.png"
         value.save(path)

@@ -44,13 +44,14 @@ def column_names(dataset) -> list[str]:
     return head(dataset, 1).column_names
 
 
-def undecoded(stream: IterableDataset) -> IterableDataset:
-    """Image and audio columns as files, not decoded: the task decodes them in collate (naming a bad file),
-    and a chunk is not re-encoded on its way through prepare()."""
-    for name, feature in (stream.features or {}).items():
+def undecoded(data):
+    """A stream's (or a Dataset's) image and audio columns as files, not decoded: the task decodes them (naming a
+    bad file; and datasets' audio decoder needs torchcodec, which does not import beside CPU torch), and a
+    stream's chunk is not re-encoded on its way through prepare(). Anything without features comes back as is."""
+    for name, feature in (getattr(data, "features", None) or {}).items():
         if isinstance(feature, (Image, Audio)) and feature.decode:
-            stream = stream.cast_column(name, type(feature)(decode=False))
-    return stream
+            data = data.cast_column(name, type(feature)(decode=False))
+    return data
 
 
 def prepare_in_chunks(task, stream: IterableDataset, training: bool) -> IterableDataset:

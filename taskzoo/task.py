@@ -15,10 +15,12 @@ A task file subclasses :class:`Task` and fills in:
 - ``is_single(x)`` and ``predict_batch(batch, **options)``: forward -> postprocess, on what
   ``preprocess_batch(inputs, **options)`` made of the inputs (optional: decode, resize; it may run in
   worker processes); ``compile_target()`` names the module ``predict(compile=True)`` compiles;
-- ``tiny_model(path)`` and ``toy_dataset(n, seed)``: the testing kit (see taskzoo/testing.py).
+- ``tiny_model(path)`` and ``toy_dataset(n, seed)``: the testing kit (see taskzoo/testing.py);
+- optionally, the facts that serving, the playground, result files and the demo read (``input_type``,
+  ``example_input``, ``outputs_images``, ``shown_metric``, ``playground_form``, ``draw``): their section below.
 
-Everything else (predict's batching, evaluate, finetune) is shared and lives here, in evaluation.py
-and in training.py.
+Everything else (predict, evaluate, finetune) is shared and lives here, in batching.py, evaluation.py
+and training.py.
 """
 
 from __future__ import annotations
@@ -30,39 +32,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from tqdm.auto import tqdm
 
 from taskzoo import data as data_utils
 from taskzoo import strategies, streaming
-from taskzoo.batching import PreparedBatches, halving_on_oom
+from taskzoo.accelerators import default_device
+from taskzoo.batching import predict_in_batches
 from taskzoo.errors import DataError, warn_at_caller
 from taskzoo.models import library_bars_hidden
 from taskzoo.predict_options import check_options
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def check_device(device: str | torch.device | None) -> None:
-    """Refuse, in one line and before anything loads, a device torch cannot use here."""
-    if device is None:
-        return
-    try:
-        found = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={str(device)!r} is not a device torch knows: use 'cpu', 'cuda', 'cuda:1', "
-                         "'mps', ...") from None
-    if found.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r}, but torch {torch.__version__} sees no CUDA GPU here "
-                         "(torch.cuda.is_available() is False): install a CUDA build of torch, or use 'cpu'.")
-    if found.type == "cuda" and found.index is not None and found.index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise ValueError(f"device={str(device)!r}, but this machine has {count} GPU(s): cuda:0 to cuda:{count - 1}.")
-    if found.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={str(device)!r}, but torch sees no Apple GPU (MPS) here; use 'cpu'.")
 
 
 class Task:
@@ -75,6 +52,22 @@ class Task:
     # What its models take ("text", "image", "audio", "pipeline") and which it loads: see models.wrong_model.
     modality: ClassVar[str | None] = None
     model_needs: ClassVar[str] = ""
+
+    # ------------------------------------------------------------------ facts the tools around a task read
+    # The server, the playground, predict's result files and the demo read these from the task, never from its
+    # name: a subclass inherits them, and a task of your own sets them (docs/custom-tasks.md).
+    input_type: ClassVar[str] = "text"  # how a request sends one input: "text" (JSON strings, lists, objects),
+    # or "image" / "audio" (base64 or an uploaded file, decoded by the server); input_kind(item) is another thing
+    example_input: ClassVar[Any] = None  # one input as a request sends it (errors, API docs); None: by input_type
+    outputs_images: ClassVar[bool] = False  # outputs hold PIL images: the server encodes them (PNG) in a thread
+    shown_metric: ClassVar[str | None] = None  # the metric `taskzoo demo` shows; None: primary_metric
+    # The playground's fields, where each one's value goes in the request, and how the answer is shown (see
+    # taskzoo/serving/playground.py); None: one field for the input, the answer shown by its shape.
+    playground_form: ClassVar[dict | None] = None
+
+    def draw(self, input: Any, output: Any):
+        """``output`` drawn over ``input``, a PIL image (for save_visuals and the demo); None: it is not drawn."""
+        return None
 
     def __init__(self, model: torch.nn.Module, processor: Any = None, *, source: str | None = None,
                  device: str | torch.device | None = None, new_weights: Iterable[str] = ()):
@@ -207,34 +200,7 @@ class Task:
         and preprocesses the next batches in N processes while the model runs (images and audio): it
         helps where decoding is a large share of the time and there are cores to spare.
         """
-        autocast = self.autocast(mixed_precision)
-        check_options(self, {**options, "num_workers": num_workers, "compile": compile})
-        self.warn_if_untrained()
-        single = self.is_single(inputs)
-        items = [inputs] if single else list(inputs)
-        if not items:
-            return []
-        batch_size = self.check_batch_size(batch_size)
-        self.check_inputs(items)
-        # Length-sorted batches pad less; outputs are put back in input order below.
-        order = sorted(range(len(items)), key=lambda i: self.input_length(items[i]), reverse=True)
-        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-        outputs: list[Any] = [None] * len(items)
-        bar = tqdm(total=len(items), desc=f"{self.name}: predict", unit="input",
-                   disable=not (progress if progress is not None else len(batches) > 10))
-        prepared = PreparedBatches(self, items, batches, options, num_workers)
-        if any(module.training for module in self.model.modules()):
-            self.model.eval()  # ~2 ms a call for MiniLM (transformers' train() override); the flag scan is cheap
-        # no_grad, not inference_mode: tensors a model caches during predict (BEiT's relative position index,
-        # say) must stay usable when it trains later in the same process (transformers' pipeline does the same).
-        with torch.no_grad(), autocast, self.compiled(compile):
-            for indices, results in halving_on_oom(self, prepared, lambda batch: self.predict_batch(batch, **options)):
-                for index, result in zip(indices, results):
-                    outputs[index] = result
-                bar.update(len(indices))
-        bar.close()
-        self.warn_truncated("predict")
-        return outputs[0] if single else outputs
+        return predict_in_batches(self, inputs, batch_size, progress, mixed_precision, compile, num_workers, options)
 
     def predict_to_jsonl(self, data: Any, output: str | os.PathLike, **options) -> Path:
         """Predict every row of ``data`` (a data file or folder of any size, a Dataset, an IterableDataset or

@@ -200,15 +200,18 @@ def test_part_files_resume_and_merge_in_row_order(tmp_path):
 
 
 def test_images_in_outputs_become_png_data_or_files(tmp_path):
-    class Task:
+    class Task:  # what json_line asks of a task
         name = "text-to-image"
 
+        def draw(self, input, output):
+            return None  # (text-to-image draws nothing over its prompt: its output is the picture)
+
     image = Image.new("RGB", (8, 6), (200, 10, 30))
-    inline = json.loads(json_line(Task, 3, {"id": "a"}, "a red", {"image": image}))
+    inline = json.loads(json_line(Task(), 3, {"id": "a"}, "a red", {"image": image}))
     assert inline["index"] == 3 and inline["id"] == "a"
     data = inline["output"]["image"].removeprefix("data:image/png;base64,")
     assert list(Image.open(io.BytesIO(base64.b64decode(data))).getdata()) == list(image.getdata())
-    saved = json.loads(json_line(Task, 3, {}, "a red", {"image": image}, visuals=tmp_path))
+    saved = json.loads(json_line(Task(), 3, {}, "a red", {"image": image}, visuals=tmp_path))
     assert list(Image.open(saved["output"]["image"]).getdata()) == list(image.getdata())
 
 

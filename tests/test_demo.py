@@ -171,9 +171,10 @@ def test_image_classification_pictures_write_the_top_labels_under_held_out_image
     scale = -(-384 // min(width, height))
     assert picture.width == 3 * width * scale + 2 * 8  # three held-out images side by side
     assert picture.height > height * scale  # and the label rows below them
-    texts = save_pictures(None, None, "a lovely film", [{"label": "positive", "score": 0.9}], tmp_path / "run",
+    classifier = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    texts = save_pictures(classifier, None, "a lovely film", [{"label": "positive", "score": 0.9}], tmp_path / "run",
                           tmp_path / "text", "text-classification")
-    assert texts == []  # labels of a text are not drawn: there is no image to draw them on
+    assert texts == []  # labels of a text are not drawn (the task's draw() gives None): no image to draw them on
 
 
 def test_a_speech_sample_is_shown_by_its_length_and_transcript(tmp_path):

@@ -122,7 +122,7 @@ def run_command(args) -> None:
         raise ValueError(f"--max-batch-size and --batch-size must be at least 1 and --max-wait-ms at least 0; got "
                          f"{args.max_batch_size}, {args.batch_size} and {args.max_wait_ms}.")
     if args.device is not None:  # only then: checking imports torch, which takes seconds before the server listens
-        from taskzoo.task import check_device
+        from taskzoo.accelerators import check_device
 
         check_device(args.device)
     # The server listens while the model loads (/health answers 503 until it is ready).

@@ -27,8 +27,9 @@ from starlette.formparsers import MultiPartException
 from taskzoo.errors import TaskzooError
 from taskzoo.predict_options import option_defaults
 from taskzoo.serving.batching import Batcher, LengthGroupedPredict, batch_key
-from taskzoo.serving.codec import (MEDIA, SERVER_OPTIONS, Limits, RequestError, check_parameters,
-                                   decode_media, decode_request, example_input, to_json)
+from taskzoo.serving.codec import (SERVER_OPTIONS, Limits, RequestError, check_parameters, decode_media,
+                                   decode_request, example_input, media_of, to_json)
+from taskzoo.serving.playground import form_of
 
 logger = logging.getLogger("taskzoo.serve")
 STATIC = Path(__file__).parent / "static"
@@ -42,6 +43,7 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
     :func:`taskzoo.serve`, which does. Up to ``max_batch_size`` inputs of concurrent requests are gathered
     and run in batches of similar lengths, of at most ``batch_size`` inputs (default: the task's)."""
     limits = limits or Limits()
+    form = form_of(task)  # the task's facts checked (a task of your own), before anything starts
     task.warn_if_untrained()  # as the server starts, rather than at its first request
     batcher = Batcher(LengthGroupedPredict(task, batch_size), max_batch_size, max_wait_ms)  # checks batch_size
 
@@ -70,10 +72,10 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
     async def health():
         return {"status": "ok", "task": task.name}
 
-    @app.get("/info", summary="task, model, labels, predict options and limits")
+    @app.get("/info", summary="task, model, labels, predict options, limits and the playground's form")
     async def info():
         return {"task": task.name, "model": str(task.source) if task.source else None,
-                "labels": getattr(task, "labels", None), "input": MEDIA.get(task.name, "text"),
+                "labels": getattr(task, "labels", None), "input": task.input_type, "form": form,
                 "example": json.loads(example_input(task)), "predict_options": predict_options(task),
                 "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "limits": asdict(limits),
                 "predict_calls": batcher.calls, "inputs_predicted": batcher.inputs}
@@ -120,7 +122,7 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
 async def offload(task, function, *arguments):
     """Decoding images and audio and encoding PNGs take long enough to stall the event loop: a thread does
     them. Text is quicker to handle in place than to hand over."""
-    if task.name in MEDIA or task.name == "text-to-image":
+    if task.input_type != "text" or task.outputs_images:
         return await run_in_threadpool(function, *arguments)
     return function(*arguments)
 
@@ -137,7 +139,7 @@ async def guarded(awaitable):
 
 async def read_form(request: Request, task, limits: Limits):
     """A multipart upload: one file per input (one file: one input), optional ``parameters`` as JSON."""
-    media = MEDIA.get(task.name)
+    media = media_of(task)
     if media is None:
         raise RequestError(f'{task.name} takes text: send JSON {{"inputs": {example_input(task)}}}, not files.')
     try:
@@ -182,7 +184,7 @@ def predict_schema(task) -> dict:
         "inputs": {"description": "one input or a list of inputs", "example": json.loads(example_input(task))},
         "parameters": {"type": "object", "description": "predict options (see /info)", "example": {}}}}
     content = {"application/json": {"schema": json_body}}
-    if task.name in MEDIA:
+    if media_of(task):
         content["multipart/form-data"] = {"schema": {"type": "object", "properties": {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
             "parameters": {"type": "string", "description": "predict options as JSON"}}}}

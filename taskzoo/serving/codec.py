@@ -22,9 +22,6 @@ import numpy as np
 from taskzoo import data as data_utils
 from taskzoo.predict_options import check_options
 
-# Which tasks take media rather than text; the others take strings, pairs (two-element lists) or dicts.
-MEDIA = {"image-classification": "image", "object-detection": "image", "image-segmentation": "image",
-         "automatic-speech-recognition": "audio"}
 # predict() options that are the server's to set (it batches), not a request's.
 SERVER_OPTIONS = ("batch_size", "progress", "compile", "num_workers")
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(//|[^;,]*$)")  # http://..., file:..., s3://...; not data:...;base64,
@@ -86,14 +83,14 @@ def check_parameters(task, parameters: Any, limits: Limits) -> dict:
                            "(see taskzoo serve --max-batch-size).")
     check_options(task, parameters, unlisted=SERVER_OPTIONS)  # a wrong name or type of value: named, 400
     size = [parameters.get(side, getattr(task, "native_size", None)) for side in ("width", "height")]
-    if task.name == "text-to-image" and all(isinstance(side, int) for side in size):  # what it would generate
+    if task.outputs_images and all(isinstance(side, int) for side in size):  # an image it would generate
         check_pixels(*size, "The image to generate", limits)
     return parameters
 
 
 def decode_inputs(task, inputs: Any, limits: Limits) -> tuple[list, bool]:
     """JSON inputs -> (a list of predict inputs, whether one input was sent)."""
-    media = MEDIA.get(task.name)
+    media = media_of(task)
     if media is None:
         check_text(task, inputs, "inputs")
     # A two-element list is one pair where the task cannot take its elements alone (sentence-similarity);
@@ -169,13 +166,10 @@ def decode_media(media: str, raw: bytes, where: str, limits: Limits):
 def decode_image(raw: bytes, where: str, limits: Limits):
     from PIL import Image
 
-    try:  # the header alone, for the size check before decoding the pixels
-        with Image.open(io.BytesIO(raw)) as image:
-            width, height = image.size
+    try:  # the header alone, for the size check before decoding the pixels (bytes that are no image: named here)
+        width, height = data_utils.image_size({"bytes": raw})
     except Image.DecompressionBombError as error:  # PIL's own limit, far above ours
         raise RequestError(f"{where}: {error}", 413) from None
-    except Exception:  # noqa: BLE001 - open_image_file below names the problem as the Python API does
-        width = height = 0
     check_pixels(width, height, f"{where}: the image", limits)
     return data_utils.open_image_file(io.BytesIO(raw))
 
@@ -222,11 +216,15 @@ def json_type(value: Any) -> str:
         type(value), "number")
 
 
+def media_of(task) -> str | None:
+    """"image" or "audio" for a task whose inputs are sent as base64 or uploaded files; None for JSON inputs."""
+    return None if task.input_type == "text" else task.input_type
+
+
 def example_input(task) -> str:
-    """A short example of ``inputs`` for the task, for error messages and the docs."""
-    examples = {"sentence-similarity": '["A man eats.", "Someone is eating."]', "text-to-image": '"a red square"',
-                "translation": '"Hello"', "text-classification": '"I loved it"'}
-    return examples.get(task.name, f'"<base64 {MEDIA.get(task.name, "input")}>"')
+    """A short example of ``inputs`` for the task (its ``example_input``), as JSON, for error messages and the docs."""
+    example, media = task.example_input, media_of(task)
+    return json.dumps(example if example is not None else f"<base64 {media}>" if media else "some text")
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -234,10 +232,8 @@ def example_input(task) -> str:
 
 def to_json(value: Any) -> Any:
     """A predict output as JSON values: PIL images as base64 PNG strings, arrays and tuples as lists."""
-    if hasattr(value, "save") and hasattr(value, "size") and hasattr(value, "mode"):  # a PIL image
-        buffer = io.BytesIO()
-        value.save(buffer, format="PNG")
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
+    if data_utils.is_image(value):
+        return data_utils.png_base64(value)
     if isinstance(value, dict):
         return {str(key): to_json(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

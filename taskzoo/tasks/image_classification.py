@@ -23,6 +23,7 @@ from taskzoo import heads, metrics, strategies
 from taskzoo.errors import DataError
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
+from taskzoo.visualize import visualize
 
 SPLIT_NAMES = ("train", *data_utils.EVAL_SPLIT_NAMES)
 
@@ -32,6 +33,10 @@ class ImageClassification(Task):
     primary_metric = "accuracy"
     modality = "image"
     model_needs = "an image classification model with an image processor (ViT, ConvNeXT, ResNet, ...)"
+    input_type = "image"
+    playground_form = {"fields": [{"id": "file", "type": "image", "label": "Image file", "to": "inputs"},
+                                  {"id": "top-k", "type": "number", "label": "Top labels", "value": 5,
+                                   "to": "parameters.top_k"}], "output": "labels"}
     required_columns = ("image", "label")
     default_batch_size = 32
     # Label names for the head (their order gives the ids); needed for a stream, which cannot be scanned.
@@ -128,6 +133,9 @@ class ImageClassification(Task):
     # -------------------------------------------------------------------------------------- predict
     def input_of(self, row):
         return row["image"]
+
+    def draw(self, input, output):
+        return visualize(input, output)  # the image, its top labels with score bars below
 
     def preprocess_batch(self, inputs, **options):
         return self._pixels(inputs)

@@ -33,6 +33,7 @@ from taskzoo.errors import DataError
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
 from taskzoo.tasks import universal_segmentation as universal
+from taskzoo.visualize import visualize
 
 IGNORE_INDEX = 255
 MASK_COLUMNS = ("mask", "annotation", "label")  # accepted names of the mask column, in this order
@@ -71,28 +72,12 @@ def load_mask(value) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def image_size(value) -> tuple[int, int] | None:
-    """(width, height) of an image from its header alone, or None when that is not cheap to tell."""
-    from PIL import Image
-
-    if isinstance(value, Image.Image):
-        return value.size
-    if isinstance(value, Mapping):
-        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-    if isinstance(value, (str, os.PathLike, io.BytesIO)):
-        try:
-            with Image.open(value) as opened:
-                return opened.size
-        except Exception:  # noqa: BLE001 - a broken file is named by load_image when it is decoded
-            return None
-    return None
-
-
 class ImageSegmentation(Task):
     name = "image-segmentation"
     primary_metric = "mean_iou"
     modality = "image"
     model_needs = "a semantic segmentation model with an image processor (SegFormer, BEiT, DPT, ...)"
+    input_type, outputs_images = "image", True  # outputs: masks
     required_columns = ("image", "mask")
     default_batch_size = 8
     default_learning_rate = 6e-5  # SegFormer's fine-tuning rate
@@ -232,8 +217,8 @@ class ImageSegmentation(Task):
                 raise DataError(f"Column 'mask', row {row_number}: value {int(bad[0])} is not a class of the model, "
                                 f"which has {count} labels (0-{count - 1}; {IGNORE_INDEX} means ignore). To train "
                                 f"other classes, {hint}.")
-            size = image_size(row["image"])
-            if size is not None and size != (mask.shape[1], mask.shape[0]):
+            size = data_utils.image_size(row["image"])
+            if size != (mask.shape[1], mask.shape[0]):
                 raise DataError(f"Row {row_number}: the image is {size[0]}x{size[1]} but its mask (column 'mask') "
                                 f"is {mask.shape[1]}x{mask.shape[0]}.")
         return dataset
@@ -316,6 +301,9 @@ class ImageSegmentation(Task):
     # -------------------------------------------------------------------------------------- predict
     def input_of(self, row):
         return row["image"]
+
+    def draw(self, input, output):
+        return visualize(input, output)  # the masks overlaid, with a legend
 
     def preprocess_batch(self, inputs, **options):
         """(pixel values, (height, width) of each image, and for universal models each image's size in the

@@ -18,7 +18,6 @@ Box conventions, since every library picks another:
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from taskzoo import heads, metrics, strategies, streaming
 from taskzoo.errors import DataError, TaskzooWarning
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
+from taskzoo.visualize import visualize
 
 OBJECTS = {"bbox": List(List(Value("float64"))), "category": List(Value("int64"))}  # after prepare()
 
@@ -72,6 +72,13 @@ class ObjectDetection(Task):
     primary_metric = "map"
     modality = "image"
     model_needs = "an object detection model with an image processor (DETR, RT-DETR, YOLOS, ...)"
+    input_type = "image"
+    # The demo shows map_50 ("found it": a box overlapping the true one by half); map averages IoU thresholds 0.5
+    # to 0.95 and reads badly on a toy run.
+    shown_metric = "map_50"
+    playground_form = {"fields": [{"id": "file", "type": "image", "label": "Image file", "to": "inputs"},
+                                  {"id": "threshold", "type": "number", "label": "Score threshold", "value": 0.5,
+                                   "step": 0.05, "to": "parameters.threshold"}], "output": "boxes"}
     required_columns = ("image", "objects")
     default_batch_size = 8
     default_learning_rate = 1e-4  # DETR's
@@ -151,7 +158,7 @@ class ObjectDetection(Task):
             dataset = dataset.cast_column("image", Image(decode=False))
         cleaned, unknown, total, clipped, dropped, first = [], set(), 0, 0, 0, None
         for row, example in enumerate(dataset.select_columns(["image", "objects"])):
-            width, height = _image_size(example["image"])
+            width, height = data_utils.image_size(example["image"])
             kept = {"bbox": [], "category": []}
             for box, category in zip(*_unpack(example["objects"], row)):
                 total, inside = total + 1, _clip(box, width, height, row)
@@ -212,6 +219,9 @@ class ObjectDetection(Task):
     # -------------------------------------------------------------------------------------- predict
     def input_of(self, row):
         return row["image"]
+
+    def draw(self, input, output):
+        return visualize(input, output)  # boxes with "label score" tags
 
     def preprocess_batch(self, inputs, **options):
         return [data_utils.load_image(item) for item in inputs]  # decoded, RGB
@@ -302,20 +312,6 @@ def _category_feature(features):  # objects.category's feature (a ClassLabel hol
     feature = features.get("objects")
     feature = getattr(feature, "feature", feature)  # Sequence({...}) in older datasets
     return getattr(feature.get("category"), "feature", None) if isinstance(feature, Mapping) else None
-
-
-def _image_size(image) -> tuple[int, int]:
-    """(width, height), from the file header alone when the image is not decoded yet."""
-    from PIL import Image as PILImage
-
-    source = image
-    if isinstance(image, Mapping):  # datasets' undecoded image: {"bytes", "path"}
-        source = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
-    try:
-        with PILImage.open(source) as opened:
-            return opened.size
-    except Exception:  # noqa: BLE001 - an array or a bad file: load_image decodes it, or names the problem
-        return data_utils.load_image(image).size
 
 
 def _features(names: list[str]) -> Features:

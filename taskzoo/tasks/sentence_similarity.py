@@ -37,6 +37,12 @@ class SentenceSimilarity(Task):
     modality = "text"
     model_needs = "a sentence-transformers model, or a text encoder with a tokenizer"
     required_columns = ("sentence1", "sentence2", "score")
+    example_input = ["A man eats.", "Someone is eating."]
+    playground_form = {"fields": [  # a sentence against several: one score each
+        {"id": "source", "type": "text", "label": "Sentence", "value": "A man is eating food.",
+         "to": "inputs.source_sentence"},
+        {"id": "sentences", "type": "lines", "label": "Compare with (one sentence per line)",
+         "value": "A man is eating a meal.\nA cat sleeps.", "to": "inputs.sentences"}], "output": "scores"}
     default_batch_size = 64  # sentences per forward pass (training, evaluation, predict without a tokenizer)
     default_batch_tokens = 4096  # predict: padded tokens per forward pass, unless batch_size is given
     # What one more forward pass costs, in tokens: a pass reads all the weights (~90 MB for MiniLM, some ms on

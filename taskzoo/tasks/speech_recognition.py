@@ -36,6 +36,7 @@ class SpeechRecognition(Task):
     primary_metric = "wer"
     modality = "audio"
     model_needs = "a speech model with a feature extractor: CTC (wav2vec2, HuBERT, ...) or Whisper"
+    input_type = "audio"
     greater_is_better = False
     required_columns = ("audio", "text")
     default_batch_size = 8

@@ -27,6 +27,13 @@ class TextClassification(Task):
     modality = "text"
     model_needs = "a text model with a tokenizer (BERT, RoBERTa, DistilBERT, a sentence-transformers backbone, ...)"
     required_columns = ("text", "label")
+    example_input = "I loved it"
+    playground_form = {"fields": [  # inputs.0 and inputs.1: a text and its optional pair
+        {"id": "text", "type": "textarea", "label": "Text", "value": "I really loved this film", "to": "inputs.0"},
+        {"id": "text-pair", "type": "textarea", "label": "Second text (optional, for pairs)", "optional": True,
+         "to": "inputs.1"},
+        {"id": "top-k", "type": "number", "label": "Top labels", "value": 5, "to": "parameters.top_k"}],
+        "output": "labels"}
     default_batch_size = 32
     # Label names for the head (their order gives the ids); needed for a stream, which cannot be scanned.
     finetune_options = {**Task.finetune_options, "labels": None}

@@ -45,6 +45,14 @@ class TextToImage(Task):
     model_needs = "a diffusers text-to-image pipeline (model_index.json) or a LoRA folder that taskzoo saved"
     greater_is_better = False
     required_columns = ("image", "text")
+    example_input, outputs_images = "a red square", True
+    playground_form = {"fields": [
+        {"id": "prompt", "type": "text", "label": "Prompt", "value": "a red square on a white background",
+         "to": "inputs"},
+        {"id": "seed", "type": "number", "label": "Seed", "value": 0, "to": "parameters.seed"},
+        {"id": "steps", "type": "number", "label": "Steps", "value": 25, "to": "parameters.num_inference_steps"},
+        {"id": "guidance", "type": "number", "label": "Guidance", "value": 7.5, "step": 0.5,
+         "to": "parameters.guidance_scale"}], "output": "image"}
     default_batch_size = 4
     default_learning_rate = 1e-5  # full fine-tuning; LoRA usually wants about 1e-4
     strategies = ("full", "lora")

@@ -33,6 +33,7 @@ class Translation(Task):
     modality = "text"
     model_needs = "a text-to-text model with a tokenizer (Marian, T5, mBART, M2M100, NLLB, ...)"
     required_columns = ("source", "target")
+    example_input = "Hello"
     default_batch_size = 16
     default_learning_rate = 5e-5
     strategies = ("full", "lora")  # no "freeze": see apply_strategy

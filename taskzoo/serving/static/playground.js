@@ -1,5 +1,6 @@
-// The taskzoo playground: one small page for the served task. It asks /info what the task is, shows the inputs
-// that task takes, posts them to /predict and draws the answer as people look at it. No libraries, no CDN.
+// The taskzoo playground: one small page for the served task. It asks /info what the task is and which form it
+// has (the task's playground_form: see taskzoo/serving/playground.py), builds that form, posts what is typed or
+// uploaded to /predict and draws the answer as people look at it. No per-task code, no libraries, no CDN.
 "use strict";
 
 // Okabe-Ito then Tableau colours, as taskzoo.visualize uses: one per label in a picture.
@@ -29,20 +30,27 @@ async function call(path, init = {}) {
 
 // ------------------------------------------------------------------------------------------------ inputs
 
-function textField(id, label, big = true, value = "") {
-  const input = big ? el("textarea", { id }) : el("input", { id, type: "text" });
-  input.value = value;
-  return el("label", { for: id, text: label }, input);
+function textField(spec, big) {
+  const input = big ? el("textarea", { id: spec.id }) : el("input", { id: spec.id, type: "text" });
+  input.value = spec.value ?? "";
+  return el("label", { for: spec.id, text: spec.label ?? spec.id }, input);
 }
 
-function numberField(id, label, value, step = "1") {
-  const input = el("input", { id, type: "number", step });
-  input.value = value;
-  return el("label", { class: "inline", text: label + " " }, input);
+function numberField(spec) {
+  const input = el("input", { id: spec.id, type: "number", step: spec.step ?? "any" });
+  input.value = spec.value ?? "";
+  return el("label", { class: "inline", text: (spec.label ?? spec.id) + " " }, input);
 }
 
-function fileField(kind) {
-  const input = el("input", { id: "file", type: "file", accept: kind + "/*" });
+function selectField(spec) {
+  const select = el("select", { id: spec.id }, ...spec.options.map((option) => el("option", { text: option })));
+  select.value = spec.value ?? spec.options[0];
+  return el("label", { class: "inline", text: (spec.label ?? spec.id) + " " }, select);
+}
+
+function fileField(spec) {
+  const kind = spec.type;
+  const input = el("input", { id: spec.id, type: "file", accept: kind + "/*" });
   const preview = el(kind === "image" ? "img" : "audio", { id: "preview", class: "preview", hidden: "" });
   if (kind === "audio") preview.controls = true;
   input.addEventListener("change", () => {
@@ -51,8 +59,8 @@ function fileField(kind) {
     preview.hidden = false;
     recorded = null;
   });
-  return el("div", {}, el("label", { for: "file", text: `${kind[0].toUpperCase() + kind.slice(1)} file` }), input,
-    preview);
+  const label = spec.label ?? `${kind[0].toUpperCase() + kind.slice(1)} file`;
+  return el("div", {}, el("label", { for: spec.id, text: label }), input, preview);
 }
 
 // The microphone, recorded as 16-bit PCM WAV in the page (browsers record webm/opus, which the server's
@@ -98,9 +106,54 @@ function wav(chunks, rate) {
   return new Blob([view], { type: "audio/wav" });
 }
 
-function upload(kind, parameters) {
-  const file = recorded || $("file").files[0];
-  if (!file) throw new Error(`Choose ${kind === "image" ? "an image" : "an audio"} file first.`);
+// The form's fields, as /info describes them; numbers and choices side by side in rows.
+function fields(form) {
+  const nodes = [];
+  for (const spec of form.fields) {
+    if (spec.type === "number" || spec.type === "select") {
+      const row = nodes.at(-1)?.classList?.contains("row") ? nodes.at(-1) : el("div", { class: "row" });
+      row.append(spec.type === "number" ? numberField(spec) : selectField(spec));
+      if (row !== nodes.at(-1)) nodes.push(row);
+    } else if (spec.type === "image" || spec.type === "audio") {
+      nodes.push(fileField(spec));
+      if (spec.type === "audio") nodes.push(micField());
+    } else {
+      nodes.push(textField(spec, spec.type !== "text"));
+    }
+  }
+  return nodes;
+}
+
+// The request the form makes: each field's value goes where its "to" says ("inputs", "inputs.KEY", "inputs.0" and
+// "inputs.1" for the two parts of a pair, "parameters.NAME"). A media field is uploaded as a file. A pair is sent
+// as a list of one input (a two-element list could read as two inputs), so the answer is unwrapped.
+function request(form) {
+  let input, media = null, pair = null;
+  const parameters = {};
+  for (const spec of form.fields) {
+    if (spec.type === "image" || spec.type === "audio") { media = spec; continue; }
+    let value = $(spec.id).value;
+    if (spec.optional && !value.trim()) continue;
+    if (spec.type === "number") value = Number(value);
+    if (spec.type === "lines") value = value.split("\n").map((line) => line.trim()).filter(Boolean);
+    const [where, key] = spec.to.split(/\.(.*)/);
+    if (where === "parameters") parameters[key] = value;
+    else if (key === undefined) input = value;
+    else if (/^\d+$/.test(key)) (pair = pair || [])[Number(key)] = value;
+    else (input = input || {})[key] = value;
+  }
+  if (media) return { init: upload(media, parameters) };
+  if (pair) {
+    const parts = pair.filter((part) => part !== undefined);
+    if (parts.length > 1) return { init: asJson([parts], parameters), unwrap: true };
+    input = parts[0];
+  }
+  return { init: asJson(input, parameters) };
+}
+
+function upload(spec, parameters) {
+  const file = recorded || $(spec.id).files[0];
+  if (!file) throw new Error(`Choose ${spec.type === "image" ? "an image" : "an audio"} file first.`);
   const form = new FormData();
   form.append("files", file, file.name || "recording.wav");
   form.append("parameters", JSON.stringify(parameters));
@@ -110,70 +163,7 @@ function upload(kind, parameters) {
 const asJson = (inputs, parameters = {}) => ({
   body: JSON.stringify({ inputs, parameters }), headers: { "Content-Type": "application/json" } });
 
-// One entry per task: the fields it shows, the request it sends, how its answer is drawn.
-const TASKS = {
-  "text-classification": {
-    fields: () => [textField("text", "Text", true, "I really loved this film"),
-      textField("text-pair", "Second text (optional, for pairs)")],
-    request: () => {
-      const pair = $("text-pair").value.trim();
-      return asJson(pair ? [[$("text").value, pair]] : $("text").value, { top_k: info.labels.length });
-    },
-    render: (output) => bars((pairOutput(output)).map((o) => [o.label, o.score])),
-  },
-  "sentence-similarity": {
-    fields: () => [textField("source", "Sentence", false, "A man is eating food."),
-      textField("sentences", "Compare with (one sentence per line)", true, "A man is eating a meal.\nA cat sleeps.")],
-    request: () => asJson({ source_sentence: $("source").value,
-      sentences: $("sentences").value.split("\n").map((s) => s.trim()).filter(Boolean) }),
-    render: (scores) => bars($("sentences").value.split("\n").map((s) => s.trim()).filter(Boolean)
-      .map((s, i) => [s, scores[i]])),
-  },
-  translation: {
-    fields: () => [textField("text", "Text", true, "Hello, how are you?")],
-    request: () => asJson($("text").value),
-    render: (output) => el("div", { id: "text-output", class: "text-output", text: output.translation_text }),
-  },
-  "automatic-speech-recognition": {
-    fields: () => [fileField("audio"), micField()],
-    request: () => upload("audio", {}),
-    render: (output) => el("div", { id: "text-output", class: "text-output", text: output.text }),
-  },
-  "text-to-image": {
-    fields: () => [textField("prompt", "Prompt", false, "a red square on a white background"),
-      el("div", {}, numberField("seed", "Seed", 0), numberField("steps", "Steps", 25),
-        numberField("guidance", "Guidance", 7.5, "0.5"))],
-    request: () => asJson($("prompt").value, { seed: Number($("seed").value),
-      num_inference_steps: Number($("steps").value), guidance_scale: Number($("guidance").value) }),
-    render: (output) => {
-      const image = el("img", { id: "generated", class: "result", alt: $("prompt").value });
-      image.onload = () => {  // small images (tiny models) enlarged by a whole factor, pixels kept sharp
-        image.style.width = `${image.naturalWidth * Math.max(1, Math.ceil(256 / image.naturalWidth))}px`;
-      };
-      image.src = "data:image/png;base64," + output.image;
-      return image;
-    },
-  },
-  "image-classification": {
-    fields: () => [fileField("image"), numberField("top-k", "Top labels", 5)],
-    request: () => upload("image", { top_k: Number($("top-k").value) }),
-    render: (output) => bars(output.map((o) => [o.label, o.score])),
-  },
-  "object-detection": {
-    fields: () => [fileField("image"), numberField("threshold", "Score threshold", 0.5, "0.05")],
-    request: () => upload("image", { threshold: Number($("threshold").value) }),
-    render: drawBoxes,
-  },
-  "image-segmentation": {
-    fields: () => [fileField("image")],
-    request: () => upload("image", {}),
-    render: drawMasks,
-  },
-};
-
 // ----------------------------------------------------------------------------------------------- outputs
-
-const pairOutput = (output) => (Array.isArray(output) && Array.isArray(output[0]) ? output[0] : output);
 
 // Labels with score bars; with ``colour`` each name gets its colour's swatch (the legend of a drawing).
 function bars(rows, colour = null) {
@@ -243,18 +233,58 @@ async function drawMasks(segments) {
   return el("div", {}, canvas, bars(segments.map((s) => [s.label, s.score]), colour));
 }
 
+// How an answer is shown, by the form's "output" ("auto": chosen from the answer's shape).
+const isPng = (value) => typeof value === "string" && value.startsWith("iVBORw0KGgo");  // base64 of PNG's signature
+const firstOf = (output, test) => (test(output) ? output
+  : Object.values(output && typeof output === "object" ? output : {}).find(test));
+const labelled = (output) => (Array.isArray(output) ? output : [output])
+  .every((o) => o && typeof o === "object" && "label" in o);
+
+const SHOW = {
+  labels: (output) => bars((Array.isArray(output) ? output : [output]).map((o) => [o.label, o.score])),
+  scores: (output) => {  // named by the lines of the form's "lines" field, where it has one
+    const scores = (Array.isArray(output) ? output : [output]).map((o) => (typeof o === "number" ? o : o.score));
+    const lines = info.form.fields.find((spec) => spec.type === "lines");
+    const names = lines ? $(lines.id).value.split("\n").map((s) => s.trim()).filter(Boolean) : [];
+    return bars(scores.map((score, i) => [names[i] ?? `#${i + 1}`, score]));
+  },
+  boxes: (output) => drawBoxes(Array.isArray(output) ? output : [output]),
+  masks: (output) => drawMasks(Array.isArray(output) ? output : [output]),
+  text: (output) => el("div", { id: "text-output", class: "text-output",
+    text: firstOf(output, (v) => typeof v === "string") ?? JSON.stringify(output) }),
+  image: (output) => {
+    const image = el("img", { id: "generated", class: "result", alt: "generated image" });
+    image.onload = () => {  // small images (tiny models) enlarged by a whole factor, pixels kept sharp
+      image.style.width = `${image.naturalWidth * Math.max(1, Math.ceil(256 / image.naturalWidth))}px`;
+    };
+    image.src = "data:image/png;base64," + firstOf(output, isPng);
+    return image;
+  },
+  json: (output) => el("pre", { id: "json-output", class: "text-output", text: JSON.stringify(output, null, 2) }),
+  auto: (output) => {
+    const items = Array.isArray(output) ? output : [output];
+    if (items.length && labelled(output)) {
+      const drawn = items.some((o) => "box" in o) ? "boxes" : items.some((o) => "mask" in o) ? "masks" : "labels";
+      return SHOW[drawn](output);
+    }
+    if (firstOf(output, isPng) !== undefined) return SHOW.image(output);
+    if (firstOf(output, (v) => typeof v === "string") !== undefined) return SHOW.text(output);
+    return SHOW.json(output);
+  },
+};
+
 // --------------------------------------------------------------------------------------------- the page
 
 function showError(message) { $("error").textContent = message; $("error").hidden = !message; }
 
 async function submit(event) {
   event.preventDefault();
-  const task = TASKS[info.task];
   showError(""); $("run").disabled = true; $("status").textContent = "running…";
   const started = performance.now();
   try {
-    const output = await call("predict", Object.assign({ method: "POST" }, task.request()));
-    $("result").replaceChildren(await task.render(output));
+    const { init, unwrap } = request(info.form);
+    const output = await call("predict", Object.assign({ method: "POST" }, init));
+    $("result").replaceChildren(await SHOW[info.form.output](unwrap ? output[0] : output));
     $("status").textContent = `done in ${((performance.now() - started) / 1000).toFixed(2)} s`;
   } catch (error) {
     showError(error.message); $("status").textContent = "";
@@ -273,9 +303,7 @@ async function start() {
   $("key-box").hidden = true;
   $("task").textContent = info.task;
   $("model").textContent = info.model || "";
-  const task = TASKS[info.task];
-  if (!task) { showError(`This page has no form for ${info.task}; use the API (docs).`); return; }
-  $("fields").replaceChildren(...task.fields());
+  $("fields").replaceChildren(...fields(info.form));
   $("form").hidden = false;
 }
 
