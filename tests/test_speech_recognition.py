@@ -309,12 +309,9 @@ def test_whisper_fine_tunes_saves_and_reloads(whisper_path, held_out, tmp_path):
     assert AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path / "whisper").generation_config.lang_to_id
 
 
-@pytest.fixture(scope="module")
-def varied_whisper(whisper_path, held_out):
-    """The tiny Whisper with its matrices drawn wide (std 1), timestamps suppressed: unlike the fresh kit model,
-    which repeats one token, its transcripts differ clip by clip, so taskzoo's greedy loop and generate are
-    compared on many different token sequences (the untrained kit has no trained Whisper to compare on)."""
-    zoo = taskzoo.load(TASK, model=whisper_path, device="cpu")
+def widen(zoo) -> None:
+    """Draw the tiny Whisper's matrices wide (std 1): unlike the fresh kit model, which repeats one token, it then
+    writes a different transcript for each clip, so outputs can be compared on many different token sequences."""
     torch.manual_seed(0)
     with torch.no_grad():
         for parameter in zoo.model.parameters():
@@ -322,6 +319,14 @@ def varied_whisper(whisper_path, held_out):
                 parameter.normal_(0, 1.0)
         # A longer end-token embedding (tied to the output layer): 4 of these 12 clips end within 8 to 13 tokens.
         zoo.model.model.decoder.embed_tokens.weight[zoo.model.generation_config.eos_token_id] *= 4
+
+
+@pytest.fixture(scope="module")
+def varied_whisper(whisper_path, held_out):
+    """The widened tiny Whisper, timestamps suppressed: taskzoo's greedy loop and generate are compared on it
+    (the untrained kit has no trained Whisper to compare on)."""
+    zoo = taskzoo.load(TASK, model=whisper_path, device="cpu")
+    widen(zoo)
     config = zoo.model.generation_config
     config.suppress_tokens = list(range(config.no_timestamps_token_id + 1, zoo.model.config.vocab_size))
     return zoo, list(held_out.select(range(12))["audio"])
@@ -374,3 +379,37 @@ def test_whisper_timestamps_and_beam_search_still_go_through_generate(varied_whi
         assert not whisper_greedy.applies(zoo.model, options)
     finally:
         zoo.model.generation_config.num_beams = None
+
+
+def test_whisper_timestamps_come_from_one_pass_over_each_window(whisper_path, held_out):
+    """The kit's Whisper ends its first segment with a pair of timestamps: <|0.42|> ... <|26.12|><|28.68|>, the
+    second the start of a segment the length limit cuts. generate's own long-form loop decoded the window again
+    from 26.12 s and appended tokens whose times restart there; stitched, that was "��" and a segment from
+    28.68 s to 26.54 s, then segments past the 30 s window. One pass per window gives segments in order."""
+    zoo = taskzoo.load(TASK, model=whisper_path, device="cpu", language="en")
+    with pytest.warns(UserWarning, match="length limit"):
+        out = zoo.predict(held_out[0]["audio"], max_new_tokens=5, return_timestamps=True)
+    assert len(out["chunks"]) == 2 and out["chunks"][-1]["timestamp"][1] is None  # the segment the limit cut
+    times = [time for chunk in out["chunks"] for time in chunk["timestamp"] if time is not None]
+    assert times == sorted(times) and 0 <= times[0] and times[-1] <= 30.0
+    assert out["text"] == "".join(chunk["text"] for chunk in out["chunks"])  # each segment's text once
+
+
+def test_whisper_outputs_holding_timestamp_pairs_decode_alike_in_both_loops(whisper_path, held_out):
+    """Timestamps not suppressed, the widened Whisper writes pairs of them in every output, timestamped or not:
+    the greedy loop still gives generate's tokens (both one pass per window), and the timestamped segments of
+    each clip run forward within its window."""
+    zoo = taskzoo.load(TASK, model=whisper_path, device="cpu", language="en")
+    widen(zoo)
+    audio = list(held_out.select(range(6))["audio"])
+    features = zoo._inputs([zoo._audio(clip) for clip in audio])
+    options = zoo._generate_options(max_new_tokens=30)
+    greedy = zoo._whisper_generate(zoo.model, features, options)
+    timestamp = zoo.model.generation_config.no_timestamps_token_id + 1
+    assert ((greedy[:, 1:] >= timestamp) & (greedy[:, :-1] >= timestamp)).any(dim=1).all()
+    assert torch.equal(greedy, zoo._whisper_generate(zoo.model, features, options, use_generate=True))
+    with pytest.warns(UserWarning, match="length limit"):
+        timed = zoo.predict(audio, batch_size=6, max_new_tokens=30, return_timestamps=True)
+    for out in timed:
+        times = [time for chunk in out["chunks"] for time in chunk["timestamp"] if time is not None]
+        assert times == sorted(times) and all(0 <= time <= 30.0 for time in times)

@@ -292,14 +292,24 @@ class SpeechRecognition(Task):
         """Whisper's tokens within taskzoo's length limit (see taskzoo/generation.py). Its prompt is
         <|startoftranscript|>, the language and task (multilingual models) and <|notimestamps|> unless
         timestamps are predicted; the tokens returned hold no prompt. Greedy decoding without timestamps
-        takes taskzoo's own loop (the same tokens, faster: taskzoo/whisper_greedy.py), the rest generate."""
+        takes taskzoo's own loop (the same tokens, faster: taskzoo/whisper_greedy.py), the rest generate.
+
+        Each window is decoded in one pass (generate's ``force_unique_generate_call``), as the stitcher expects:
+        taskzoo cuts long audio into windows itself (audio_chunks). Left to itself, generate decodes a window
+        again from its last complete segment whenever an output ends in a pair of timestamps, and appends those
+        tokens, whose timestamps restart there; the stitcher then pairs the start of the abandoned segment with
+        the end of the next one (a segment that ends before it starts) and repeats the text."""
         options = dict(options)
         prompt = 1 + 2 * self._is_multilingual() + (not options.get("return_timestamps"))
         tokens = None if use_generate else whisper_greedy.greedy_tokens(self, model, inputs["input_features"], options)
         if tokens is not None:
             return tokens
-        return generation.generate(self, model, max_new_tokens=options.pop("max_new_tokens", None),
-                                   prompt_length=prompt, prompt_in_output=False, **inputs, **options)
+        if options.get("prompt_ids") is not None:  # <|startofprev|> and the previous text come first
+            prompt += len(options["prompt_ids"])
+        # One pass returns the prompt with the new tokens (and the end token, which decoding skips).
+        output = generation.generate(self, model, max_new_tokens=options.pop("max_new_tokens", None),
+                                     prompt_length=prompt, force_unique_generate_call=True, **inputs, **options)
+        return output[:, prompt:]
 
     # -------------------------------------------------------------------------------------- predict
     def is_single(self, inputs) -> bool:
