@@ -54,6 +54,32 @@ def long_input(held_out):
     return np.concatenate(pieces)[: 70 * rate], " ".join(words)
 
 
+def test_toy_speech_needs_no_speech_synthesiser(monkeypatch, tmp_path):
+    """The toy words ship as FLAC files in the package: with espeak-ng out of reach, and any attempt to start a
+    process failing, the kit still makes its utterances (the word bank read afresh, not from this session)."""
+    import shutil
+    import subprocess
+
+    from taskzoo.testing import speech
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the toy speech started a process: {args[0] if args else kwargs}")
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no espeak-ng, no other program
+    monkeypatch.setattr(shutil, "which", lambda *args, **kwargs: None)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(speech, "_TOY_CACHE", {})
+    rows = toy_dataset(TASK, 12, seed=5)
+    assert toy_dataset(TASK, 12, seed=5)["text"] == rows["text"] != toy_dataset(TASK, 12, seed=6)["text"]
+    for row in rows:
+        info = soundfile.info(row["audio"])
+        words = row["text"].split()
+        assert info.samplerate == 16000 and info.channels == 1 and 0.3 < info.duration < 3.5
+        assert 1 <= len(words) <= speech.TOY_MAX_WORDS and set(words) <= set(speech.TOY_WORDS)
+    bank = speech.toy_words()[1]
+    assert sorted(bank) == sorted(speech.TOY_WORDS) and {len(clips) for clips in bank.values()} == {6}
+
+
 def test_finetuning_halves_the_loss_and_lowers_the_wer(trained, held_out):
     zoo, before, result = trained
     losses = [r["loss"] for r in result.history if "loss" in r]

@@ -387,8 +387,8 @@ class SpeechRecognition(Task):
 
     @staticmethod
     def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
-        """Utterances of one to three number words spoken by espeak-ng voices, as 16 kHz WAV files in a
-        temporary folder; columns ``audio`` (path) and ``text``."""
+        """Utterances of one to three number words spoken by espeak-ng voices (recordings that ship in the
+        package), as 16 kHz WAV files in a temporary folder; columns ``audio`` (path) and ``text``."""
         from taskzoo.testing import speech
 
         return speech.toy_speech(n, seed)

@@ -1,5 +1,6 @@
 """The speech part of the testing kit: tiny wav2vec2-CTC and Whisper models, and toy speech with known
-transcripts spoken by espeak-ng voices."""
+transcripts: number words spoken by espeak-ng voices, recorded once (scripts/make_toy_speech.py) and shipped
+as small FLAC files in taskzoo/testing/toy_speech, so that nothing outside pip is needed to use them."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from taskzoo import data as data_utils
 from taskzoo.ctc import ctc_tokenizer
 
 TOY_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TOY_MAX_WORDS = 3  # words per utterance
-TOY_GAP = (0.2, 0.5)  # seconds of silence after each word: pauses the tiny model learns to mark
+TOY_LEAD = (0.05, 0.2)  # seconds of silence before the first word
+TOY_GAP = (0.2, 0.5)  # seconds of silence between words: pauses the tiny model learns to mark
+TOY_TAIL = (0.2, 0.5)  # seconds of silence after the last word
 TOY_VOICES = ("en-us", "en-us+f2", "en+m3", "en+f3", "en-gb-scotland", "en-us+m1")
-_TOY_CACHE: dict = {}  # per process: the temporary folder and the synthesised words, made once
+TOY_SPEECH = Path(__file__).resolve().parent / "toy_speech"  # WORD-VOICE.flac, 16 kHz, trimmed
+_TOY_CACHE: dict = {}  # per process: the temporary folder and the recorded words, read once
 
 
 def tiny_ctc(path: Path) -> Path:
@@ -116,33 +119,37 @@ def whisper_tokenizer(vocab: dict, merges: list, special: list[str]):
     return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in ["<|endoftext|>", *special]}
 
 
+def toy_word_path(word: str, voice: str) -> Path:
+    """The packaged recording of ``word`` in ``voice`` (written by scripts/make_toy_speech.py)."""
+    return TOY_SPEECH / f"{word}-{voice}.flac"
+
+
 def toy_words() -> tuple[Path, dict[str, list[np.ndarray]]]:
-    """Each toy word spoken once by each voice (espeak-ng writes 22.05 kHz WAV; kept at 16 kHz)."""
+    """A temporary folder for the toy clips, and each toy word spoken once by each voice (16 kHz float32),
+    read from the FLAC files that ship in the package: no speech synthesiser is needed."""
     import atexit
     import shutil
-    import subprocess
+
+    import soundfile
 
     if "bank" not in _TOY_CACHE:
-        if shutil.which("espeak-ng") is None:
-            raise RuntimeError("The toy speech is synthesised with espeak-ng, which is not installed: "
-                               "apt-get install espeak-ng (or brew install espeak-ng).")
+        bank: dict[str, list[np.ndarray]] = {}
+        for word in TOY_WORDS:
+            for voice in TOY_VOICES:
+                path = toy_word_path(word, voice)
+                if not path.is_file():
+                    raise FileNotFoundError(f"The toy speech file {path} is missing from the taskzoo package "
+                                            "(scripts/make_toy_speech.py writes it).")
+                bank.setdefault(word, []).append(soundfile.read(path, dtype="float32")[0])
         folder = Path(tempfile.mkdtemp(prefix="taskzoo-toy-speech-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        jobs = [(voice, word, folder / f"{voice}-{word}.wav") for voice in TOY_VOICES for word in TOY_WORDS]
-        running = [subprocess.Popen(["espeak-ng", "-v", voice, "-s", "170", "-w", str(path), word],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for voice, word, path in jobs]
-        bank: dict[str, list[np.ndarray]] = {}
-        for (_, word, path), process in zip(jobs, running):
-            if process.wait() != 0:
-                raise RuntimeError(f"espeak-ng failed on {word!r}: {process.stderr.read().decode()[:200]}")
-            audio = data_utils.load_audio(str(path), 16000)
-            loud = np.flatnonzero(np.abs(audio) > 0.02 * np.abs(audio).max())  # trim espeak's silences
-            bank.setdefault(word, []).append(audio[max(0, loud[0] - 480):loud[-1] + 480])
         _TOY_CACHE.update(folder=folder, bank=bank)
     return _TOY_CACHE["folder"], _TOY_CACHE["bank"]
 
 
 def toy_speech(n: int, seed: int) -> Dataset:
+    """``n`` utterances of one to TOY_MAX_WORDS toy words, each word from a random voice at a random tempo
+    and loudness, with silences between them, as 16 kHz WAV files; columns ``audio`` (path) and ``text``."""
     from scipy.signal import resample_poly
 
     folder, bank = toy_words()
@@ -151,16 +158,20 @@ def toy_speech(n: int, seed: int) -> Dataset:
     paths, texts = [], []
     for i in range(n):
         words = [TOY_WORDS[j] for j in rng.integers(0, len(TOY_WORDS), rng.integers(1, TOY_MAX_WORDS + 1))]
-        pieces = [np.zeros(int(rng.uniform(0.05, 0.2) * 16000), np.float32)]
-        for word in words:
+        pieces = [_silence(rng, TOY_LEAD)]
+        for number, word in enumerate(words, 1):
             clip = bank[word][rng.integers(len(bank[word]))]
             clip = resample_poly(clip, int(rng.integers(90, 111)), 100)  # +-10 % tempo and pitch
-            pieces += [clip * rng.uniform(0.4, 0.9), np.zeros(int(rng.uniform(*TOY_GAP) * 16000), np.float32)]
+            pieces += [clip * rng.uniform(0.4, 0.9), _silence(rng, TOY_TAIL if number == len(words) else TOY_GAP)]
         audio = np.concatenate(pieces) + rng.normal(0, 0.002, sum(map(len, pieces)))
         paths.append(str(folder / f"seed-{seed}" / f"{i:05d}.wav"))
         write_wav(paths[-1], audio, 16000)
         texts.append(" ".join(words))
     return Dataset.from_dict({"audio": paths, "text": texts})
+
+
+def _silence(rng, seconds: tuple[float, float]) -> np.ndarray:
+    return np.zeros(int(rng.uniform(*seconds) * 16000), np.float32)
 
 
 def write_wav(path: str, audio: np.ndarray, sampling_rate: int) -> None:
