@@ -33,7 +33,7 @@ def whisper_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_path, held_out):
-    """The tiny CTC model fine-tuned once on espeak-ng speech, shared by the tests that need one."""
+    """The tiny CTC model fine-tuned once on the toy speech as the demo does, shared by the tests that need one."""
     zoo = taskzoo.load(TASK, model=tiny_model_path(TASK), device="cpu")
     before = zoo.evaluate(held_out)
     settings = {k: v for k, v in SpeechRecognition.demo_config.items() if k not in ("train_size", "eval_size")}
@@ -74,7 +74,7 @@ def test_toy_speech_needs_no_speech_synthesiser(monkeypatch, tmp_path):
     for row in rows:
         info = soundfile.info(row["audio"])
         words = row["text"].split()
-        assert info.samplerate == 16000 and info.channels == 1 and 0.3 < info.duration < 3.5
+        assert info.samplerate == 16000 and info.channels == 1 and 0.2 < info.duration < 3.0
         assert 1 <= len(words) <= speech.TOY_MAX_WORDS and set(words) <= set(speech.TOY_WORDS)
     bank = speech.toy_words()[1]
     assert sorted(bank) == sorted(speech.TOY_WORDS) and {len(clips) for clips in bank.values()} == {6}
@@ -85,21 +85,22 @@ def test_finetuning_halves_the_loss_and_lowers_the_wer(trained, held_out):
     losses = [r["loss"] for r in result.history if "loss" in r]
     assert losses[-1] <= losses[0] / 2
     after = zoo.evaluate(held_out)
-    # With these demo settings the tiny CTC model ends at WER 0.44-0.64 and CER 0.11-0.14 over training seeds
-    # 1, 2, 3, 7 and 42 (the one used here: 0.44 / 0.11), from WER 1.7 and CER 3.6 untrained. The bars leave
-    # margin for other CPUs' arithmetic; the slow test below trains longer for WER <= 0.3.
-    assert before["wer"] > 1.0 and after["wer"] <= 0.7 and after["cer"] <= 0.2
+    # With the demo's settings the tiny CTC model ends at WER 0.09-0.19 and CER 0.02-0.05 on these 48 clips over
+    # training seeds 0-4 and 42 (the one used here: 0.18 / 0.04), from WER 1.7 and CER 1.9 untrained (AMD EPYC,
+    # AVX2, torch on one thread). The bars leave margin for other CPUs' arithmetic; the slow test trains longer.
+    assert before["wer"] > 1.0 and after["wer"] <= 0.3 and after["cer"] <= 0.08
     assert set(after) == {"wer", "cer", "wer_normalized", "cer_normalized"}
     assert result.metric == "wer" and result.best_metric == min(r["eval_wer"] for r in result.history
                                                                   if "eval_wer" in r)
 
 
 @pytest.mark.slow
-def test_ctc_reaches_wer_at_most_0_3_on_the_small_vocabulary(tiny_model_path, held_out):
+def test_ctc_reaches_wer_at_most_0_1_in_twice_the_demo_steps(tiny_model_path, held_out):
+    # 600 steps end at WER 0.03 (training seed 42, the one used here) and 0.01 (seed 0) on an AMD EPYC (AVX2).
     zoo = taskzoo.load(TASK, model=tiny_model_path(TASK), device="cpu")
-    zoo.finetune(toy_dataset(TASK, 512, seed=0), epochs=8, learning_rate=8e-3, scheduler="constant", batch_size=8,
+    zoo.finetune(toy_dataset(TASK, 800, seed=0), epochs=6, learning_rate=1e-2, scheduler="linear", batch_size=8,
                  progress=False, save_checkpoints=False)
-    assert zoo.evaluate(held_out)["wer"] <= 0.3
+    assert zoo.evaluate(held_out)["wer"] <= 0.1
 
 
 def test_batched_predictions_equal_single_ones(trained, held_out):
