@@ -32,9 +32,6 @@ def greedy_tokens(task, model, input_features: torch.Tensor, options: dict) -> t
     if len(start) + budget > model.config.max_target_positions:
         return None  # generate says what is wrong
     tokens = decode(model, input_features, options, budget)
-    is_time = tokens > model.generation_config.no_timestamps_token_id  # timestamp tokens follow it
-    if bool((is_time[:, 1:] & is_time[:, :-1]).any()):
-        return None  # generate reads a pair of timestamps as a segment's end and decodes the window on from it
     generation.count_cut(task, model, tokens, budget)
     return tokens
 

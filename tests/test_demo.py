@@ -24,6 +24,9 @@ def test_detection_demo_finds_the_boxes(demo_run):
 def test_speech_recognition_demo_transcribes(demo_run):
     row = demo_run("automatic-speech-recognition")
     assert row["metric"] == "wer" and not row["greater_is_better"]
+    # The demo's 300 steps end at held-out WER 0.05-0.19 over training seeds 0-4 and 42 (its own: 0.19), from about
+    # 1.7 untrained; measured on an AMD EPYC (AVX2, no AVX-512), torch on one thread. The bar leaves room for the
+    # arithmetic of other CPUs (bench/speech_demo_cost.py measures the WER per seed and the stop's CPU time).
     assert row["before"] >= 0.9 and row["after"] <= 0.25, (row["before"], row["after"])
 
 

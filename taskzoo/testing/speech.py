@@ -1,5 +1,6 @@
 """The speech part of the testing kit: tiny wav2vec2-CTC and Whisper models, and toy speech with known
-transcripts spoken by espeak-ng voices."""
+transcripts: number words spoken by espeak-ng voices, recorded once (scripts/make_toy_speech.py) and shipped
+as small FLAC files in taskzoo/testing/toy_speech, so that nothing outside pip is needed to use them."""
 
 from __future__ import annotations
 
@@ -11,21 +12,32 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from taskzoo import data as data_utils
 from taskzoo.ctc import ctc_tokenizer
 
 TOY_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TOY_MAX_WORDS = 3  # words per utterance
-TOY_GAP = (0.2, 0.5)  # seconds of silence after each word: pauses the tiny model learns to mark
+# Seconds of silence before the first word, between words (pauses the tiny model learns to mark as spaces) and
+# after the last one; each word keeps 30 ms of its own silence on either side. Each word is resampled to 80 %
+# to 100 % of its recorded length (faster, higher). Short clips train fast: the model's front end runs over
+# every sample, so a training step costs in proportion to its clips' length.
+TOY_LEAD = (0.02, 0.08)
+TOY_GAP = (0.08, 0.2)
+TOY_TAIL = (0.02, 0.08)
+TOY_LENGTH = (80, 101)  # percent, drawn as numpy's integers(low, high)
 TOY_VOICES = ("en-us", "en-us+f2", "en+m3", "en+f3", "en-gb-scotland", "en-us+m1")
-_TOY_CACHE: dict = {}  # per process: the temporary folder and the synthesised words, made once
+TOY_SPEECH = Path(__file__).resolve().parent / "toy_speech"  # WORD-VOICE.flac, 16 kHz, trimmed
+_TOY_CACHE: dict = {}  # per process: the temporary folder and the recorded words, read once
 
 
 def tiny_ctc(path: Path) -> Path:
     """A tiny wav2vec2 CTC model whose convolutional front end starts as a filterbank: 32 mel-spaced
     band-pass filters, then two layers that smooth their rectified outputs into band envelopes at
     50 frames/s (the real model's rate). Everything else is random. From a random front end the tiny
-    model spends hundreds of steps learning one; from this it learns the toy words in about 300."""
+    model spends hundreds of steps learning one; from this it learns the toy words in about 300.
+
+    Its weights are drawn with std 0.1 rather than transformers' 0.02 (meant for hidden sizes of hundreds; at
+    32 the signal through the random layers is faint): that halves the first phase of CTC training, in which
+    the model emits nothing but the blank (WER 1.0) until it finds where the letters are."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
 
     tokenizer = ctc_tokenizer(sorted(set("".join(TOY_WORDS))))
@@ -38,7 +50,8 @@ def tiny_ctc(path: Path) -> Path:
         conv_stride=(8, 4, 10), feat_extract_activation="relu", feat_extract_norm="layer",
         do_stable_layer_norm=True, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
         hidden_dropout=0.0, activation_dropout=0.0, attention_dropout=0.0, feat_proj_dropout=0.0,
-        final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0, ctc_loss_reduction="mean", ctc_zero_infinity=True)
+        final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0, ctc_loss_reduction="mean", ctc_zero_infinity=True,
+        initializer_range=0.1)
     torch.manual_seed(0)
     model = Wav2Vec2ForCTC(config)
     mels = np.linspace(2595 * np.log10(1 + 100 / 700), 2595 * np.log10(1 + 7000 / 700), bands)
@@ -116,33 +129,37 @@ def whisper_tokenizer(vocab: dict, merges: list, special: list[str]):
     return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in ["<|endoftext|>", *special]}
 
 
+def toy_word_path(word: str, voice: str) -> Path:
+    """The packaged recording of ``word`` in ``voice`` (written by scripts/make_toy_speech.py)."""
+    return TOY_SPEECH / f"{word}-{voice}.flac"
+
+
 def toy_words() -> tuple[Path, dict[str, list[np.ndarray]]]:
-    """Each toy word spoken once by each voice (espeak-ng writes 22.05 kHz WAV; kept at 16 kHz)."""
+    """A temporary folder for the toy clips, and each toy word spoken once by each voice (16 kHz float32),
+    read from the FLAC files that ship in the package: no speech synthesiser is needed."""
     import atexit
     import shutil
-    import subprocess
+
+    import soundfile
 
     if "bank" not in _TOY_CACHE:
-        if shutil.which("espeak-ng") is None:
-            raise RuntimeError("The toy speech is synthesised with espeak-ng, which is not installed: "
-                               "apt-get install espeak-ng (or brew install espeak-ng).")
+        bank: dict[str, list[np.ndarray]] = {}
+        for word in TOY_WORDS:
+            for voice in TOY_VOICES:
+                path = toy_word_path(word, voice)
+                if not path.is_file():
+                    raise FileNotFoundError(f"The toy speech file {path} is missing from the taskzoo package "
+                                            "(scripts/make_toy_speech.py writes it).")
+                bank.setdefault(word, []).append(soundfile.read(path, dtype="float32")[0])
         folder = Path(tempfile.mkdtemp(prefix="taskzoo-toy-speech-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        jobs = [(voice, word, folder / f"{voice}-{word}.wav") for voice in TOY_VOICES for word in TOY_WORDS]
-        running = [subprocess.Popen(["espeak-ng", "-v", voice, "-s", "170", "-w", str(path), word],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for voice, word, path in jobs]
-        bank: dict[str, list[np.ndarray]] = {}
-        for (_, word, path), process in zip(jobs, running):
-            if process.wait() != 0:
-                raise RuntimeError(f"espeak-ng failed on {word!r}: {process.stderr.read().decode()[:200]}")
-            audio = data_utils.load_audio(str(path), 16000)
-            loud = np.flatnonzero(np.abs(audio) > 0.02 * np.abs(audio).max())  # trim espeak's silences
-            bank.setdefault(word, []).append(audio[max(0, loud[0] - 480):loud[-1] + 480])
         _TOY_CACHE.update(folder=folder, bank=bank)
     return _TOY_CACHE["folder"], _TOY_CACHE["bank"]
 
 
 def toy_speech(n: int, seed: int) -> Dataset:
+    """``n`` utterances of one to TOY_MAX_WORDS toy words, each word from a random voice at a random tempo
+    and loudness, with silences between them, as 16 kHz WAV files; columns ``audio`` (path) and ``text``."""
     from scipy.signal import resample_poly
 
     folder, bank = toy_words()
@@ -151,16 +168,20 @@ def toy_speech(n: int, seed: int) -> Dataset:
     paths, texts = [], []
     for i in range(n):
         words = [TOY_WORDS[j] for j in rng.integers(0, len(TOY_WORDS), rng.integers(1, TOY_MAX_WORDS + 1))]
-        pieces = [np.zeros(int(rng.uniform(0.05, 0.2) * 16000), np.float32)]
-        for word in words:
+        pieces = [_silence(rng, TOY_LEAD)]
+        for number, word in enumerate(words, 1):
             clip = bank[word][rng.integers(len(bank[word]))]
-            clip = resample_poly(clip, int(rng.integers(90, 111)), 100)  # +-10 % tempo and pitch
-            pieces += [clip * rng.uniform(0.4, 0.9), np.zeros(int(rng.uniform(*TOY_GAP) * 16000), np.float32)]
+            clip = resample_poly(clip, int(rng.integers(*TOY_LENGTH)), 100)  # tempo and pitch together
+            pieces += [clip * rng.uniform(0.4, 0.9), _silence(rng, TOY_TAIL if number == len(words) else TOY_GAP)]
         audio = np.concatenate(pieces) + rng.normal(0, 0.002, sum(map(len, pieces)))
         paths.append(str(folder / f"seed-{seed}" / f"{i:05d}.wav"))
         write_wav(paths[-1], audio, 16000)
         texts.append(" ".join(words))
     return Dataset.from_dict({"audio": paths, "text": texts})
+
+
+def _silence(rng, seconds: tuple[float, float]) -> np.ndarray:
+    return np.zeros(int(rng.uniform(*seconds) * 16000), np.float32)
 
 
 def write_wav(path: str, audio: np.ndarray, sampling_rate: int) -> None:
