@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from taskzoo import data as data_utils
 from taskzoo import strategies, streaming
-from taskzoo.batching import PreparedBatches, halving_on_oom
+from taskzoo.batching import PreparedBatches, halving_on_oom, plan_batches
 from taskzoo.errors import DataError, warn_at_caller
 from taskzoo.models import library_bars_hidden
 from taskzoo.predict_options import check_options
@@ -217,8 +217,7 @@ class Task:
         batch_size = self.check_batch_size(batch_size)
         self.check_inputs(items)
         # Length-sorted batches pad less; outputs are put back in input order below.
-        order = sorted(range(len(items)), key=lambda i: self.input_length(items[i]), reverse=True)
-        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        batches = plan_batches([self.input_length(item) for item in items], max_rows=batch_size)
         outputs: list[Any] = [None] * len(items)
         bar = tqdm(total=len(items), desc=f"{self.name}: predict", unit="input",
                    disable=not (progress if progress is not None else len(batches) > 10))

@@ -22,7 +22,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from taskzoo import metrics, strategies, streaming
-from taskzoo.batching import PreparedBatches, halving_on_oom, token_budget_batches
+from taskzoo.batching import PreparedBatches, halving_on_oom, plan_batches
 from taskzoo.errors import DataError
 from taskzoo.models import library_bars_hidden, model_inputs
 from taskzoo.predict_options import check_options
@@ -214,11 +214,9 @@ class SentenceSimilarity(Task):
         ``batch_size`` sentences each where that is given or where lengths are not counted in tokens."""
         if batch_size is None and counted_in_tokens:
             budget = batch_tokens or self.default_batch_tokens
-            return token_budget_batches(lengths, budget, self.cpu_batch_cost_tokens if self.device.type == "cpu"
-                                        else budget)
-        size = self.check_batch_size(batch_size)
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-        return [order[start:start + size] for start in range(0, len(order), size)]
+            return plan_batches(lengths, max_tokens=budget,
+                                batch_cost=self.cpu_batch_cost_tokens if self.device.type == "cpu" else budget)
+        return plan_batches(lengths, max_rows=self.check_batch_size(batch_size))
 
     def compile_target(self):
         """The transformers model inside sentence-transformers' first module: predict_batch calls it."""
