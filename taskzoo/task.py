@@ -15,7 +15,7 @@ A task file subclasses :class:`Task` and fills in:
 - ``is_single(x)`` and ``predict_batch(batch, **options)``: forward -> postprocess, on what
   ``preprocess_batch(inputs, **options)`` made of the inputs (optional: decode, resize; it may run in
   worker processes); ``compile_target()`` names the module ``predict(compile=True)`` compiles;
-- ``tiny_model(path)`` and ``toy_dataset(n, seed)``: the testing kit (see taskzoo/testing.py).
+- ``tiny_model(path)`` and ``toy_dataset(n, seed)``: the testing kit (``taskzoo.testing`` dispatches to them).
 
 Everything else (predict's batching, evaluate, finetune) is shared and lives here, in evaluation.py
 and in training.py.

@@ -201,3 +201,18 @@ def test_convnext_family_fine_tunes_and_predicts(tmp_path):
                  save_checkpoints=False)
     assert zoo.evaluate(held_out)["accuracy"] >= 0.9
     assert len(zoo.predict(Image.new("LA", (50, 70)))) == 4
+
+
+def test_a_regression_head_reports_its_raw_value_as_the_pipeline_does(tiny_model_path, tmp_path):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    source = tiny_model_path(TASK)
+    AutoModelForImageClassification.from_pretrained(source, num_labels=1, problem_type="regression",
+                                                    ignore_mismatched_sizes=True).save_pretrained(tmp_path)
+    AutoImageProcessor.from_pretrained(source).save_pretrained(tmp_path)
+    zoo = taskzoo.load(TASK, model=tmp_path, device="cpu")
+    images = list(toy_dataset(TASK, 3, seed=2)["image"])
+    reference = pipeline("image-classification", model=str(tmp_path), device="cpu")(images)
+    for ours, theirs in zip(zoo.predict(images), reference):
+        assert [p["label"] for p in ours] == [p["label"] for p in theirs] == ["LABEL_0"]
+        assert ours[0]["score"] == pytest.approx(theirs[0]["score"], abs=1e-5)

@@ -118,7 +118,7 @@ class ImageClassification(Task):
         best = [ranked[0] for ranked in predictions]
         scores = {"accuracy": metrics.accuracy(best, references), "macro_f1": metrics.macro_f1(best, references)}
         if self.model.config.num_labels >= 5:
-            scores["top5_accuracy"] = float(np.mean([ref in ranked for ranked, ref in zip(predictions, references)]))
+            scores["top5_accuracy"] = metrics.top_k_accuracy(predictions, references, k=5)
         return scores
 
     def metric_inputs(self, predictions, references):
@@ -136,8 +136,7 @@ class ImageClassification(Task):
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer; got {top_k!r}.")
         logits = self.model(pixel_values=pixels.to(self.device)).logits.float()
-        multi_label = self.model.config.problem_type == "multi_label_classification" or logits.shape[-1] == 1
-        scores = logits.sigmoid() if multi_label else logits.softmax(-1)
+        scores = heads.scores_from_logits(logits, self.model.config)
         values, indices = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
         labels = self.labels
         return [[{"label": labels[i], "score": v} for v, i in zip(row_values, row_indices)]
