@@ -223,7 +223,9 @@ class SpeechRecognition(Task):
         return {"loss": output.loss, "output": output.logits}
 
     def eval_step(self, model, batch):
-        model = getattr(model, "module", model)  # DistributedDataParallel hides generate()
+        from accelerate.utils import extract_model_from_parallel
+
+        model = extract_model_from_parallel(model)  # DistributedDataParallel hides generate()
         inputs = _on(model, batch["inputs"])
         if self.is_ctc:
             logits = model(**inputs).logits
