@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -123,6 +126,20 @@ def test_image_folders_and_tables_of_paths(tiny_model_path, tmp_path):
     (tmp_path / "folder" / "train" / "empty").mkdir()
     with pytest.raises(DataError, match="empty holds no images"):
         zoo.finetune(str(tmp_path / "folder"), max_steps=1)
+
+
+def test_a_class_named_like_a_split_stays_a_class_and_metadata_names_missing_files(tiny_model_path, tmp_path):
+    zoo = taskzoo.load(TASK, model=tiny_model_path(TASK), device="cpu")
+    write_class_folders(tmp_path / "vehicles", relabelled(12, 0, names=("bus", "car", "train", "van")))
+    (tmp_path / "vehicles" / ".cache").mkdir()  # hidden folders are not classes
+    data = zoo.read_path(tmp_path / "vehicles")
+    assert data.features["label"].names == ["bus", "car", "train", "van"] and len(data) == 12
+    names = data.features["label"].names
+    assert all(Path(row["image"]["path"]).parent.name == names[row["label"]] for row in data)  # undecoded paths
+    lines = [json.dumps({"file_name": f"car/{p.name}", "label": "car"}) for p in (tmp_path / "vehicles" / "car").iterdir()]
+    (tmp_path / "vehicles" / "metadata.jsonl").write_text("\n".join([*lines, '{"file_name": "gone.png", "label": "car"}']))
+    with pytest.raises(DataError, match="1 missing file.*gone.png"):
+        zoo.read_path(tmp_path / "vehicles")
 
 
 def test_a_new_label_set_gets_a_head_of_the_right_size(trained, tmp_path):

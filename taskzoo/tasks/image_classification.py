@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 
 from taskzoo import data as data_utils
@@ -60,12 +60,7 @@ class ImageClassification(Task):
         those), an image folder with metadata.csv/jsonl (file_name, label), or a CSV/JSONL table of image
         paths (relative to the table's folder) and labels."""
         path = Path(path)
-        if not path.is_dir():
-            dataset = data_utils.read_metadata_folder(path, "image")
-            if "file_name" in dataset.column_names and "image" not in dataset.column_names:
-                dataset = dataset.rename_column("file_name", "image")  # the imagefolder convention
-            return data_utils.resolve_paths(dataset, path.parent)
-        if any((path / name).exists() for name in data_utils.METADATA_FILES):
+        if not path.is_dir() or any((path / name).exists() for name in data_utils.METADATA_FILES):
             return data_utils.read_metadata_folder(path, "image")
         folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
         if folders and all(p.name in SPLIT_NAMES for p in folders):
@@ -73,13 +68,7 @@ class ImageClassification(Task):
         if not folders:
             raise DataError(f"Image folder {path} has no class sub-folders (one folder of images per class), "
                             f"no split folders ({', '.join(SPLIT_NAMES[:3])}) and no metadata.csv/jsonl.")
-        files = {folder.name: data_utils.image_files(folder) for folder in folders}
-        empty = [name for name, found in files.items() if not found]
-        if empty:
-            raise DataError(f"Class folder {path / empty[0]} holds no images ({', '.join(data_utils.IMAGE_SUFFIXES)}).")
-        features = Features({"image": Value("string"), "label": ClassLabel(names=list(files))})
-        rows = [(str(file), name) for name, found in files.items() for file in found]
-        return Dataset.from_dict({"image": [r[0] for r in rows], "label": [r[1] for r in rows]}, features=features)
+        return data_utils.read_class_folders(path)
 
     def prepare_for_training(self, dataset) -> None:
         from transformers import AutoModelForImageClassification
