@@ -56,6 +56,25 @@ def test_cosent_loss_learns_too(tiny_model_path):
     assert zoo.evaluate(toy_dataset("sentence-similarity", 64, seed=1))["spearman"] >= 0.6
 
 
+@pytest.mark.parametrize("loss", ["cosine", "cosent"])
+def test_the_training_loss_is_the_papers_formula_on_the_cosines(tiny_model_path, loss):
+    """Mean squared error of cosine against gold; CoSENT's log(1 + sum over gold_i > gold_j of
+    exp(20 (cos_j - cos_i)))."""
+    zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu", loss=loss)
+    rows = list(toy_dataset("sentence-similarity", 8, seed=3))
+    batch = zoo.collate([{**row, "score": i / 8} for i, row in enumerate(rows)])
+    step = zoo.training_step(zoo.model, batch)
+    cosine, gold = step["output"], batch["score"]
+    if loss == "cosine":
+        expected = ((cosine - gold) ** 2).mean()
+    else:
+        ranked = (gold[:, None] > gold[None, :]) * torch.exp(20 * (cosine[None, :] - cosine[:, None]))
+        expected = torch.log(1 + ranked.sum())
+    assert step["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    step["loss"].backward()  # and it trains the encoder
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in zoo.model.parameters())
+
+
 def test_zero_to_five_scores_are_normalised(tiny_model_path):
     zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu")
     rows = [{"sentence1": "a cat", "sentence2": "a dog", "score": s} for s in (0.0, 2.5, 5.0)]

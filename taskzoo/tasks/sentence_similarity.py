@@ -134,17 +134,14 @@ class SentenceSimilarity(Task):
 
     # ------------------------------------------------------------------------------------- training
     def training_step(self, model, batch):
-        cosine = F.cosine_similarity(model(batch["a"])["sentence_embedding"],
-                                     model(batch["b"])["sentence_embedding"]).float()
-        gold = batch["score"].float()
-        if self.loss == "cosent":
-            # CoSENT: log(1 + sum over pairs (i, j) with gold_i > gold_j of exp(20 * (cos_j - cos_i))).
-            differences = 20 * (cosine[None, :] - cosine[:, None])
-            differences = differences - (1 - (gold[:, None] > gold[None, :]).float()) * 1e12
-            loss = torch.logsumexp(torch.cat([torch.zeros(1, device=cosine.device), differences.flatten()]), 0)
-        else:
-            loss = F.mse_loss(cosine, gold)
-        return {"loss": loss, "output": cosine}
+        """sentence-transformers' CosineSimilarityLoss (the cosine regressed onto the gold score) or CoSENTLoss
+        (``loss="cosent"``), on the embeddings of the model as the training loop wraps it."""
+        from sentence_transformers.losses import CoSENTLoss, CosineSimilarityLoss
+
+        embeddings = [model(batch["a"])["sentence_embedding"], model(batch["b"])["sentence_embedding"]]
+        loss = (CoSENTLoss if self.loss == "cosent" else CosineSimilarityLoss)(self.model)
+        return {"loss": loss.compute_loss_from_embeddings(embeddings, batch["score"].float()),
+                "output": F.cosine_similarity(*embeddings).float()}
 
     def eval_step(self, model, batch):
         cosine = F.cosine_similarity(model(batch["a"])["sentence_embedding"],
