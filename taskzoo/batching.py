@@ -1,15 +1,14 @@
-"""predict's batches: sorted by length, preprocessed ahead of the model (in worker processes with
-``num_workers``), and halved when one does not fit in device memory, so a long prediction run is not lost to
-one large batch."""
+"""predict's batches: planned by length (:func:`plan_batches`, also the server's), preprocessed ahead of the
+model (in worker processes with ``num_workers``), and halved when one does not fit in device memory, so a long
+prediction run is not lost to one large batch."""
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -32,8 +31,7 @@ def predict_in_batches(task, inputs: Any, batch_size: int | None, progress: bool
     batch_size = task.check_batch_size(batch_size)
     task.check_inputs(items)
     # Length-sorted batches pad less; outputs are put back in input order below.
-    order = sorted(range(len(items)), key=lambda i: task.input_length(items[i]), reverse=True)
-    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = plan_batches([task.input_length(item) for item in items], max_rows=batch_size)
     outputs: list[Any] = [None] * len(items)
     bar = tqdm(total=len(items), desc=f"{task.name}: predict", unit="input",
                disable=not (progress if progress is not None else len(batches) > 10))
@@ -100,35 +98,49 @@ class PreparedBatches:
         return self.prepare(self.retries.pop(0)) if self.retries else next(self.stream)
 
 
-def token_budget_batches(lengths: list[int], max_tokens: int, batch_cost: int) -> list[list[int]]:
-    """Indices of ``lengths`` (inputs' lengths in tokens) in batches, longest first, each of at most
-    ``max_tokens`` padded tokens (rows x its longest; an input longer than that makes a batch alone).
-    Short inputs go in large batches, long ones in small. Batch ends are chosen to spend the least on padding
-    plus ``batch_cost`` (what running one more batch costs, in tokens of compute): a batch ends where the length
-    changes or where it is full, and a shortest path over those ends picks the cheapest set."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    ordered = [lengths[i] for i in order]
+def plan_batches(lengths: list[int], max_rows: int | None = None, max_tokens: int | None = None,
+                 batch_cost: float | None = None) -> list[list[int]]:
+    """Indices of ``lengths`` (each input's length: tokens, characters) in batches, longest first, each of at
+    most ``max_rows`` inputs and ``max_tokens`` padded tokens (rows x its longest; an input longer than that
+    makes a batch alone). Without ``batch_cost``: each batch as full as the caps allow, the fewest batches
+    ("sort longest first, cut every N" under a row cap alone). With it: the batches that spend the least on
+    padded tokens plus ``batch_cost`` per batch (what one more forward pass costs, in tokens of compute), so
+    short inputs go in large batches and long ones in small.
+
+    Exact: some cheapest split is contiguous in the sorted order (give the group with the longest input the
+    longest inputs, the next group the next ones, and so on: no group's sizes or longest input grows), so a
+    dynamic programme over the sorted order finds it. A batch may start at position ``i`` only while it can
+    still reach the end ``j`` (``i + rows(i) >= j``, increasing with ``i``), so each end looks at one numpy
+    slice: thousands of lengths are planned in a small fraction of one forward pass.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
     count = len(order)
-    length_changes = [end for end in range(1, count + 1) if end == count or ordered[end] != ordered[end - 1]]
-    best = {0: (0, 0)}  # end position -> (least cost of batching order[:end], where its last batch starts)
-    pending = [0]  # every move goes forward, so popping the smallest position first settles it
-    while pending:
-        start = heapq.heappop(pending)
-        if start == count:
-            break
-        longest = ordered[start]
-        full = min(count, start + max(1, max_tokens // longest))
-        ends = {full, *length_changes[bisect.bisect_right(length_changes, start):
-                                      bisect.bisect_right(length_changes, full)]}
-        for end in ends:
-            cost = best[start][0] + batch_cost + (end - start) * longest
-            if end not in best:
-                heapq.heappush(pending, end)
-            if end not in best or cost < best[end][0]:
-                best[end] = (cost, start)
+    ordered = np.array([lengths[i] for i in order], dtype=np.float64)
+    rows = np.full(count, max_rows or max(count, 1), dtype=np.int64)  # how many rows a batch starting here may hold
+    if max_tokens is not None:
+        fit = np.where(ordered > 0, max_tokens // np.maximum(ordered, 1), count)
+        rows = np.maximum(np.minimum(rows, fit.astype(np.int64)), 1)
+    starts = [0] * (count + 1)  # starts[end]: where the batch that ends at ``end`` begins
+    if batch_cost is None:
+        start = 0
+        while start < count:
+            end = min(count, start + int(rows[start]))
+            starts[end], start = start, end
+    else:
+        first = np.searchsorted(np.arange(count) + rows, np.arange(count + 1))  # earliest start reaching each end
+        # 2**-20 token more a batch: of equal costs the split with fewer batches wins, and with whole lengths
+        # and costs the sums stay exact in binary, so equal splits tie exactly.
+        batch_cost += 2.0 ** -20
+        best = np.zeros(count + 1)  # best[end]: the least cost of batching order[:end]
+        offset = np.empty(count)  # best[i] - i x ordered[i]: a batch [i, end) costs offset[i] + end x ordered[i]
+        for end in range(1, count + 1):
+            offset[end - 1] = best[end - 1] - (end - 1) * ordered[end - 1]
+            candidates = offset[first[end]:end] + end * ordered[first[end]:end]
+            # Of equal splits the last: the earlier batches the fuller, as without a cost.
+            cheapest = len(candidates) - 1 - int(candidates[::-1].argmin())
+            best[end], starts[end] = candidates[cheapest] + batch_cost, int(first[end]) + cheapest
     batches, end = [], count
     while end:
-        start = best[end][1]
-        batches.append(order[start:end])
-        end = start
+        batches.append(order[starts[end]:end])
+        end = starts[end]
     return batches[::-1]

@@ -133,17 +133,24 @@ def column_names(dataset) -> list[str]:
     return streaming.column_names(dataset) if streaming.is_stream(dataset) else dataset.column_names
 
 
-METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
 
 def read_metadata_folder(path: str | os.PathLike, column: str, example: str = "") -> Dataset | DatasetDict:
-    """A folder of media files described by metadata.jsonl or metadata.csv (a ``file_name`` column plus
-    the task's columns), as written for datasets' imagefolder/audiofolder; a folder of such split folders
-    (train/, validation/) gives a DatasetDict; any other path is read as a table. The files become paths
-    in ``column``; missing files are refused, naming one."""
+    """Media files (images, audio) and their columns, laid out as for datasets' imagefolder/audiofolder: a folder
+    with metadata.jsonl, .csv or .parquet (a ``file_name`` column plus the task's), a folder of split folders
+    (train/, validation/) holding one each (a DatasetDict), or a table (CSV, JSONL, Parquet) whose relative file
+    names are taken from its own folder. The files become paths in ``column``; missing ones are refused, naming one.
+
+    Read here rather than by ``load_dataset("audiofolder")``, which encodes every file through torchcodec (it does
+    not import beside the CPU build of torch), so that images and audio share one reader: for these layouts
+    imagefolder would only read the same metadata table and join the same paths, through an Arrow cache."""
     path = Path(path)
     if not path.is_dir() and path.name not in METADATA_FILES:
-        return read_table(path)
+        table = read_table(path)
+        if "file_name" in table.column_names and column not in table.column_names:
+            table = table.rename_column("file_name", column)  # the imagefolder/audiofolder convention
+        return resolve_paths(table, path.parent)
     folder = path if path.is_dir() else path.parent
     metadata = next((folder / name for name in METADATA_FILES if (folder / name).exists()), None)
     if metadata is None:
@@ -161,6 +168,30 @@ def read_metadata_folder(path: str | os.PathLike, column: str, example: str = ""
     if missing:
         raise DataError(f"{metadata} names {len(missing)} missing file(s), e.g. {missing[0]}.")
     return rows.add_column(column, files).remove_columns("file_name")
+
+
+def read_class_folders(path: Path) -> Dataset:
+    """One sub-folder of images per class, read by datasets' imagefolder: ``image`` (undecoded) and a ClassLabel
+    ``label`` named after the folders, sorted. Images one level down only, given as data_files: from a data_dir,
+    imagefolder takes a folder named like a split ("train", "test") for one, and would drop the other classes."""
+    import glob
+
+    from datasets import load_dataset
+
+    from taskzoo.models import library_bars_hidden
+
+    folders = [sub.name for sub in sorted(path.iterdir()) if sub.is_dir() and not sub.name.startswith(".")]
+    try:
+        with library_bars_hidden():
+            dataset = load_dataset("imagefolder", data_files={"train": f"{glob.escape(str(path))}/*/*"},
+                                   drop_labels=False, split="train")
+        names = dataset.features["label"].names
+    except (FileNotFoundError, ValueError):  # no image in any of them
+        names = []
+    empty = [name for name in folders if name not in names]
+    if empty:
+        raise DataError(f"Class folder {path / empty[0]} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    return dataset.cast_column("image", ImageFeature(decode=False))
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler):

@@ -36,7 +36,9 @@ def generate(task, model, /, *, max_new_tokens: int | None = None, prompt_length
     ``prompt_in_output``: whether the returned rows start with the prompt (Whisper's do not, and it also drops
     their end token).
     """
-    model = getattr(model, "module", model)  # under DistributedDataParallel, generate() is on the wrapped model
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)  # under DistributedDataParallel, generate() is on the wrapped model
     budget = new_token_budget(model, max_new_tokens, prompt_length)
     # max_length=None: the budget replaces the checkpoint's max_length (else generate warns that both are set).
     output = model.generate(**options, max_new_tokens=budget, max_length=None)

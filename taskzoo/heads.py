@@ -1,5 +1,5 @@
-"""Classification-style heads (text, images, boxes): which label names fine-tuning needs, and a fresh
-head for them that keeps the body's weights."""
+"""Classification-style heads (text, images, boxes): which label names fine-tuning needs, a fresh head for
+them that keeps the body's weights, and the scores a head's logits mean."""
 
 from __future__ import annotations
 
@@ -16,6 +16,17 @@ from taskzoo.models import load_reports_hidden
 def model_labels(model: torch.nn.Module) -> list[str]:
     config = model.config
     return [config.id2label[i] for i in range(len(config.id2label))]
+
+
+def scores_from_logits(logits: torch.Tensor, config) -> torch.Tensor:
+    """The scores predict reports, by the head's ``problem_type`` as transformers' classification pipelines
+    choose them: a regression head's raw values; sigmoids for multi-label heads and heads of one output;
+    otherwise the softmax over the labels."""
+    if config.problem_type == "regression":
+        return logits
+    if config.problem_type == "multi_label_classification" or logits.shape[-1] == 1:
+        return logits.sigmoid()
+    return logits.softmax(-1)
 
 
 def names_for_training(dataset, column: str, current: list[str], head_trained: bool,

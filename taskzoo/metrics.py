@@ -20,10 +20,11 @@ def macro_f1(predictions: Sequence[int], references: Sequence[int]) -> float:
     return float(f1_score(references, predictions, average="macro", zero_division=0))
 
 
-def top_k_accuracy(scores: np.ndarray, references: Sequence[int], k: int = 5) -> float:
-    """Share of samples whose reference is among the ``k`` highest scores (scores: samples x classes)."""
-    top = np.argsort(-np.asarray(scores), axis=1)[:, :k]
-    return float((top == np.asarray(references)[:, None]).any(axis=1).mean())
+def top_k_accuracy(ranked: Sequence[Sequence[int]], references: Sequence[int], k: int = 5) -> float:
+    """Share of samples whose reference is among their ``k`` best class ids (``ranked``: ids best first per
+    sample, as many as the caller kept: an evaluation needs only the top k, not every class's score)."""
+    hits = [reference in list(ids)[:k] for ids, reference in zip(ranked, references)]
+    return float(np.mean(hits)) if hits else 0.0
 
 
 def correlations(predictions: Sequence[float], references: Sequence[float]) -> dict[str, float]:

@@ -15,7 +15,7 @@ A task file subclasses :class:`Task` and fills in:
 - ``is_single(x)`` and ``predict_batch(batch, **options)``: forward -> postprocess, on what
   ``preprocess_batch(inputs, **options)`` made of the inputs (optional: decode, resize; it may run in
   worker processes); ``compile_target()`` names the module ``predict(compile=True)`` compiles;
-- ``tiny_model(path)`` and ``toy_dataset(n, seed)``: the testing kit (see taskzoo/testing.py);
+- ``tiny_model(path)`` and ``toy_dataset(n, seed)``: the testing kit (``taskzoo.testing`` dispatches to them);
 - optionally, the facts that serving, the playground, result files and the demo read (``input_type``,
   ``example_input``, ``outputs_images``, ``shown_metric``, ``playground_form``, ``draw``): their section below.
 

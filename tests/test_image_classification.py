@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -125,6 +128,20 @@ def test_image_folders_and_tables_of_paths(tiny_model_path, tmp_path):
         zoo.finetune(str(tmp_path / "folder"), max_steps=1)
 
 
+def test_a_class_named_like_a_split_stays_a_class_and_metadata_names_missing_files(tiny_model_path, tmp_path):
+    zoo = taskzoo.load(TASK, model=tiny_model_path(TASK), device="cpu")
+    write_class_folders(tmp_path / "vehicles", relabelled(12, 0, names=("bus", "car", "train", "van")))
+    (tmp_path / "vehicles" / ".cache").mkdir()  # hidden folders are not classes
+    data = zoo.read_path(tmp_path / "vehicles")
+    assert data.features["label"].names == ["bus", "car", "train", "van"] and len(data) == 12
+    names = data.features["label"].names
+    assert all(Path(row["image"]["path"]).parent.name == names[row["label"]] for row in data)  # undecoded paths
+    lines = [json.dumps({"file_name": f"car/{p.name}", "label": "car"}) for p in (tmp_path / "vehicles" / "car").iterdir()]
+    (tmp_path / "vehicles" / "metadata.jsonl").write_text("\n".join([*lines, '{"file_name": "gone.png", "label": "car"}']))
+    with pytest.raises(DataError, match="1 missing file.*gone.png"):
+        zoo.read_path(tmp_path / "vehicles")
+
+
 def test_a_new_label_set_gets_a_head_of_the_right_size(trained, tmp_path):
     from transformers import AutoModelForImageClassification
 
@@ -201,3 +218,18 @@ def test_convnext_family_fine_tunes_and_predicts(tmp_path):
                  save_checkpoints=False)
     assert zoo.evaluate(held_out)["accuracy"] >= 0.9
     assert len(zoo.predict(Image.new("LA", (50, 70)))) == 4
+
+
+def test_a_regression_head_reports_its_raw_value_as_the_pipeline_does(tiny_model_path, tmp_path):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    source = tiny_model_path(TASK)
+    AutoModelForImageClassification.from_pretrained(source, num_labels=1, problem_type="regression",
+                                                    ignore_mismatched_sizes=True).save_pretrained(tmp_path)
+    AutoImageProcessor.from_pretrained(source).save_pretrained(tmp_path)
+    zoo = taskzoo.load(TASK, model=tmp_path, device="cpu")
+    images = list(toy_dataset(TASK, 3, seed=2)["image"])
+    reference = pipeline("image-classification", model=str(tmp_path), device="cpu")(images)
+    for ours, theirs in zip(zoo.predict(images), reference):
+        assert [p["label"] for p in ours] == [p["label"] for p in theirs] == ["LABEL_0"]
+        assert ours[0]["score"] == pytest.approx(theirs[0]["score"], abs=1e-5)

@@ -56,6 +56,25 @@ def test_cosent_loss_learns_too(tiny_model_path):
     assert zoo.evaluate(toy_dataset("sentence-similarity", 64, seed=1))["spearman"] >= 0.6
 
 
+@pytest.mark.parametrize("loss", ["cosine", "cosent"])
+def test_the_training_loss_is_the_papers_formula_on_the_cosines(tiny_model_path, loss):
+    """Mean squared error of cosine against gold; CoSENT's log(1 + sum over gold_i > gold_j of
+    exp(20 (cos_j - cos_i)))."""
+    zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu", loss=loss)
+    rows = list(toy_dataset("sentence-similarity", 8, seed=3))
+    batch = zoo.collate([{**row, "score": i / 8} for i, row in enumerate(rows)])
+    step = zoo.training_step(zoo.model, batch)
+    cosine, gold = step["output"], batch["score"]
+    if loss == "cosine":
+        expected = ((cosine - gold) ** 2).mean()
+    else:
+        ranked = (gold[:, None] > gold[None, :]) * torch.exp(20 * (cosine[None, :] - cosine[:, None]))
+        expected = torch.log(1 + ranked.sum())
+    assert step["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    step["loss"].backward()  # and it trains the encoder
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in zoo.model.parameters())
+
+
 def test_zero_to_five_scores_are_normalised(tiny_model_path):
     zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu")
     rows = [{"sentence1": "a cat", "sentence2": "a dog", "score": s} for s in (0.0, 2.5, 5.0)]
@@ -131,38 +150,6 @@ def test_many_mixed_length_sentences_score_as_sentence_transformers(minilm_path,
     monkeypatch.setattr(type(zoo), "tokenized", lambda self, sentences: None)
     plain = torch.tensor([row["score"] for row in zoo.predict(pairs, batch_size=8)])
     torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)
-
-
-def test_token_budget_batches_cover_every_input_within_the_budget():
-    import random
-
-    from taskzoo.batching import token_budget_batches
-
-    rng = random.Random(0)
-    lengths = [rng.choice([3, 5, 5, 8, 12, 40, 90, 300]) for _ in range(500)]
-    for budget, cost in [(64, 0), (512, 48), (4096, 48), (4096, 4096)]:
-        batches = token_budget_batches(lengths, budget, cost)
-        assert sorted(i for batch in batches for i in batch) == list(range(500))
-        for batch in batches:
-            longest = max(lengths[i] for i in batch)
-            assert len(batch) * longest <= budget or len(batch) == 1  # 300 > 64 tokens: a batch alone
-            assert lengths[batch[0]] == longest  # longest first within a batch...
-        firsts = [lengths[batch[0]] for batch in batches]
-        assert firsts == sorted(firsts, reverse=True)  # ...and across batches
-    assert token_budget_batches([], 100, 48) == []
-
-
-def test_token_budget_batches_weigh_padding_against_the_cost_of_a_batch():
-    from taskzoo.batching import token_budget_batches
-
-    lengths = [5, 3, 5, 3, 5]
-    # A batch costs nothing: two padding-free batches, one per length.
-    assert token_budget_batches(lengths, 100, batch_cost=0) == [[0, 2, 4], [1, 3]]
-    # A batch costs more than the 2 x 2 tokens of padding that one batch adds: one batch.
-    assert token_budget_batches(lengths, 100, batch_cost=10) == [[0, 2, 4, 1, 3]]
-    # At most 10 padded tokens a batch: two rows of 5, then the last 5 alone (beside a 3 it would leave the
-    # other 3 alone: one batch more all the same), then the 3s.
-    assert token_budget_batches(lengths, 10, batch_cost=10) == [[0, 2], [4], [1, 3]]
 
 
 def _forward_shapes(zoo, monkeypatch) -> list[tuple[int, int]]:

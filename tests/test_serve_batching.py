@@ -1,5 +1,6 @@
-"""The server's batching and start-up: batches split into length groups of least cost, timed-out requests
-dropped from the queue, text inputs checked item by item, and /health answering 503 while the model loads."""
+"""The server's batching and start-up: batches split into length groups of least cost (the plan itself is
+tested in test_batching.py), timed-out requests dropped from the queue, text inputs checked item by item, and
+/health answering 503 while the model loads."""
 
 from __future__ import annotations
 
@@ -16,46 +17,13 @@ import taskzoo  # noqa: E402
 from taskzoo.cli import main  # noqa: E402
 from taskzoo.serving import create_app  # noqa: E402
 from taskzoo.serving.app import LoadingApp  # noqa: E402
-from taskzoo.serving.batching import Batcher, LengthGroupedPredict, length_groups  # noqa: E402
+from taskzoo.serving.batching import Batcher, LengthGroupedPredict  # noqa: E402
 from taskzoo.serving.process import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def classifier(tiny_model_path):
     return taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
-
-
-def cost(groups, lengths, fixed):
-    return sum(fixed + len(group) * max(lengths[i] for i in group) for group in groups)
-
-
-def partitions(indices):
-    """Every way to split ``indices`` into groups (for a brute-force check on a few lengths)."""
-    if not indices:
-        yield []
-        return
-    first, rest = indices[0], indices[1:]
-    for split in partitions(rest):
-        yield [[first], *split]
-        for i in range(len(split)):
-            yield [*split[:i], [first, *split[i]], *split[i + 1:]]
-
-
-@pytest.mark.parametrize("lengths,fixed,max_size", [([120, 8, 9, 10, 95, 11], 30.0, 32), ([5, 50, 6, 48, 7], 200.0, 32),
-                                                    ([3, 70, 20, 21, 4, 69, 22], 15.0, 3)])
-def test_length_groups_are_the_cheapest_split(lengths, fixed, max_size):
-    groups = length_groups(lengths, max_size, fixed)
-    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
-    assert max(map(len, groups)) <= max_size
-    cheapest = min(cost(split, lengths, fixed) for split in partitions(list(range(len(lengths))))
-                   if max(map(len, split)) <= max_size)
-    assert cost(groups, lengths, fixed) == pytest.approx(cheapest)
-
-
-def test_without_a_known_fixed_cost_a_batch_is_one_group_longest_first():
-    assert length_groups([4, 90, 7, 30], 32, None) == [[1, 3, 2, 0]]
-    assert length_groups([4, 90, 7, 30], 2, None) == [[1, 3], [2, 0]]
-    assert length_groups([1, 1, 1], 32, 0.5) == [[0, 1, 2]]  # equal lengths: splitting saves nothing
 
 
 def test_the_fixed_cost_is_learned_from_the_calls(classifier):

@@ -180,3 +180,27 @@ def test_tiny_model_learns_sentences_whose_words_it_has_never_seen(tiny_model_pa
     assert zoo.evaluate(held_out)["accuracy"] <= 0.65
     zoo.finetune(train, epochs=8, learning_rate=3e-3, batch_size=16, progress=False, save_checkpoints=False)
     assert zoo.evaluate(held_out)["accuracy"] >= 0.85
+
+
+@pytest.mark.parametrize("problem_type,num_labels", [("regression", 1), ("multi_label_classification", 2),
+                                                     (None, 1)])
+def test_scores_follow_the_heads_problem_type_as_the_pipeline_does(tiny_model_path, tmp_path, problem_type,
+                                                                     num_labels):
+    """A regression head reports its raw value, a multi-label head (or one of a single output) sigmoids: the
+    label and score transformers' pipeline gives."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    source = tiny_model_path("text-classification")
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, problem_type=problem_type,
+                                                               ignore_mismatched_sizes=True)
+    model.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(source).save_pretrained(tmp_path)
+    zoo = taskzoo.load("text-classification", model=tmp_path, device="cpu")
+    reference = pipeline("text-classification", model=str(tmp_path), device="cpu")
+    texts = ["good film", "the plot was really dull and boring", "a"]
+    ours = zoo.predict(texts, batch_size=2)
+    for text, mine, theirs in zip(texts, ours, reference(texts)):
+        assert mine["label"] == theirs["label"] and mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
+    if problem_type == "regression":  # the raw output, not squashed into (0, 1)
+        logits = model.eval()(**AutoTokenizer.from_pretrained(source)(texts[:1], return_tensors="pt")).logits
+        assert ours[0]["score"] == pytest.approx(logits.item(), abs=1e-5)

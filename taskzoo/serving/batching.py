@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskzoo.batching import plan_batches
+
 logger = logging.getLogger("taskzoo.serve")
 
 
@@ -172,7 +174,7 @@ class LengthGroupedPredict:
     def __call__(self, items: list, parameters: dict) -> list:
         lengths = [self.task.input_length(item) for item in items]
         outputs: list = [None] * len(items)
-        for group in length_groups(lengths, self.batch_size, self.fixed_cost()):
+        for group in plan_batches(lengths, max_rows=self.batch_size, batch_cost=self.fixed_cost()):
             started = time.perf_counter()
             results = self.task.predict([items[i] for i in group], batch_size=len(group), progress=False,
                                         **parameters)
@@ -196,27 +198,6 @@ class LengthGroupedPredict:
         per_unit = sum((u - mean_units) * (s - mean_seconds) for u, s in self.timings) / spread
         fixed = mean_seconds - per_unit * mean_units
         return fixed / per_unit if per_unit > 0 and fixed > 0 else None
-
-
-def length_groups(lengths: list[int], max_size: int, fixed: float | None) -> list[list[int]]:
-    """Indices of ``lengths`` in groups of at most ``max_size`` that minimise the sum over groups of
-    ``fixed + size x longest`` (a dynamic programme over the lengths sorted longest first). ``fixed`` None:
-    the fewest groups, the longest inputs together, as predict would batch them."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
-    if fixed is None:
-        return [order[start:start + max_size] for start in range(0, len(order), max_size)]
-    # best[j]: the least cost of the first j inputs; start[j]: where the last group of that split begins.
-    best, start = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
-    for j in range(1, len(order) + 1):
-        for i in range(max(0, j - max_size), j):
-            cost = best[i] + fixed + (j - i) * lengths[order[i]]  # order[i]: the group's longest input
-            if cost < best[j]:
-                best[j], start[j] = cost, i
-    groups, j = [], len(order)
-    while j:
-        groups.append(order[start[j]:j])
-        j = start[j]
-    return groups[::-1]
 
 
 def batch_key(task: Any, items: list, parameters: dict) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 
 from taskzoo import data as data_utils
@@ -65,12 +65,7 @@ class ImageClassification(Task):
         those), an image folder with metadata.csv/jsonl (file_name, label), or a CSV/JSONL table of image
         paths (relative to the table's folder) and labels."""
         path = Path(path)
-        if not path.is_dir():
-            dataset = data_utils.read_metadata_folder(path, "image")
-            if "file_name" in dataset.column_names and "image" not in dataset.column_names:
-                dataset = dataset.rename_column("file_name", "image")  # the imagefolder convention
-            return data_utils.resolve_paths(dataset, path.parent)
-        if any((path / name).exists() for name in data_utils.METADATA_FILES):
+        if not path.is_dir() or any((path / name).exists() for name in data_utils.METADATA_FILES):
             return data_utils.read_metadata_folder(path, "image")
         folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
         if folders and all(p.name in SPLIT_NAMES for p in folders):
@@ -78,13 +73,7 @@ class ImageClassification(Task):
         if not folders:
             raise DataError(f"Image folder {path} has no class sub-folders (one folder of images per class), "
                             f"no split folders ({', '.join(SPLIT_NAMES[:3])}) and no metadata.csv/jsonl.")
-        files = {folder.name: data_utils.image_files(folder) for folder in folders}
-        empty = [name for name, found in files.items() if not found]
-        if empty:
-            raise DataError(f"Class folder {path / empty[0]} holds no images ({', '.join(data_utils.IMAGE_SUFFIXES)}).")
-        features = Features({"image": Value("string"), "label": ClassLabel(names=list(files))})
-        rows = [(str(file), name) for name, found in files.items() for file in found]
-        return Dataset.from_dict({"image": [r[0] for r in rows], "label": [r[1] for r in rows]}, features=features)
+        return data_utils.read_class_folders(path)
 
     def prepare_for_training(self, dataset) -> None:
         from transformers import AutoModelForImageClassification
@@ -123,7 +112,7 @@ class ImageClassification(Task):
         best = [ranked[0] for ranked in predictions]
         scores = {"accuracy": metrics.accuracy(best, references), "macro_f1": metrics.macro_f1(best, references)}
         if self.model.config.num_labels >= 5:
-            scores["top5_accuracy"] = float(np.mean([ref in ranked for ranked, ref in zip(predictions, references)]))
+            scores["top5_accuracy"] = metrics.top_k_accuracy(predictions, references, k=5)
         return scores
 
     def metric_inputs(self, predictions, references):
@@ -144,8 +133,7 @@ class ImageClassification(Task):
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer; got {top_k!r}.")
         logits = self.model(pixel_values=pixels.to(self.device)).logits.float()
-        multi_label = self.model.config.problem_type == "multi_label_classification" or logits.shape[-1] == 1
-        scores = logits.sigmoid() if multi_label else logits.softmax(-1)
+        scores = heads.scores_from_logits(logits, self.model.config)
         values, indices = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
         labels = self.labels
         return [[{"label": labels[i], "score": v} for v, i in zip(row_values, row_indices)]

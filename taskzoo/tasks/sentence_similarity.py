@@ -22,7 +22,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from taskzoo import metrics, strategies, streaming
-from taskzoo.batching import PreparedBatches, halving_on_oom, token_budget_batches
+from taskzoo.batching import PreparedBatches, halving_on_oom, plan_batches
 from taskzoo.errors import DataError
 from taskzoo.models import library_bars_hidden, model_inputs
 from taskzoo.predict_options import check_options
@@ -140,17 +140,14 @@ class SentenceSimilarity(Task):
 
     # ------------------------------------------------------------------------------------- training
     def training_step(self, model, batch):
-        cosine = F.cosine_similarity(model(batch["a"])["sentence_embedding"],
-                                     model(batch["b"])["sentence_embedding"]).float()
-        gold = batch["score"].float()
-        if self.loss == "cosent":
-            # CoSENT: log(1 + sum over pairs (i, j) with gold_i > gold_j of exp(20 * (cos_j - cos_i))).
-            differences = 20 * (cosine[None, :] - cosine[:, None])
-            differences = differences - (1 - (gold[:, None] > gold[None, :]).float()) * 1e12
-            loss = torch.logsumexp(torch.cat([torch.zeros(1, device=cosine.device), differences.flatten()]), 0)
-        else:
-            loss = F.mse_loss(cosine, gold)
-        return {"loss": loss, "output": cosine}
+        """sentence-transformers' CosineSimilarityLoss (the cosine regressed onto the gold score) or CoSENTLoss
+        (``loss="cosent"``), on the embeddings of the model as the training loop wraps it."""
+        from sentence_transformers.losses import CoSENTLoss, CosineSimilarityLoss
+
+        embeddings = [model(batch["a"])["sentence_embedding"], model(batch["b"])["sentence_embedding"]]
+        loss = (CoSENTLoss if self.loss == "cosent" else CosineSimilarityLoss)(self.model)
+        return {"loss": loss.compute_loss_from_embeddings(embeddings, batch["score"].float()),
+                "output": F.cosine_similarity(*embeddings).float()}
 
     def eval_step(self, model, batch):
         cosine = F.cosine_similarity(model(batch["a"])["sentence_embedding"],
@@ -220,11 +217,9 @@ class SentenceSimilarity(Task):
         ``batch_size`` sentences each where that is given or where lengths are not counted in tokens."""
         if batch_size is None and counted_in_tokens:
             budget = batch_tokens or self.default_batch_tokens
-            return token_budget_batches(lengths, budget, self.cpu_batch_cost_tokens if self.device.type == "cpu"
-                                        else budget)
-        size = self.check_batch_size(batch_size)
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-        return [order[start:start + size] for start in range(0, len(order), size)]
+            return plan_batches(lengths, max_tokens=budget,
+                                batch_cost=self.cpu_batch_cost_tokens if self.device.type == "cpu" else budget)
+        return plan_batches(lengths, max_rows=self.check_batch_size(batch_size))
 
     def compile_target(self):
         """The transformers model inside sentence-transformers' first module: predict_batch calls it."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Audio, Dataset, DatasetDict, Value
+from datasets import Audio, Dataset, Value
 
 from taskzoo import audio_chunks, generation, metrics, strategies, streaming, whisper_greedy
 from taskzoo import data as data_utils
@@ -28,7 +28,6 @@ from taskzoo.task import Task
 
 logger = logging.getLogger(__name__)
 CTC_WINDOW_S = 30.0  # CTC models have no fixed window; longer inputs are chunked to bound memory
-METADATA = ("metadata.csv", "metadata.jsonl")
 
 
 class SpeechRecognition(Task):
@@ -102,25 +101,7 @@ class SpeechRecognition(Task):
         """An audio folder (``metadata.csv`` or ``.jsonl`` with ``file_name`` and ``text``, or train/
         validation/test subfolders holding one), or a CSV/JSON/JSONL/Parquet table of paths and texts.
         Relative paths are resolved against the folder of the file that names them."""
-        path = Path(path)
-        if path.is_dir():
-            found = [path / name for name in METADATA if (path / name).exists()]
-            if found:
-                return self.read_path(found[0])
-            splits = {p.name: self.read_path(p) for p in sorted(path.iterdir())
-                      if p.is_dir() and any((p / name).exists() for name in METADATA)}
-            if not splits:
-                raise DataError(f"Audio folder {path} has no {' or '.join(METADATA)} (columns file_name, text), "
-                                "and no split subfolders with one.")
-            return DatasetDict(splits)
-        dataset = data_utils.read_table(path)
-        if "file_name" in dataset.column_names and "audio" not in dataset.column_names:
-            dataset = dataset.rename_column("file_name", "audio")  # the audiofolder convention
-        for column in dataset.column_names:
-            first = dataset[0][column] if len(dataset) else None
-            if isinstance(first, str) and not os.path.isabs(first) and (path.parent / first).is_file():
-                dataset = dataset.map(lambda row, c=column: {c: _resolve(row[c], path.parent)})
-        return dataset
+        return data_utils.read_metadata_folder(path, "audio", example="file_name,text: 0001.wav,hello")
 
     def prepare(self, dataset, training: bool):
         feature = dataset.features["audio"]
@@ -224,7 +205,9 @@ class SpeechRecognition(Task):
         return {"loss": output.loss, "output": output.logits}
 
     def eval_step(self, model, batch):
-        model = getattr(model, "module", model)  # DistributedDataParallel hides generate()
+        from accelerate.utils import extract_model_from_parallel
+
+        model = extract_model_from_parallel(model)  # DistributedDataParallel hides generate()
         inputs = _on(model, batch["inputs"])
         if self.is_ctc:
             logits = model(**inputs).logits
@@ -394,8 +377,3 @@ def _on(model, inputs: dict) -> dict:
     parameter = next(model.parameters())
     return {key: value.to(parameter.device, parameter.dtype if value.is_floating_point() else None)
             for key, value in inputs.items()}
-
-
-def _resolve(value, folder: Path):
-    return str(folder / value) if isinstance(value, str) and value and not os.path.isabs(value) else value
-

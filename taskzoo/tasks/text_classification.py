@@ -150,8 +150,7 @@ class TextClassification(Task):
         has_pairs = pairs[0] is not None  # check_inputs() made sure that all inputs are of one kind
         batch = self._tokenize(list(texts), list(pairs) if has_pairs else None).to(self.device)
         logits = self.model(**batch).logits.float()
-        multi_label = self.model.config.problem_type == "multi_label_classification" or logits.shape[-1] == 1
-        scores = logits.sigmoid() if multi_label else logits.softmax(-1)
+        scores = heads.scores_from_logits(logits, self.model.config)
         labels = self.labels
         results = []
         for row in scores.tolist():

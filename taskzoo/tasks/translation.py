@@ -258,7 +258,9 @@ class Translation(Task):
 
     def _generate(self, model, encoded, num_beams=None, max_new_tokens=None, forced_bos_token_id=None,
                   **generate_kwargs) -> list[str]:
-        model = getattr(model, "module", model)  # under DDP, generate() lives on the wrapped model
+        from accelerate.utils import extract_model_from_parallel
+
+        model = extract_model_from_parallel(model)  # under DDP, generate() lives on the wrapped model
         options = dict(generate_kwargs)
         options.update({} if num_beams is None else {"num_beams": num_beams})
         options.update({} if forced_bos_token_id is None else {"forced_bos_token_id": forced_bos_token_id})
