@@ -29,8 +29,10 @@ import taskzoo  # noqa: E402
 from taskzoo import testing  # noqa: E402
 from taskzoo.demo import quiet_libraries  # noqa: E402
 from taskzoo.tasks.object_detection import ObjectDetection  # noqa: E402
+from common import cpu_line  # noqa: E402
 
 quiet_libraries()
+print(cpu_line(), flush=True)  # the figures below depend on it (kernels differ between AVX2, AVX-512 and AMX)
 settings = dict(ObjectDetection.demo_config)
 train_size, eval_size = settings.pop("train_size"), settings.pop("eval_size")
 print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "

@@ -21,7 +21,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 import taskzoo
-from common import mixed_length_sentences
+from common import cpu_line, mixed_length_sentences
 from taskzoo.demo import quiet_libraries
 
 parser = argparse.ArgumentParser()
@@ -30,6 +30,7 @@ parser.add_argument("--sentences", type=int, default=512)
 parser.add_argument("--images", type=int, default=32)
 args = parser.parse_args()
 quiet_libraries()
+print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 
 
 def timed(call) -> tuple[float, float]:

@@ -29,12 +29,14 @@ import taskzoo  # noqa: E402
 from taskzoo import testing  # noqa: E402
 from taskzoo.demo import demo_task, quiet_libraries  # noqa: E402
 from taskzoo.tasks.speech_recognition import SpeechRecognition  # noqa: E402
+from common import cpu_line  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4], help="training seeds")
 parser.add_argument("--text-to-image", action="store_true", help="also time the text-to-image demo stop")
 args = parser.parse_args()
 TASK = "automatic-speech-recognition"
+print(cpu_line(), flush=True)  # the figures below depend on it
 
 
 def cpu() -> float:
