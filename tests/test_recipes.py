@@ -165,3 +165,25 @@ def test_a_recipe_without_the_hub_says_so_in_one_line_naming_the_local_alternati
     assert done.stderr.startswith("text_classification.py: --dataset stanfordnlp/sst2 is not a local file or folder, "
                                   "and the Hugging Face hub could not give it")
     assert "Pass --dataset a local folder instead: train.* and validation.* (or dev.*) files" in done.stderr
+
+
+@pytest.mark.parametrize("task,folder,sizes", [
+    ("text-classification", "movie-reviews", (30, 72)),
+    ("sentence-similarity", "sentence-pairs", (60, 52)),
+])
+def test_the_real_sentences_the_recipes_readme_measures_on_read_as_their_task(task, folder, sizes):
+    """recipes/README.md measures text classification and sentence similarity on recipes/data/: both splits read
+    with the task's own columns, and no held-out row repeats a training row."""
+    from datasets import load_dataset
+
+    splits = [load_dataset("csv", data_files=str(RECIPES / "data" / folder / name), split="train")
+              for name in ("train.csv", "dev.csv")]
+    assert tuple(len(split) for split in splits) == sizes
+    columns = {"text-classification": {"text", "label"}, "sentence-similarity": {"sentence1", "sentence2", "score"}}
+    assert all(set(split.column_names) == columns[task] for split in splits)
+    rows = [set(map(tuple, (row.values() for row in split))) for split in splits]
+    assert not rows[0] & rows[1]
+    if task == "sentence-similarity":
+        assert all(0 <= score <= 5 for split in splits for score in split["score"])
+    else:
+        assert set(splits[0]["label"]) == set(splits[1]["label"]) == {"positive", "negative"}
