@@ -14,7 +14,8 @@ from taskzoo.task import Task
 from taskzoo.training import TrainingConfig, TrainingResult
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "api.md"
-TASK_METHODS = ["predict", "predict_to_jsonl", "evaluate", "finetune", "save", "from_pretrained", "tiny_model", "toy_dataset"]
+TASK_METHODS = ["predict", "predict_to_jsonl", "evaluate", "finetune", "save", "from_pretrained", "tiny_model",
+                "toy_dataset"]
 
 
 def entry(name: str, obj) -> str:

@@ -54,7 +54,7 @@ def run_evaluation(task, model: torch.nn.Module, loader: DataLoader, accelerator
     if accelerator.is_main_process:
         try:
             evaluation = score(task, pairs, metrics)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - raised below, after the other processes are told
             failed = error
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list

@@ -33,8 +33,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from taskzoo import data as data_utils
-from taskzoo import strategies, streaming
+from taskzoo import data as data_utils, strategies, streaming
 from taskzoo.accelerators import default_device
 from taskzoo.batching import predict_in_batches
 from taskzoo.errors import DataError, warn_at_caller

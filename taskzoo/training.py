@@ -24,7 +24,8 @@ from taskzoo.data import LengthGroupedSampler
 from taskzoo.errors import TrainingError, TrainingInterrupted
 from taskzoo.evaluation import eval_loader, run_evaluation
 from taskzoo.strategies import what_trains
-from taskzoo.training_config import TrainingConfig, TrainingResult  # noqa: F401 (taskzoo.training.TrainingConfig)
+from taskzoo.training_config import TrainingConfig, TrainingResult
+
 
 def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingResult:
     """Fine-tune ``task.model`` on ``train_set``: set up, resume (or start fresh), the epoch loop, finish."""
