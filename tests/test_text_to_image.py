@@ -106,9 +106,9 @@ def test_same_seed_same_pixels_and_batching_does_not_matter(zoo):
 
 
 @pytest.mark.parametrize("width, height, top, left", [(64, 32, 0, 16), (40, 80, 16, 0), (32, 32, 0, 0)])
-def test_training_images_are_scaled_centre_cropped_and_scaled_to_minus_one_one(width, height, top, left):
-    """Three vertical (landscape, square) or horizontal (portrait) bands, red | green | blue, the middle one wide enough
-    that the centre crop holds green alone (the bilinear blend at its edges falls outside the crop)."""
+def test_training_images_are_resized_centre_cropped_and_normalised(width, height, top, left):
+    """Three bands, red | green | blue, across the longer side; the middle one is wide enough that the centre
+    crop holds green alone (the bilinear blend at its edges falls outside the crop), in [-1, 1]."""
     from PIL import Image
 
     from taskzoo.diffusion import training_pixels
