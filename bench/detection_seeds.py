@@ -26,10 +26,10 @@ import torch  # noqa: E402
 torch.set_num_threads(args.threads)
 
 import taskzoo  # noqa: E402
+from common import cpu_line  # noqa: E402
 from taskzoo import testing  # noqa: E402
 from taskzoo.demo import quiet_libraries  # noqa: E402
 from taskzoo.tasks.object_detection import ObjectDetection  # noqa: E402
-from common import cpu_line  # noqa: E402
 
 quiet_libraries()
 print(cpu_line(), flush=True)  # the figures below depend on it (kernels differ between AVX2, AVX-512 and AMX)

@@ -26,12 +26,27 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import (ViTConfig, ViTForImageClassification, ViTImageProcessorPil, Wav2Vec2Config,
-                          Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor)
+from transformers import (
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+)
 
 import taskzoo
-from common import (MEMORY_OF, PeakMemory, cpu_line, minimal_accelerate_loop, photo_files, print_training_rows,
-                    spoken_clips, training_rounds)
+from common import (
+    MEMORY_OF,
+    PeakMemory,
+    cpu_line,
+    minimal_accelerate_loop,
+    photo_files,
+    print_training_rows,
+    spoken_clips,
+    training_rounds,
+)
 from taskzoo.ctc import ctc_tokenizer
 from taskzoo.demo import quiet_libraries
 

@@ -28,8 +28,16 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 import taskzoo
-from common import (MEMORY_OF, PeakMemory, cpu_line, minilm_classifier, minimal_accelerate_loop,
-                    mixed_length_sentences, print_training_rows, training_rounds)
+from common import (
+    MEMORY_OF,
+    PeakMemory,
+    cpu_line,
+    minilm_classifier,
+    minimal_accelerate_loop,
+    mixed_length_sentences,
+    print_training_rows,
+    training_rounds,
+)
 from taskzoo.accelerators import new_accelerator
 from taskzoo.data import LengthGroupedSampler
 from taskzoo.demo import quiet_libraries

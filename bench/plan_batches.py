@@ -36,7 +36,7 @@ for count in args.counts:
         times.append(time.process_time() - started)
     greedy = plan_batches(lengths, max_tokens=args.max_tokens)
 
-    def padded(plan):
+    def padded(plan, lengths=lengths):  # bound now: the loop rebinds lengths
         return sum(len(batch) * max(lengths[i] for i in batch) for batch in plan) - sum(lengths)
 
     print(f"{count:>9}  {1000 * statistics.median(times):>8.1f}  {len(batches):>7}  {padded(batches):>13}  "

@@ -30,8 +30,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor
-from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    pipeline,
+)
 
 import taskzoo
 from common import compare_with_pipeline, cpu_line, matmul_peak, mixed_length_sentences
@@ -210,8 +216,8 @@ if args.profile:
                                                                generate_kwargs=greedy),
                   recogniser.model, recogniser.feature_extractor, flops, len(clips))
     for name, options in (("taskzoo predict", {}), ("taskzoo predict, use_generate=True", {"use_generate": True})):
-        print_profile(name, lambda: zoo.predict(clips, batch_size=16, progress=False,
-                                                max_new_tokens=args.max_new_tokens, **options),
+        print_profile(name, lambda options=options: zoo.predict(clips, batch_size=16, progress=False,
+                                                                max_new_tokens=args.max_new_tokens, **options),
                       zoo.model, zoo.feature_extractor, flops, len(clips))
     raise SystemExit
 compare_with_pipeline(

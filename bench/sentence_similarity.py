@@ -88,7 +88,8 @@ def report(title: str, baseline_run, taskzoo_run, scores_of) -> None:
     variants = [(None, "no")] + [(size, "no") for size in args.batch_sizes] + ([(None, "bf16")] if args.bf16 else [])
     sides.update({f"taskzoo predict, {'default batches' if size is None else f'batch_size={size}'}, "
                   f"{'fp32' if precision == 'no' else precision}":
-                  (lambda size=size, precision=precision: taskzoo_run(size, precision)) for size, precision in variants})
+                  (lambda size=size, precision=precision: taskzoo_run(size, precision))
+                  for size, precision in variants})
     seconds, outputs = rotating_medians(sides)
     baselines = [name for name in sides if name.startswith("sentence")]
     best = min(baselines, key=seconds.get)
@@ -103,9 +104,9 @@ for mix, make in MIXES.items():
     left, right = unique(make, 2 * args.pairs, seed=1)[::2], unique(make, 2 * args.pairs, seed=1)[1::2]
     pairs = list(zip(left, right))
     report(f"{len(pairs)} pairs of {mix} sentences, all distinct",
-           lambda size: encode_and_compare(left, right, size),
-           lambda size, precision: zoo.predict(pairs, batch_size=size, mixed_precision=precision,
-                                               progress=False),
+           lambda size, left=left, right=right: encode_and_compare(left, right, size),
+           lambda size, precision, pairs=pairs: zoo.predict(pairs, batch_size=size, mixed_precision=precision,
+                                                            progress=False),
            lambda output: [row["score"] if isinstance(row, dict) else row for row in output])
 
 many = unique(mixed_length_sentences, 2 * args.pairs, seed=3)

@@ -145,8 +145,8 @@ def peak_at(threads: int, precision: str) -> float:
 
 def report(results: dict, answers: dict, texts: list[str], threads: int, flops: float, args) -> None:
     print(f"\n{args.requests} requests of one sentence each, all-MiniLM-L6-v2 + 2-label head, {threads or 'all'} "
-          f"torch thread(s) per server, mixed_precision={args.precision}; batched server: --max-batch-size {args.max_batch_size} "
-          f"--max-wait-ms {args.max_wait_ms:g}")
+          f"torch thread(s) per server, mixed_precision={args.precision}; "
+          f"batched server: --max-batch-size {args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}")
     print(f"{'clients':>7} | {'server':<13} | {'requests/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | speed-up | "
           "server CPU ms/request | inputs/call | model GFLOP/s | of the matmul peak")
     peak = peak_at(threads, args.precision)

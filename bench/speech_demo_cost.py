@@ -23,13 +23,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
-import taskzoo  # noqa: E402
-from taskzoo import testing  # noqa: E402
-from taskzoo.demo import demo_task, quiet_libraries  # noqa: E402
-from taskzoo.tasks.speech_recognition import SpeechRecognition  # noqa: E402
-from common import cpu_line  # noqa: E402
+import taskzoo
+from common import cpu_line
+from taskzoo import testing
+from taskzoo.demo import demo_task, quiet_libraries
+from taskzoo.tasks.speech_recognition import SpeechRecognition
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4], help="training seeds")

@@ -34,6 +34,11 @@ args = parser.parse_args()
 SHARDS = 8
 
 
+def lines_of(file: str):
+    with open(file) as handle:
+        yield from handle
+
+
 def write_data(folder: Path, rows: int) -> None:
     folder.mkdir(parents=True)
     texts = mixed_length_sentences(rows, seed=rows)
@@ -51,7 +56,7 @@ def run_side() -> None:
 
     quiet_libraries()
     files = sorted(str(path) for path in Path(args.data).glob("*.jsonl"))
-    rows = sum(1 for file in files for _ in open(file))
+    rows = sum(1 for file in files for _ in lines_of(file))
     zoo = taskzoo.load("text-classification", model=args.model, device="cpu")
     with PeakMemory() as memory:
         if args.side == "stream":
@@ -59,7 +64,7 @@ def run_side() -> None:
 
             data = load_dataset("json", data_files=files, split="train", streaming=True)
         else:
-            data = [json.loads(line) for file in files for line in open(file)]
+            data = [json.loads(line) for file in files for line in lines_of(file)]
         started = time.perf_counter()
         zoo.finetune(data, max_steps=rows // args.batch_size, batch_size=args.batch_size, learning_rate=3e-3,
                      progress=False, save_checkpoints=False, plot=False, group_by_length=False)

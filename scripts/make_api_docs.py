@@ -2,6 +2,10 @@
 
     python scripts/make_api_docs.py          # rewrite docs/api.md
     python scripts/make_api_docs.py --check  # exit 1 if docs/api.md is out of date (the tests run this)
+
+The public functions' docstrings are Google style (see taskzoo.api.load): a summary line, then "Args:",
+"Returns:" and "Raises:" sections, each entry "name: text" indented 4 spaces, its continuation lines 8;
+they are rendered here as lists.
 """
 
 import dataclasses
@@ -14,12 +18,35 @@ from taskzoo.task import Task
 from taskzoo.training import TrainingConfig, TrainingResult
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "api.md"
-TASK_METHODS = ["predict", "predict_to_jsonl", "evaluate", "finetune", "save", "from_pretrained", "tiny_model", "toy_dataset"]
+TASK_METHODS = ["predict", "predict_to_jsonl", "evaluate", "finetune", "save", "from_pretrained", "tiny_model",
+                "toy_dataset"]
+
+
+SECTIONS = ("Args:", "Returns:", "Raises:")  # Google style, as the public API's docstrings are written
+
+
+def markdown(doc: str) -> str:
+    """A docstring with Google-style sections as Markdown: "Args:" and "Raises:" become lists of the names in
+    code, "Returns:" a paragraph; the prose around them is kept as written."""
+    out, section = [], None
+    for line in doc.splitlines():
+        if line.strip() in SECTIONS:
+            section = line.strip()
+            out += ["", f"**{section[:-1]}**", ""]
+        elif section and line.startswith("        "):  # an entry's continuation
+            out[-1] += " " + line.strip()
+        elif section and line.startswith("    "):
+            name, _, text = line.strip().partition(": ")
+            out.append(line.strip() if section == "Returns:" else f"- `{name}`: {text}")
+        else:
+            section = None if line.strip() else section
+            out.append(line)
+    return "\n".join(out).replace("\n\n\n", "\n\n")
 
 
 def entry(name: str, obj) -> str:
     signature = str(inspect.signature(obj)).replace("self, ", "").replace("(self)", "()")
-    doc = inspect.getdoc(obj) or ""
+    doc = markdown(inspect.getdoc(obj) or "")
     return f"### `{name}{signature}`\n\n{doc}\n"
 
 
@@ -37,6 +64,13 @@ def render() -> str:
     for name in ["tasks", "load", "run", "finetune", "evaluate", "visualize", "serve"]:
         if hasattr(taskzoo, name):
             parts.append(entry(f"taskzoo.{name}", getattr(taskzoo, name)))
+    from taskzoo import demo, testing
+
+    parts.append("## Testing kit and demo\n\nTiny random models and toy data for every task, offline "
+                 "(`taskzoo tiny-model`, `taskzoo demo` on the command line).\n")
+    for name, obj in [("taskzoo.testing.tiny_model", testing.tiny_model),
+                      ("taskzoo.testing.toy_dataset", testing.toy_dataset), ("taskzoo.demo.run_demo", demo.run_demo)]:
+        parts.append(entry(name, obj))
     parts.append("## A loaded task\n\n`taskzoo.load()` returns an instance of the task's class; all share these "
                  "methods (from `taskzoo.task.Task`).\n")
     for name in TASK_METHODS:

@@ -3,11 +3,19 @@
 # The package taskzoo/tasks/ shares its name with the function taskzoo.tasks(). Importing the package
 # first, then binding the function, keeps `taskzoo.tasks` the function: later imports of task modules
 # attach to the package in sys.modules and leave this attribute alone.
-import taskzoo.tasks  # noqa: F401  (isort: skip)
+import taskzoo.tasks  # noqa: F401
 from taskzoo.api import evaluate, finetune, load, run, tasks
-from taskzoo.errors import (DataError, ExistingRunError, ModelNotFoundError, TaskzooError, TrainingError,
-                            TrainingInterrupted, UnknownTaskError)
+from taskzoo.errors import (
+    DataError,
+    ExistingRunError,
+    ModelNotFoundError,
+    TaskzooError,
+    TrainingError,
+    TrainingInterrupted,
+    UnknownTaskError,
+)
 from taskzoo.serving import serve  # the web stack itself is imported when a server starts
+
 # The function shadows its module (taskzoo/visualize.py) as attribute, as tasks() does above.
 from taskzoo.visualize import visualize
 

@@ -11,15 +11,37 @@ from taskzoo.registry import TASKS, get_task
 
 
 def tasks() -> list[str]:
-    """The names of the registered tasks (aliases are accepted wherever a name is)."""
+    """The names of the registered tasks.
+
+    Returns:
+        The names, sorted. Their aliases (``"sentiment-analysis"``, ``"asr"``, ...) are accepted wherever a
+        name is.
+    """
     return sorted(TASKS)
 
 
 def load(task: str, model: str | os.PathLike | None = None, *, revision: str | None = None,
          device: str | None = None, trust_remote_code: bool = False, **options):
-    """Load a task with a model: a local folder, a packaged-model name, or a hub id (cache first).
+    """Load a task with a model, ready to predict, evaluate, fine-tune and save.
 
-    Without ``model`` the task's default checkpoint is used, pinned to its revision.
+    Args:
+        task: A task name or alias (see ``taskzoo.tasks()``), such as ``"text-classification"``.
+        model: A local folder, a packaged-model name (``"all-MiniLM-L6-v2"``) or a hub id (the local cache is
+            looked in first). None: the task's default checkpoint, pinned to its revision.
+        revision: The hub revision (branch, tag or commit) of ``model``.
+        device: Where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``). None: a CUDA GPU if
+            torch sees one, else the CPU.
+        trust_remote_code: Let transformers run code that ships in the model's folder.
+        **options: The task's own loading options (speech recognition's ``language``, text-to-image's
+            ``resolution``, ...; see the task's page in docs/tasks/).
+
+    Returns:
+        The loaded task: an instance of the task's class, a :class:`taskzoo.task.Task`.
+
+    Raises:
+        UnknownTaskError: ``task`` is neither a registered name nor an alias.
+        ModelNotFoundError: ``model`` was found nowhere, or holds a kind of model the task cannot load.
+        ValueError: ``device`` is not one torch can use here, or an option has a bad value.
     """
     from taskzoo.accelerators import check_device
 
@@ -50,16 +72,52 @@ def load(task: str, model: str | os.PathLike | None = None, *, revision: str | N
 
 
 def run(task: str, inputs: Any, model: str | os.PathLike | None = None, **options):
-    """Load and predict in one call: ``taskzoo.run("text-classification", ["great!"], model=...)``."""
+    """Load and predict in one call: ``taskzoo.run("text-classification", ["great!"], model=...)``.
+
+    Args:
+        task: A task name or alias.
+        inputs: One input, or a list of inputs (see ``Task.predict``).
+        model: As for :func:`load`.
+        **options: ``revision``, ``device`` and ``trust_remote_code`` go to :func:`load`; the rest to
+            ``Task.predict`` (``batch_size``, ``top_k``, ...).
+
+    Returns:
+        One output for one input, a list of outputs for a list.
+
+    Raises:
+        UnknownTaskError: ``task`` is not registered.
+        ModelNotFoundError: ``model`` cannot be loaded for ``task``.
+        ValueError: An input or an option is refused (the message names it).
+    """
     load_options = {k: options.pop(k) for k in ("revision", "device", "trust_remote_code") if k in options}
     return load(task, model, **load_options).predict(inputs, **options)
 
 
 def finetune(task: str, model: str | os.PathLike | None = None, train: Any = None, eval: Any = None,
              **config):
-    """Load ``model`` for ``task`` and fine-tune it; returns the TrainingResult (``.task`` is the model).
+    """Load ``model`` for ``task`` and fine-tune it, as ``taskzoo.load(task, model).finetune(train, ...)``.
 
-    ``config`` is what ``Task.finetune`` takes, ``metrics=[...]`` (your own metrics) and ``columns`` included."""
+    Args:
+        task: A task name or alias.
+        model: As for :func:`load`.
+        train: The training data: a ``datasets.Dataset`` or ``DatasetDict``, a file or folder path, or a list
+            of dicts (see ``Task.finetune``).
+        eval: Data to evaluate on during and after training; None: a DatasetDict's validation (or test) split,
+            if any.
+        **config: What ``Task.finetune`` takes: the fields of ``TrainingConfig`` (``epochs``,
+            ``learning_rate``, ``output_dir``, ``metrics``, ...), the task's ``finetune_options`` and
+            ``columns``.
+
+    Returns:
+        The ``TrainingResult``; its ``.task`` is the fine-tuned task.
+
+    Raises:
+        ValueError: No ``train`` data, or an option with a bad value.
+        TypeError: An option that neither ``TrainingConfig`` nor the task has (the message suggests one).
+        DataError: The data cannot be used (a missing column, an empty set, a bad value).
+        ExistingRunError: ``output_dir`` holds an earlier run; resume it or pass ``overwrite=True``.
+        TrainingError: Fine-tuning cannot go on (the loss became NaN, say).
+    """
     if train is None:
         raise ValueError("finetune() needs train= data.")
     zoo = load(task, model)
@@ -69,7 +127,25 @@ def finetune(task: str, model: str | os.PathLike | None = None, train: Any = Non
 
 def evaluate(task: str, model: str | os.PathLike | None = None, data: Any = None, metrics: Any = None,
              **options) -> dict[str, float]:
-    """Load ``model`` for ``task`` and evaluate it on ``data``, with your own ``metrics`` next to the task's."""
+    """Load ``model`` for ``task`` and evaluate it on ``data``, with your own ``metrics`` next to the task's.
+
+    Args:
+        task: A task name or alias.
+        model: As for :func:`load`.
+        data: Labelled data, in any form ``Task.evaluate`` takes.
+        metrics: Your own metrics: a function ``(predictions, references) -> {name: number}``, an ``evaluate``
+            module, a metric script's path, or a list or ``{prefix: metric}`` dict of those
+            (:mod:`taskzoo.custom_metrics`).
+        **options: ``Task.evaluate``'s ``batch_size``, ``columns`` and ``mixed_precision``.
+
+    Returns:
+        ``{metric name: value}``, the task's primary metric included.
+
+    Raises:
+        ValueError: No ``data``.
+        DataError: The data cannot be used for the task.
+        MetricError: One of your metrics failed (the message names it).
+    """
     if data is None:
         raise ValueError("evaluate() needs data=.")
     return load(task, model).evaluate(data, metrics=metrics, **options)

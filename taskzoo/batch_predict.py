@@ -23,8 +23,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from taskzoo import data as data_utils
-from taskzoo import streaming
+from taskzoo import data as data_utils, streaming
 from taskzoo.errors import DataError
 from taskzoo.result_files import OutputFiles, json_line
 
@@ -85,7 +84,8 @@ class Rows:
         except KeyError as error:
             column = error.args[0]
             raise DataError(f"Row {index} of {self.name} has no column {column!r}, which {self.task.name} predicts "
-                            f"from; its columns: {list(row)}. Rename yours with columns={{'yours': {column!r}}}.")
+                            f"from; its columns: {list(row)}. Rename yours with columns={{'yours': {column!r}}}."
+                            ) from None
         read = [column for column in dict.fromkeys(row.read) if column in row]
         parts = item if isinstance(item, tuple) else (item,)
         if any(part is None for part in parts):
@@ -179,7 +179,8 @@ def predict_to_jsonl(task, data, output: str | os.PathLike, *, batch_size: int |
                      columns: Mapping[str, str] | None = None, id_column: str | None = None, resume: bool = False,
                      save_visuals: str | os.PathLike | None = None, progress: bool | None = None,
                      **options) -> Path:
-    """Predict every row of ``data`` into ``output``, one JSON line per row in input order (see Task.predict_to_jsonl)."""
+    """Predict every row of ``data`` into ``output``, one JSON line per row in input order
+    (see Task.predict_to_jsonl)."""
     return write_predictions(task, Rows(task, data, columns, id_column), output, batch_size=batch_size,
                              resume=resume, save_visuals=save_visuals, progress=progress, **options)
 

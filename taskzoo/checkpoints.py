@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -226,8 +227,10 @@ class RunLog:
             self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
     def info(self, message: str) -> None:
+        # On standard error, beside the progress bar: standard output is the caller's (the CLI prints its JSON
+        # result there, so `taskzoo finetune ... > result.json` holds nothing else).
         if self.accelerator.is_local_main_process:
-            tqdm.write(message)
+            tqdm.write(message, file=sys.stderr)
 
 
 def history_charts(records: list[dict], metric: str) -> list[tuple[str, list[tuple[int, float]]]]:

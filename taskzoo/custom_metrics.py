@@ -68,7 +68,7 @@ def load_metric(spec: str | os.PathLike):
         raise ValueError(f"Metric {str(spec)!r}: no such metric script or folder.")
     try:
         return evaluate.load(str(spec))
-    except Exception as error:  # noqa: BLE001 - evaluate raises many kinds when the hub is out of reach
+    except Exception as error:  # evaluate raises many kinds when the hub is out of reach
         raise ValueError(f"Could not load the evaluate metric {str(spec)!r}: it is not a local script or folder, "
                          "and a name loads only from the Hugging Face hub or its cache "
                          f"({type(error).__name__}: {str(error)[:200]}). Pass the path of a local metric "
@@ -162,10 +162,7 @@ LOWER_IS_BETTER = {"loss", "error", "errors", "wer", "cer", "mer", "wil", "ter",
 
 def greater_is_better(key: str, metric_name: str | None = None) -> bool:
     """Whether a higher ``key`` is better, from its words, else from those of the metric that reported it."""
-    for name in (key, metric_name or ""):
-        if set(re.split(r"[^a-z0-9]+", name.lower())) & LOWER_IS_BETTER:
-            return False
-    return True
+    return not any(set(re.split(r"[^a-z0-9]+", name.lower())) & LOWER_IS_BETTER for name in (key, metric_name or ""))
 
 
 def _is_number(value: Any) -> bool:

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
-from datasets import Image as ImageFeature
+from datasets import Dataset, DatasetDict, Image as ImageFeature
 
 from taskzoo import streaming
 from taskzoo.errors import DataError
@@ -46,7 +45,7 @@ def read_table(path: str | os.PathLike) -> Dataset:
         )
     try:
         return reader(str(path))
-    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+    except Exception as error:  # re-raised with the file named
         raise DataError(f"Could not read {path}: {error}") from error
 
 
@@ -405,7 +404,7 @@ def load_audio(audio: Any, sampling_rate: int):
             raise DataError(f"Audio file {source} does not exist.")
         try:
             audio, rate = soundfile.read(audio, dtype="float32", always_2d=False)
-        except Exception as error:  # noqa: BLE001 - libsndfile's errors vary; name the file
+        except Exception as error:  # libsndfile's errors vary; name the file
             raise DataError(f"Audio {source} could not be decoded (not audio, or corrupted): {error}") from error
     waveform = np.asarray(audio, dtype=np.float32)
     if waveform.ndim == 2:  # (samples, channels) from soundfile, or (channels, samples) from users

@@ -136,8 +136,22 @@ def output_folder(requested: str | os.PathLike | None) -> Path:
 
 def run_demo(names: list[str] | None = None, output_dir: str | os.PathLike | None = None,
              progress: bool = True, alongside: tuple[str, ...] = ALONGSIDE) -> list[dict]:
-    """The tour of ``names`` (default: every task). Unknown names are refused before anything runs. Those in
-    ``alongside`` run in a second process at the same time, where there is a second core (see ALONGSIDE)."""
+    """``taskzoo demo``: each task's tiny model evaluated, fine-tuned on toy data, evaluated again and asked
+    to predict, offline; a table of the scores, and pictures with an index.html report.
+
+    Args:
+        names: Task names or aliases; None: every task. Unknown names are refused before anything runs.
+        output_dir: The folder for the pictures and report; None: ./taskzoo-demo (-2, -3, ... if taken).
+        progress: Show the fine-tuning progress bars.
+        alongside: Tasks run in a second process at the same time, where there is a second core (ALONGSIDE).
+
+    Returns:
+        The table's rows, one dict per task: its metric before and after fine-tuning, a sample prediction,
+        the pictures.
+
+    Raises:
+        UnknownTaskError: A name is not a registered task.
+    """
     import taskzoo
 
     names = [canonical_name(name) for name in names] if names else taskzoo.tasks()

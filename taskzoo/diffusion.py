@@ -6,6 +6,7 @@ What differs between the pipeline families is in taskzoo.diffusion_families."""
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -119,21 +120,28 @@ def load_lora(denoiser: torch.nn.Module, prefix: str, name: str, path: Path) -> 
 
 
 def training_pixels(image, size: int) -> tuple[torch.Tensor, list[int]]:
-    """An image scaled (shorter side) and centre-cropped to ``size``, as CHW in [-1, 1], as diffusers' training
-    scripts prepare them; and its size ids (original height and width, crop top and left, target height and
-    width), which SDXL reads."""
-    import numpy as np
-    from PIL import Image
-
+    """An image scaled (shorter side, bilinear) and centre-cropped to ``size``, as CHW in [-1, 1], as diffusers'
+    training scripts prepare them; and its size ids (original height and width, crop top and left, target height
+    and width), which SDXL reads."""
     from taskzoo.data import load_image
 
     image = load_image(image)
-    original, scale = [image.height, image.width], size / min(image.size)
-    image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
-                         Image.BILINEAR)
-    left, top = (image.width - size) // 2, (image.height - size) // 2
-    array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1), [*original, top, left, size, size]
+    pixels = _crop_processor().preprocess(image, size, size, resize_mode="crop")[0]
+    # Where that crop took the square from: the processor scales the shorter side to size (flooring the
+    # longer) and centres the image on the square.
+    width, height = image.size
+    scaled = (width * size // height, size) if width >= height else (size, height * size // width)
+    left, top = scaled[0] // 2 - size // 2, scaled[1] // 2 - size // 2
+    return pixels, [height, width, top, left, size, size]
+
+
+@cache
+def _crop_processor():
+    from diffusers.image_processor import VaeImageProcessor
+
+    # Bilinear as the training scripts resize (the processor's default is lanczos); scale factor 1: the task
+    # has checked the size, so nothing is rounded to the VAE's multiple.
+    return VaeImageProcessor(vae_scale_factor=1, resample="bilinear")
 
 
 class EMA:

@@ -323,8 +323,13 @@ class Flux(Family):
 
 def family_of(pipeline) -> Family:
     """The family of a loaded pipeline; other pipelines are refused, naming the ones supported."""
-    from diffusers import (FluxPipeline, PixArtAlphaPipeline, PixArtSigmaPipeline, StableDiffusion3Pipeline,
-                           StableDiffusionXLPipeline)
+    from diffusers import (
+        FluxPipeline,
+        PixArtAlphaPipeline,
+        PixArtSigmaPipeline,
+        StableDiffusion3Pipeline,
+        StableDiffusionXLPipeline,
+    )
 
     for classes, family in (((StableDiffusionXLPipeline,), SDXL), ((StableDiffusion3Pipeline,), SD3),
                             ((PixArtAlphaPipeline, PixArtSigmaPipeline), PixArt), ((FluxPipeline,), Flux)):

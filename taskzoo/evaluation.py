@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from taskzoo import streaming
 from taskzoo.accelerators import new_accelerator
 from taskzoo.custom_metrics import Evaluation, MetricError, MetricSet
+from taskzoo.errors import DataError
 
 
 def run_evaluation(task, model: torch.nn.Module, loader: DataLoader, accelerator,
@@ -54,7 +55,7 @@ def run_evaluation(task, model: torch.nn.Module, loader: DataLoader, accelerator
     if accelerator.is_main_process:
         try:
             evaluation = score(task, pairs, metrics)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - raised below, after the other processes are told
             failed = error
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
@@ -79,20 +80,28 @@ def score(task, pairs: list, metrics: MetricSet | None) -> Evaluation:
     return metrics.compute(*task.metric_inputs(predictions, references), builtin)
 
 
-def evaluate_task(task, dataset, batch_size: int, mixed_precision: str = "no",
-                  metrics: MetricSet | None = None) -> dict[str, float]:
-    """Evaluate ``task.model`` on a prepared dataset (standalone, outside fine-tuning).
+def evaluate_task(task, data, batch_size: int | None = None, columns=None, mixed_precision: str = "no",
+                  metrics=None) -> dict[str, float]:
+    """What :meth:`taskzoo.task.Task.evaluate` does (standalone, outside fine-tuning): load, check and prepare
+    ``data``, then evaluate ``task.model`` on it.
 
     A metric of yours that fails raises :class:`~taskzoo.custom_metrics.MetricError` naming it; the scores
     that were computed ride along on the error (``error.metrics``), so the evaluation is not lost.
     """
+    task.warn_if_untrained()
+    metrics = MetricSet.of(metrics)  # scripts load (and bad items are refused) before any work
+    dataset = task.load_data(data, "eval", columns)
+    if dataset is None:
+        raise DataError("The DatasetDict has no validation or test split to evaluate on.")
+    dataset = task.prepared(dataset, training=False)
     accelerator = new_accelerator(mixed_precision=mixed_precision)
-    loader = eval_loader(task, dataset, batch_size, accelerator)
+    loader = eval_loader(task, dataset, batch_size or task.default_batch_size, accelerator)
     task.model.to(accelerator.device)
     evaluation = run_evaluation(task, task.model, loader, accelerator, metrics)
     if evaluation.failures:
         raise MetricError(f"{task.name}: your metric failed: {evaluation.failure_text()}. The other scores are on "
                           "this error's .metrics.", evaluation.metrics, evaluation.failures)
+    task.warn_truncated("evaluate")
     return evaluation.metrics
 
 

@@ -7,8 +7,7 @@ import tempfile
 
 import torch
 
-from taskzoo import data as data_utils
-from taskzoo import strategies, streaming
+from taskzoo import data as data_utils, strategies, streaming
 from taskzoo.errors import DataError
 from taskzoo.models import load_reports_hidden
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from functools import lru_cache
+from functools import cache
 
 # Set by a task's own predict override, not by its callers (speech recognition batches windows by batch_size).
 SET_BY_PREDICT = ("window_batch",)
@@ -47,7 +47,7 @@ BY_DEFAULT = {bool: ("true or false", lambda v: isinstance(v, bool)),
               float: ("a number", lambda v: _number(v))}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _signature_options(task_class) -> tuple[dict[str, inspect.Parameter], bool]:
     """(name -> parameter, whether predict_batch passes other keywords on) for a task class."""
     from taskzoo.task import Task
@@ -77,7 +77,7 @@ def option_defaults(task) -> dict:
             for name in option_names(task)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def generation_names(model_class=None) -> frozenset[str]:
     """What ``generate()`` takes: generation config fields and generate's own parameters (the model class's,
     where given: Whisper's generate adds language, task, ...)."""

@@ -120,13 +120,11 @@ class OutputFiles:
         sources = [self.output, *(self.part(rank) for rank in range(self.world))]
         try:
             with open(merging, "wb") as handle:
-                expected = 0
-                for index, line in heapq.merge(*map(_indexed_lines, sources)):
+                for expected, (index, line) in enumerate(heapq.merge(*map(_indexed_lines, sources))):
                     if index != expected:
                         raise DataError(f"Cannot merge {self.output}: its part files skip or repeat a row (row "
                                         f"{expected} expected, row {index} found); run again with resume.")
                     handle.write(line)
-                    expected += 1
                 handle.flush()
                 os.fsync(handle.fileno())
         except BaseException:

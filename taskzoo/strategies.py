@@ -15,7 +15,6 @@ import re
 
 import torch
 
-
 # Where base_model_prefix names no child (UperNet has none; CLIP and SigLIP classifiers keep their body as
 # vision_model), the body is the children that transformers' conventions name as a pretrained network: a
 # backbone (load_backbone: UperNet, DETR-style heads), a vision tower, or an encoder with its embeddings.

@@ -1,9 +1,6 @@
-"""The contract every task fills, and the shared API built on it.
+"""The contract every task fills, and the shared API built on it. A task file subclasses :class:`Task` with:
 
-A task file subclasses :class:`Task` and fills in:
-
-- ``from_pretrained(path, **options)``: load model and processor from a local folder (``new_weights``: the head's);
-- ``save(path)``: write a normal HF folder that the plain library loaders open;
+- ``from_pretrained(path, **options)`` (``new_weights``: the head's) and ``save(path)``: a normal HF folder;
 - ``required_columns`` and ``prepare(dataset, training)``: check values and convert them (labels to ids);
 - ``prepare_for_training(dataset)``: optional, adapt the model to the data (a new classification head);
 - ``collate(examples)``: a list of rows -> a batch of tensors, used for training and evaluation;
@@ -19,8 +16,7 @@ A task file subclasses :class:`Task` and fills in:
 - optionally, the facts that serving, the playground, result files and the demo read (``input_type``,
   ``example_input``, ``outputs_images``, ``shown_metric``, ``playground_form``, ``draw``): their section below.
 
-Everything else (predict, evaluate, finetune) is shared and lives here, in batching.py, evaluation.py
-and training.py.
+Everything else (predict, evaluate, finetune) is shared: here, in batching.py, evaluation.py and training.py.
 """
 
 from __future__ import annotations
@@ -33,11 +29,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from taskzoo import data as data_utils
-from taskzoo import strategies, streaming
+from taskzoo import data as data_utils, strategies, streaming
 from taskzoo.accelerators import default_device
 from taskzoo.batching import predict_in_batches
-from taskzoo.errors import DataError, warn_at_caller
+from taskzoo.errors import warn_at_caller
 from taskzoo.models import library_bars_hidden
 from taskzoo.predict_options import check_options
 
@@ -85,12 +80,19 @@ class Task:
     # ------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **options) -> Task:
+        """The task loaded from the local folder ``path`` (what :func:`taskzoo.load` calls once it found it)."""
         raise NotImplementedError
 
     @library_bars_hidden()
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a normal HF folder: the model (LoRA adapters merged unless save_merged=False) and its
-        processor, which the plain library loaders open. Tasks with more to write override this."""
+        """Write a normal HF folder that ``taskzoo.load(task, model=path)`` and the plain library loaders open.
+
+        Args:
+            path: The folder, for the model (LoRA adapters merged unless ``save_merged=False``) and processor.
+
+        Returns:
+            ``path``, as a Path.
+        """
         self.model_to_save().save_pretrained(path)
         self.processor.save_pretrained(path)
         return Path(path)
@@ -191,22 +193,41 @@ class Task:
 
     def predict(self, inputs: Any, batch_size: int | None = None, progress: bool | None = None,
                 mixed_precision: str = "no", compile: bool = False, num_workers: int = 0, **options) -> Any:
-        """Predict one input or a list of inputs. One input gives one output, a list gives a list.
+        """Predict one input or a list of inputs.
 
-        ``mixed_precision="bf16"`` (opt-in) runs the forward passes under bf16 autocast: several times
-        faster on CPUs and GPUs with bf16 matrix units, with scores that differ in the third decimal.
-        ``compile=True`` (opt-in) runs them through ``torch.compile``: the first call spends tens of
-        seconds compiling, so it pays off on long runs (see :meth:`compiled`). ``num_workers=N`` decodes
-        and preprocesses the next batches in N processes while the model runs (images and audio): it
-        helps where decoding is a large share of the time and there are cores to spare.
+        Args:
+            inputs: One input, in the task's form (a string, an image, an audio file, ...), or a list of them.
+            batch_size: Inputs per forward pass (length-sorted batches); None: the task's default.
+            progress: Show a progress bar; None: where there are more than 10 batches.
+            mixed_precision: ``"bf16"`` or ``"fp16"`` (opt-in) runs the forward passes under autocast: several
+                times faster with bf16 matrix units (CPU or GPU), scores differing in the third decimal.
+            compile: Run them through ``torch.compile`` (opt-in; the first call compiles for tens of seconds).
+            num_workers: Processes that decode and preprocess the next batches (images, audio) as the model runs.
+            **options: The task's own options (``top_k``, ``max_new_tokens``, ...; docs/tasks/).
+
+        Returns:
+            One output for one input; for a list, a list of outputs in input order.
+
+        Raises:
+            ValueError: An input of the wrong kind, or an unknown option or bad value (the message names it).
         """
         return predict_in_batches(self, inputs, batch_size, progress, mixed_precision, compile, num_workers, options)
 
     def predict_to_jsonl(self, data: Any, output: str | os.PathLike, **options) -> Path:
-        """Predict every row of ``data`` (a data file or folder of any size, a Dataset, an IterableDataset or
-        a list of dicts) into ``output``: one JSON line ``{"index", "id", "output"}`` per row, in input order;
-        resumable, and shared by the processes of ``accelerate launch``. Options: ``batch_size``, ``columns``,
-        ``id_column``, ``resume``, ``save_visuals``, ``progress`` and predict's own. See docs/predict.md."""
+        """Predict every row of ``data`` into ``output``, under ``accelerate launch`` too; see docs/predict.md.
+
+        Args:
+            data: A data file or folder of any size, a Dataset, an IterableDataset or a list of dicts.
+            output: The JSON lines file: ``{"index", "id", "output"}`` per row, in input order.
+            **options: ``batch_size``, ``columns``, ``id_column``, ``resume`` (go on after the rows already
+                there), ``save_visuals`` (a folder for drawings), ``progress``, and predict's own options.
+
+        Returns:
+            ``output``, as a Path.
+
+        Raises:
+            DataError: A row lacks a column or its value is bad, or ``resume`` finds lines it cannot go on from.
+        """
         from taskzoo.batch_predict import predict_to_jsonl
 
         return predict_to_jsonl(self, data, output, **options)
@@ -272,68 +293,50 @@ class Task:
     @library_bars_hidden()
     def evaluate(self, data: Any, batch_size: int | None = None, columns: Mapping[str, str] | None = None,
                  mixed_precision: str = "no", metrics: Any = None) -> dict[str, float]:
-        """Score the model on labelled data; returns ``{metric: value}`` with the primary metric, and with
-        your own ``metrics`` (see :mod:`taskzoo.custom_metrics`; one that fails raises ``MetricError``)."""
-        from taskzoo.custom_metrics import MetricSet
+        """Score the model on labelled data.
+
+        Args:
+            data: A Dataset, DatasetDict (its validation, else test, split), file or folder path, or list of dicts.
+            batch_size: Samples per forward pass; None: the task's default.
+            columns: ``{your column: the task's}`` renames, e.g. ``{"review": "text"}``.
+            mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"``, as in :meth:`predict`.
+            metrics: Your own metrics, scored next to the task's (:mod:`taskzoo.custom_metrics`).
+
+        Returns:
+            ``{metric name: value}``, the task's primary metric included.
+
+        Raises:
+            DataError: A column is missing or a value is bad (the message names it), or the data is empty.
+            MetricError: One of your metrics failed; ``.metrics`` holds what was computed.
+        """
         from taskzoo.evaluation import evaluate_task
 
-        self.warn_if_untrained()
-        metrics = MetricSet.of(metrics)  # scripts load (and bad items are refused) before any work
-        dataset = self.load_data(data, "eval", columns)
-        if dataset is None:
-            raise DataError("The DatasetDict has no validation or test split to evaluate on.")
-        dataset = self.prepared(dataset, training=False)
-        scores = evaluate_task(self, dataset, batch_size=batch_size or self.default_batch_size,
-                               mixed_precision=mixed_precision, metrics=metrics)
-        self.warn_truncated("evaluate")
-        return scores
+        return evaluate_task(self, data, batch_size, columns, mixed_precision, metrics)
 
     @library_bars_hidden()
     def finetune(self, train: Any, eval: Any = None, columns: Mapping[str, str] | None = None, **config):
-        """Fine-tune on ``train`` (evaluating on ``eval``) with the shared Accelerate loop.
+        """Fine-tune on ``train`` with the shared Accelerate loop (``accelerate launch`` runs it unchanged).
 
-        ``config`` takes the fields of :class:`taskzoo.training.TrainingConfig` (epochs, learning_rate,
-        output_dir, strategy, metrics, ...) and the task's own ``finetune_options``; a metric of yours that
-        fails is logged and the run goes on. Returns a
-        :class:`taskzoo.training.TrainingResult`. With a DatasetDict and no ``eval``, its validation
-        (or test) split is used for evaluation.
+        Args:
+            train: A Dataset, IterableDataset, DatasetDict (its train split), file or folder path, or list of dicts.
+            eval: Data to evaluate on, in the same forms; None: a DatasetDict's validation (or test) split, if any.
+            columns: ``{your column: the task's}`` renames, for ``train`` and ``eval``.
+            **config: :class:`taskzoo.training.TrainingConfig`'s fields (``epochs``, ``learning_rate``,
+                ``output_dir``, ``strategy``, ``metrics``: yours, logged if they fail) and ``finetune_options``.
+
+        Returns:
+            A :class:`taskzoo.training.TrainingResult`: steps, metrics, history, best checkpoint.
+
+        Raises:
+            TypeError: An option that neither TrainingConfig nor the task has (the message suggests one).
+            DataError: A column is missing or a value is bad (the message names it).
+            ExistingRunError: ``output_dir`` holds an earlier run: resume it or pass ``overwrite=True``.
+            TrainingError: Fine-tuning cannot go on (the loss became NaN, say).
+            TrainingInterrupted: Ctrl-C; the message says how to resume from the last checkpoint.
         """
-        from datasets import DatasetDict
+        from taskzoo.training import finetune_task
 
-        from taskzoo.training import TrainingConfig, train_task
-
-        self.__dict__.pop("_compiled", None)  # its frozen weights would go stale (see compiled())
-        own = {key: config.pop(key) for key in list(config) if key in self.finetune_options}
-        self.training_options = {**self.finetune_options, **own}
-        config = TrainingConfig.from_kwargs(self, **config)
-        loaded = data_utils.to_dataset(train, self.read_path)
-        train_set = self.load_data(loaded, "train", columns)
-        streaming.check_trainable(train_set, config.max_steps)
-        if eval is None:
-            splits = isinstance(loaded, (DatasetDict, streaming.IterableDatasetDict))
-            eval_set = self.load_data(loaded, "eval", columns) if splits else None
-        else:
-            eval_set = self.load_data(eval, "eval", columns)
-        torch.manual_seed(config.seed)  # a new head (or adapters) starts the same for the same seed
-        self.prepare_for_training(train_set)
-        self.apply_strategy(config.strategy)
-        train_set = self.prepared(train_set, training=True)
-        eval_set = self.prepared(eval_set, training=False) if eval_set is not None else None
-        trainer = self  # (a stream is never held in memory, so its features are not cached)
-        if config.strategy == "freeze" and self.cached_head and self.training_options.get("cache_features") \
-                and not streaming.is_stream(train_set):
-            from taskzoo.feature_cache import CachedHeadTraining, build_cache
-
-            batch_size = config.eval_batch_size or config.batch_size
-            train_set = build_cache(self, train_set, batch_size)
-            if eval_set is not None and not streaming.is_stream(eval_set):  # evaluated each epoch: cached too
-                eval_set = build_cache(self, eval_set, batch_size)
-            trainer = CachedHeadTraining(self)
-        result = train_task(trainer, train_set, eval_set, config)
-        self.head_trained = True
-        self.warn_truncated("finetune")
-        result.task = self
-        return result
+        return finetune_task(self, train, eval, columns, config)
 
     # Task-specific finetune() options and their defaults (EMA for diffusion, say), read from
     # self.training_options inside training_step and the hooks below. Subclasses extend this dict.

@@ -17,14 +17,54 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from taskzoo import checkpoints, streaming
+from taskzoo import checkpoints, data as data_utils, streaming
 from taskzoo.accelerators import new_accelerator
 from taskzoo.custom_metrics import greater_is_better
 from taskzoo.data import LengthGroupedSampler
 from taskzoo.errors import TrainingError, TrainingInterrupted
 from taskzoo.evaluation import eval_loader, run_evaluation
 from taskzoo.strategies import what_trains
-from taskzoo.training_config import TrainingConfig, TrainingResult  # noqa: F401 (taskzoo.training.TrainingConfig)
+from taskzoo.training_config import TrainingConfig, TrainingResult
+
+
+def finetune_task(task, train, eval, columns, config: dict) -> TrainingResult:
+    """What :meth:`taskzoo.task.Task.finetune` does: the task's own options apart, the data loaded and checked,
+    the model adapted to it (a new head, the strategy, cached features), then :func:`train_task`."""
+    from datasets import DatasetDict
+
+    task.__dict__.pop("_compiled", None)  # its frozen weights would go stale (see Task.compiled())
+    own = {key: config.pop(key) for key in list(config) if key in task.finetune_options}
+    task.training_options = {**task.finetune_options, **own}
+    config = TrainingConfig.from_kwargs(task, **config)
+    loaded = data_utils.to_dataset(train, task.read_path)
+    train_set = task.load_data(loaded, "train", columns)
+    streaming.check_trainable(train_set, config.max_steps)
+    if eval is None:
+        splits = isinstance(loaded, (DatasetDict, streaming.IterableDatasetDict))
+        eval_set = task.load_data(loaded, "eval", columns) if splits else None
+    else:
+        eval_set = task.load_data(eval, "eval", columns)
+    torch.manual_seed(config.seed)  # a new head (or adapters) starts the same for the same seed
+    task.prepare_for_training(train_set)
+    task.apply_strategy(config.strategy)
+    train_set = task.prepared(train_set, training=True)
+    eval_set = task.prepared(eval_set, training=False) if eval_set is not None else None
+    trainer = task  # (a stream is never held in memory, so its features are not cached)
+    if config.strategy == "freeze" and task.cached_head and task.training_options.get("cache_features") \
+            and not streaming.is_stream(train_set):
+        from taskzoo.feature_cache import CachedHeadTraining, build_cache
+
+        batch_size = config.eval_batch_size or config.batch_size
+        train_set = build_cache(task, train_set, batch_size)
+        if eval_set is not None and not streaming.is_stream(eval_set):  # evaluated each epoch: cached too
+            eval_set = build_cache(task, eval_set, batch_size)
+        trainer = CachedHeadTraining(task)
+    result = train_task(trainer, train_set, eval_set, config)
+    task.head_trained = True
+    task.warn_truncated("finetune")
+    result.task = task
+    return result
+
 
 def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingResult:
     """Fine-tune ``task.model`` on ``train_set``: set up, resume (or start fresh), the epoch loop, finish."""

@@ -23,14 +23,22 @@ LABELS_SHOWN = 3  # image classification: the top labels written below the image
 
 
 def visualize(image: Any, prediction: Any, path: str | os.PathLike | None = None):
-    """Draw ``prediction`` over ``image`` (a PIL image, a path or an array) and return the drawing.
+    """Draw ``prediction`` over ``image`` and return the drawing.
 
-    ``prediction`` is what predict returned for that image: a list of ``{"label", "score", "box"}`` (boxes,
-    drawn with "label 0.93" tags), of ``{"label", "score", "mask"}`` (masks overlaid, with a legend below) or of
-    ``{"label", "score"}`` (image classification: the first ``LABELS_SHOWN`` labels, in the order given, with
-    score bars below the image); ``score`` may be left out (ground truth). ``box`` is ``{"xmin", "ymin",
-    "xmax", "ymax"}`` or a list of those four, in the image's pixels. With ``path`` the drawing is also saved
-    there as a PNG.
+    Args:
+        image: A PIL image, a path or an array.
+        prediction: What predict returned for that image: a list of ``{"label", "score", "box"}`` (boxes,
+            drawn with "label 0.93" tags), of ``{"label", "score", "mask"}`` (masks overlaid, with a legend
+            below) or of ``{"label", "score"}`` (image classification: the first ``LABELS_SHOWN`` labels, in
+            the order given, with score bars below the image). ``score`` may be left out (ground truth);
+            ``box`` is ``{"xmin", "ymin", "xmax", "ymax"}`` or a list of those four, in the image's pixels.
+        path: Where to save the drawing as a PNG too; None: it is only returned.
+
+    Returns:
+        The drawing, a PIL RGB image, enlarged where the image is small.
+
+    Raises:
+        ValueError: An item has neither a ``box`` nor a ``mask`` (and the items are not labels alone).
     """
     from PIL import Image, ImageDraw
 

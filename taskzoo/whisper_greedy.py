@@ -23,7 +23,9 @@ GREEDY_DEFAULTS = {"num_beams": 1, "do_sample": False, "no_speech_threshold": No
 def greedy_tokens(task, model, input_features: torch.Tensor, options: dict) -> torch.Tensor | None:
     """``decode`` within taskzoo's length limit, the outputs cut by it counted on ``task`` (as
     ``generation.generate`` does); None where these options or this checkpoint need ``generate``."""
-    model = getattr(model, "module", model)  # DistributedDataParallel
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)  # DistributedDataParallel hides the model's config and encoder
     model = model.get_base_model() if strategies.is_peft(model) else model  # LoRA layers sit inside it
     if not applies(model, options):
         return None

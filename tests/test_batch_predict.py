@@ -1,6 +1,7 @@
 """Prediction at scale: rows of a file or folder -> one JSON line per row, in order, resumable, over N processes."""
 
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -273,10 +274,8 @@ def kill_tree(pid: int) -> None:
         family += children.get(family[index], [])
         index += 1
     for member in family:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(member, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.slow

@@ -81,7 +81,7 @@ def test_finetune_evaluate_predict_round_trip(tiny_model_path, tmp_path):
                         "--columns", "review=text", "--epochs", 3, "--learning-rate", 3e-3,
                         "--batch-size", 16, "--set", "progress=false")
     assert tuned.returncode == 0, tuned.stderr
-    summary = json.loads(tuned.stdout.strip().splitlines()[-1])
+    summary = json.loads(tuned.stdout)  # all of it: the run's own lines go to standard error
     assert summary["metric"] == "accuracy" and summary["best_metric"] >= 0.9
     # A line per evaluation (one per epoch); none of the libraries' own progress bars.
     evaluations = [line.split() for line in tuned.stderr.splitlines() if line.startswith("step ")]
@@ -103,6 +103,29 @@ def test_finetune_evaluate_predict_round_trip(tiny_model_path, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [line["output"][0]["label"] for line in lines] == ["positive", "negative"]
     assert lines[0]["input"] == "a great lovely film" and len(lines[0]["output"]) == 2
+
+
+def test_finetune_and_evaluate_print_only_their_json_result_on_standard_output(tiny_model_path, tmp_path):
+    """`taskzoo finetune ... > result.json` gives a JSON file: the progress bar, the run's log lines
+    (checkpoints, the run's size) and the evaluation lines all go to standard error."""
+    rows = toy_dataset("text-classification", 32)
+    names = rows.features["label"].names
+    data = tmp_path / "reviews.jsonl"
+    Dataset.from_list([{"text": row["text"], "label": names[row["label"]]} for row in rows]).to_json(data)
+    model = tiny_model_path("text-classification")
+    tuned = taskzoo_cli("finetune", "text-classification", "--model", model, "--train", data, "--eval", data,
+                        "--output-dir", tmp_path / "run", "--max-steps", 4, "--batch-size", 8,
+                        "--set", "eval_every=2", "--set", "checkpoint_every=2")  # progress bar on: the default
+    assert tuned.returncode == 0, tuned.stderr
+    summary = json.loads(tuned.stdout)
+    assert summary["steps"] == 4 and set(summary["final_metrics"]) >= {"accuracy", "macro_f1"}
+    assert "Fine-tuning text-classification: 32 samples" in tuned.stderr
+    assert "Checkpoint at step 2" in tuned.stderr and "text-classification: fine-tune" in tuned.stderr
+    assert [line.split()[1] for line in tuned.stderr.splitlines() if line.startswith("step ")] == ["2", "4"]
+
+    scored = taskzoo_cli("evaluate", "text-classification", "--model", tmp_path / "run" / "last", "--data", data)
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout) == pytest.approx(summary["final_metrics"], abs=1e-6)
 
 
 def test_predict_pairs_as_json(tiny_model_path):

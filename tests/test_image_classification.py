@@ -136,8 +136,10 @@ def test_a_class_named_like_a_split_stays_a_class_and_metadata_names_missing_fil
     assert data.features["label"].names == ["bus", "car", "train", "van"] and len(data) == 12
     names = data.features["label"].names
     assert all(Path(row["image"]["path"]).parent.name == names[row["label"]] for row in data)  # undecoded paths
-    lines = [json.dumps({"file_name": f"car/{p.name}", "label": "car"}) for p in (tmp_path / "vehicles" / "car").iterdir()]
-    (tmp_path / "vehicles" / "metadata.jsonl").write_text("\n".join([*lines, '{"file_name": "gone.png", "label": "car"}']))
+    cars = (tmp_path / "vehicles" / "car").iterdir()
+    lines = [json.dumps({"file_name": f"car/{p.name}", "label": "car"}) for p in cars]
+    lines.append('{"file_name": "gone.png", "label": "car"}')
+    (tmp_path / "vehicles" / "metadata.jsonl").write_text("\n".join(lines))
     with pytest.raises(DataError, match="1 missing file.*gone.png"):
         zoo.read_path(tmp_path / "vehicles")
 

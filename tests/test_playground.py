@@ -124,7 +124,8 @@ def test_object_detection_draws_boxes_on_the_image(open_page, tmp_path):
         const canvas = document.getElementById("drawing");
         const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
         let count = 0;
-        for (let i = 0; i < data.length; i += 4) if (data[i] === 230 && data[i + 1] === 159 && data[i + 2] === 0) count++;
+        for (let i = 0; i < data.length; i += 4)
+          if (data[i] === 230 && data[i + 1] === 159 && data[i + 2] === 0) count++;
         return [[canvas.width, canvas.height], count];
     }""")
     assert size[0] >= image.width and size[0] * image.height == size[1] * image.width

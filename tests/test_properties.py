@@ -3,8 +3,7 @@
 import string
 
 from datasets import Dataset
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from taskzoo import data, metrics
 

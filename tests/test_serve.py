@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not installed")
-import httpx  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image  # noqa: E402
+import httpx
+from fastapi.testclient import TestClient
+from PIL import Image
 
-import taskzoo  # noqa: E402
-from taskzoo.data import load_image  # noqa: E402
-from taskzoo.serving import create_app  # noqa: E402
-from taskzoo.serving.codec import Limits  # noqa: E402
-from taskzoo.testing import toy_dataset  # noqa: E402
+import taskzoo
+from taskzoo.data import load_image
+from taskzoo.serving import create_app
+from taskzoo.serving.codec import Limits
+from taskzoo.testing import toy_dataset
 
 TASKS = ["text-classification", "sentence-similarity", "translation", "automatic-speech-recognition",
          "text-to-image", "image-classification", "object-detection", "image-segmentation"]
@@ -95,7 +95,8 @@ def assert_same(answer, expected, where="output"):
         for key in expected:
             assert_same(answer[key], expected[key], f"{where}.{key}")
     elif isinstance(expected, (list, tuple)):
-        assert isinstance(answer, list) and len(answer) == len(expected), f"{where}: {answer!r:.200} vs {expected!r:.200}"
+        assert isinstance(answer, list), f"{where}: {answer!r:.200} vs {expected!r:.200}"
+        assert len(answer) == len(expected), f"{where}: {answer!r:.200} vs {expected!r:.200}"
         for i, (a, e) in enumerate(zip(answer, expected)):
             assert_same(a, e, f"{where}[{i}]")
     elif isinstance(expected, float):

@@ -11,14 +11,14 @@ import time
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not installed")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-import taskzoo  # noqa: E402
-from taskzoo.cli import main  # noqa: E402
-from taskzoo.serving import create_app  # noqa: E402
-from taskzoo.serving.app import LoadingApp  # noqa: E402
-from taskzoo.serving.batching import Batcher, LengthGroupedPredict  # noqa: E402
-from taskzoo.serving.process import free_port  # noqa: E402
+import taskzoo
+from taskzoo.cli import main
+from taskzoo.serving import create_app
+from taskzoo.serving.app import LoadingApp
+from taskzoo.serving.batching import Batcher, LengthGroupedPredict
+from taskzoo.serving.process import free_port
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def test_mixed_lengths_run_in_groups_with_the_outputs_in_order(classifier, monke
     grouped.timings.extend((units, 0.005 + 0.00001 * units) for units in range(10, 1000, 90))  # fixed: 500 chars
     calls = []
     predict = classifier.predict
-    monkeypatch.setattr(classifier, "predict", lambda items, **options: calls.append(items) or predict(items, **options))
+    monkeypatch.setattr(classifier, "predict",
+                        lambda items, **options: calls.append(items) or predict(items, **options))
     outputs = grouped(texts, {})
     # One call would pad all seven to 385 characters; two calls, the long three and the short four, cost less.
     assert [sorted(map(len, call)) for call in calls] == [[200, 300, 385], [4, 8, 10, 12]]
@@ -101,9 +102,10 @@ def test_the_batcher_waits_for_company_only_after_a_batch_that_had_some():
     assert lone_seconds < 0.3  # not the 0.6 s wait
 
 
-@pytest.mark.parametrize("inputs,where", [(["good film", 3], "inputs[1] is a JSON number (3)"),
-                                          ({"text": "good", "text_pair": True}, "inputs.text_pair is a JSON boolean (true)"),
-                                          ([["good", "film"], ["bad", 7.5]], "inputs[1][1] is a JSON number (7.5)")])
+@pytest.mark.parametrize("inputs,where", [
+    (["good film", 3], "inputs[1] is a JSON number (3)"),
+    ({"text": "good", "text_pair": True}, "inputs.text_pair is a JSON boolean (true)"),
+    ([["good", "film"], ["bad", 7.5]], "inputs[1][1] is a JSON number (7.5)")])
 def test_a_number_among_texts_is_refused_by_its_place(classifier, inputs, where):
     answer = TestClient(create_app(classifier)).post("/predict", json={"inputs": inputs})
     assert answer.status_code == 400

@@ -9,11 +9,11 @@ import time
 import pytest
 
 pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not installed")
-import httpx  # noqa: E402
+import httpx
 
-import taskzoo  # noqa: E402
-from taskzoo.cli import main  # noqa: E402
-from taskzoo.serving.process import ServerProcess as Server  # noqa: E402
+import taskzoo
+from taskzoo.cli import main
+from taskzoo.serving.process import ServerProcess as Server
 
 
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_model_path):

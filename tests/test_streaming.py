@@ -103,8 +103,8 @@ def test_sentence_similarity_stream_keeps_one_score_scale(tiny_model_path):
 def test_checkpoints_are_written_by_default_and_resume_latest_finds_them(tiny_model_path, tmp_path):
     zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
     train, held_out = toy_dataset("text-classification", 32), toy_dataset("text-classification", 8, seed=1)
-    result = zoo.finetune(train, eval=held_out, max_steps=10, batch_size=8, eval_every=3, progress=False,
-                          output_dir=str(tmp_path / "run"))
+    zoo.finetune(train, eval=held_out, max_steps=10, batch_size=8, eval_every=3, progress=False,
+                 output_dir=str(tmp_path / "run"))
     # Evaluations at 3, 6, 9 (and at the end, 10: no checkpoint, last/ holds it) and epoch ends at 4, 8.
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-8", "step-9"]
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-9" / "taskzoo_state.json").read_text())

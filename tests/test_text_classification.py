@@ -199,7 +199,7 @@ def test_scores_follow_the_heads_problem_type_as_the_pipeline_does(tiny_model_pa
     reference = pipeline("text-classification", model=str(tmp_path), device="cpu")
     texts = ["good film", "the plot was really dull and boring", "a"]
     ours = zoo.predict(texts, batch_size=2)
-    for text, mine, theirs in zip(texts, ours, reference(texts)):
+    for mine, theirs in zip(ours, reference(texts)):
         assert mine["label"] == theirs["label"] and mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
     if problem_type == "regression":  # the raw output, not squashed into (0, 1)
         logits = model.eval()(**AutoTokenizer.from_pretrained(source)(texts[:1], return_tensors="pt")).logits

@@ -105,6 +105,33 @@ def test_same_seed_same_pixels_and_batching_does_not_matter(zoo):
     assert not np.array_equal(negative, red)
 
 
+@pytest.mark.parametrize("width, height, top, left", [(64, 32, 0, 16), (40, 80, 16, 0), (32, 32, 0, 0)])
+def test_training_images_are_resized_centre_cropped_and_normalised(width, height, top, left):
+    """Three bands, red | green | blue, across the longer side; the middle one is wide enough that the centre
+    crop holds green alone (the bilinear blend at its edges falls outside the crop), in [-1, 1]."""
+    from PIL import Image
+
+    from taskzoo.diffusion import training_pixels
+
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    length = max(width, height)
+    bands = [(0, length // 8, 0), (length // 8, length - length // 8, 1), (length - length // 8, length, 2)]
+    for start, stop, channel in bands:
+        if width >= height:
+            image[:, start:stop, channel] = 255
+        else:
+            image[start:stop, :, channel] = 255
+    pixels, size_ids = training_pixels(Image.fromarray(image), 32)
+    assert pixels.shape == (3, 32, 32) and pixels.dtype == torch.float32
+    assert size_ids == [height, width, top, left, 32, 32]
+    green = torch.tensor([-1.0, 1.0, -1.0]).view(3, 1, 1).expand(3, 32, 32)
+    if width == height:  # nothing cropped: the red and blue bands stay at the edges
+        assert pixels[0, :, 0].min() > 0.9 and pixels[2, :, -1].min() > 0.9
+        assert torch.allclose(pixels[:, :, 8:24], green[:, :, 8:24], atol=1e-6)
+    else:
+        assert torch.allclose(pixels, green, atol=1e-6)
+
+
 def test_requested_sizes_are_honoured_and_impossible_ones_refused(zoo, tiny_model_path):
     assert zoo.predict("a red square", height=48, width=16, **FAST)["image"].size == (16, 48)
     assert zoo.predict("a red square", **FAST)["image"].size == (32, 32)  # the model's native size
@@ -258,5 +285,5 @@ def test_mixed_precision_casts_the_frozen_parts_only_while_training(tiny_model_p
     # A training checkpoint holds the UNet (and the optimizer's state for it), not the VAE or text encoder.
     checkpoint = sorted((output_dir / "checkpoints").glob("step-*"))[-1]
     with safe_open(checkpoint / "model.safetensors", "pt") as weights:
-        assert {key.split(".")[0] for key in weights.keys()} == {"denoiser"}
+        assert {key.split(".")[0] for key in weights.keys()} == {"denoiser"}  # noqa: SIM118 - safe_open is no dict
         assert len(list(weights.keys())) == len(zoo.pipeline.unet.state_dict())

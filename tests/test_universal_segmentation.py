@@ -4,8 +4,7 @@ targets built from the semantic masks, the processor's post-processing, strategi
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, Features
-from datasets import Image as ImageFeature
+from datasets import Dataset, Features, Image as ImageFeature
 from PIL import Image
 
 import taskzoo

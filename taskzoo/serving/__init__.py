@@ -21,18 +21,27 @@ def serve(zoo, host: str = "127.0.0.1", port: int = 8000, *, max_batch_size: int
           max_body_mb: float = 32.0, max_image_pixels: int = 40_000_000, max_audio_seconds: float = 600.0,
           log_level: str = "info") -> None:
     """Serve a loaded task over HTTP until SIGTERM or Ctrl-C, which stop accepting connections, finish the
-    requests in flight and return.
+    requests in flight and return (see docs/serving.md).
 
-    ``zoo`` is a loaded task, or a function that loads one: then the server listens at once, and answers 503
-    (``/health``: ``{"status": "loading"}``) until the model has loaded; a load that fails stops the server
-    and is raised.
+    Args:
+        zoo: A loaded task, or a function that loads one: then the server listens at once and answers 503
+            (``/health``: ``{"status": "loading"}``) until the model has loaded.
+        host: The address to listen on; one other than the loopback wants an ``api_key``.
+        port: The port to listen on.
+        max_batch_size: Concurrent requests are gathered into one batch of up to this many inputs.
+        max_wait_ms: How long a request waits for company (not at all after a batch that had none).
+        batch_size: Inputs per forward pass, in batches of similar lengths; None: the task's default.
+        api_key: Requests to /predict and /info without it (``Authorization: Bearer KEY`` or
+            ``X-API-Key: KEY``) are answered 401; None: the environment variable ``TASKZOO_API_KEY``, if set.
+        timeout_s: Requests that take longer are answered 504.
+        max_body_mb: Request bodies larger than this are refused (413).
+        max_image_pixels: Images with more pixels (width x height) are refused (413).
+        max_audio_seconds: Longer audio is refused (413).
+        log_level: uvicorn's log level (``"info"``: a line per request).
 
-    Concurrent requests are gathered, up to ``max_batch_size`` inputs, waiting at most ``max_wait_ms`` for
-    company (and not at all after a batch that had none), and run in batches of similar lengths of at most
-    ``batch_size`` inputs (default: the task's). ``api_key`` (or the environment variable
-    ``TASKZOO_API_KEY``) makes /predict and /info answer 401 without it. The limits refuse larger requests
-    with 413 (``max_body_mb``, ``max_image_pixels``, ``max_audio_seconds``) and slower ones with 504
-    (``timeout_s``).
+    Raises:
+        ImportError: The web stack is not installed (``pip install "taskzoo[serve]"``).
+        Exception: A ``zoo`` function that fails stops the server, and its error is raised.
     """
     uvicorn = web_stack()
     from taskzoo.serving.app import LoadingApp, create_app

@@ -27,8 +27,17 @@ from starlette.formparsers import MultiPartException
 from taskzoo.errors import TaskzooError
 from taskzoo.predict_options import option_defaults
 from taskzoo.serving.batching import Batcher, LengthGroupedPredict, batch_key
-from taskzoo.serving.codec import (SERVER_OPTIONS, Limits, RequestError, check_parameters, decode_media,
-                                   decode_request, example_input, media_of, to_json)
+from taskzoo.serving.codec import (
+    SERVER_OPTIONS,
+    Limits,
+    RequestError,
+    check_parameters,
+    decode_media,
+    decode_request,
+    example_input,
+    media_of,
+    to_json,
+)
 from taskzoo.serving.playground import form_of
 
 logger = logging.getLogger("taskzoo.serve")
@@ -102,7 +111,7 @@ def create_app(task, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, batc
                                504) from None
         except USER_ERRORS as error:
             raise RequestError(str(error).strip("'\"") if isinstance(error, KeyError) else str(error)) from None
-        except Exception as error:  # noqa: BLE001 - the model failed; the server and the other requests go on
+        except Exception as error:  # the model failed; the server and the other requests go on
             logger.exception("predict failed")
             raise RequestError(f"Prediction failed: {type(error).__name__}: {error}", 500) from None
         return JSONResponse(await offload(task, to_json, outputs[0] if single else outputs))

@@ -29,7 +29,7 @@ class ServerProcess:
         command = [sys.executable, "-m", "taskzoo.cli", "serve", task, "--model", str(model),
                    "--port", str(self.port), *flags]
         # Its output goes to a file, not a pipe: a pipe nobody reads fills up and blocks the server.
-        self.log = tempfile.TemporaryFile(mode="w+")
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - read by output() after stop(); lives as long as this object
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, text=True,
                                         env={**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})})
         deadline = time.monotonic() + start_timeout

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features
-from datasets import Image as ImageFeature
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
 
-from taskzoo import data as data_utils
-from taskzoo import heads, metrics, strategies
+from taskzoo import data as data_utils, heads, metrics, strategies
 from taskzoo.errors import DataError
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
@@ -148,8 +146,14 @@ class ImageClassification(Task):
     def tiny_model(path: str | os.PathLike, family: str = "vit", labels: list[str] | None = None) -> Path:
         """A tiny random ViT (``family="vit"``) or ConvNeXT (``"convnext"``) for 32 px images and the toy
         labels (or ``labels``), with its PIL image processor, saved at ``path``."""
-        from transformers import (ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessorPil,
-                                  ViTConfig, ViTForImageClassification, ViTImageProcessorPil)
+        from transformers import (
+            ConvNextConfig,
+            ConvNextForImageClassification,
+            ConvNextImageProcessorPil,
+            ViTConfig,
+            ViTForImageClassification,
+            ViTImageProcessorPil,
+        )
 
         labels = labels or list(ImageClassification.SHAPES)
         names = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),

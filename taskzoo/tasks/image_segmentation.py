@@ -23,12 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, DatasetDict, Features
-from datasets import Image as ImageFeature
+from datasets import Dataset, DatasetDict, Features, Image as ImageFeature
 from tqdm.auto import tqdm
 
-from taskzoo import data as data_utils
-from taskzoo import heads, metrics, strategies
+from taskzoo import data as data_utils, heads, metrics, strategies
 from taskzoo.errors import DataError
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task

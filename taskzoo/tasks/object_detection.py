@@ -29,8 +29,7 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
 
-from taskzoo import data as data_utils
-from taskzoo import heads, metrics, strategies, streaming
+from taskzoo import data as data_utils, heads, metrics, strategies, streaming
 from taskzoo.errors import DataError, TaskzooWarning
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task

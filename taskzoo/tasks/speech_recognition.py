@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from datasets import Audio, Dataset, Value
 
-from taskzoo import audio_chunks, generation, metrics, strategies, streaming, whisper_greedy
-from taskzoo import data as data_utils
+from taskzoo import audio_chunks, data as data_utils, generation, metrics, strategies, streaming, whisper_greedy
 from taskzoo.ctc import ctc_tokenizer
 from taskzoo.errors import DataError
 from taskzoo.task import Task
@@ -58,8 +57,13 @@ class SpeechRecognition(Task):
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, language=None, whisper_task="transcribe",
                         **model_kwargs):
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForCTC, AutoModelForSpeechSeq2Seq
-        from transformers import AutoProcessor
+        from transformers import (
+            AutoConfig,
+            AutoFeatureExtractor,
+            AutoModelForCTC,
+            AutoModelForSpeechSeq2Seq,
+            AutoProcessor,
+        )
 
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         auto = AutoModelForSpeechSeq2Seq if config.is_encoder_decoder else AutoModelForCTC

@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 from datasets import ClassLabel, Dataset, Features, Value
 
-from taskzoo import data as data_utils
-from taskzoo import heads, metrics, strategies
+from taskzoo import data as data_utils, heads, metrics, strategies
 from taskzoo.errors import DataError
 from taskzoo.task import Task
 

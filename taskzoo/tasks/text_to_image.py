@@ -24,10 +24,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from taskzoo import data as data_utils
-from taskzoo import streaming
-from taskzoo.diffusion import (EMA, LORA_WEIGHTS, PEFT_WEIGHTS, Denoiser, add_lora, clip_scores, fuse_lora, has_lora,
-                               image_grid, load_lora, lora_base, save_lora, training_pixels)
+from taskzoo import data as data_utils, streaming
+from taskzoo.diffusion import (
+    EMA,
+    LORA_WEIGHTS,
+    PEFT_WEIGHTS,
+    Denoiser,
+    add_lora,
+    clip_scores,
+    fuse_lora,
+    has_lora,
+    image_grid,
+    load_lora,
+    lora_base,
+    save_lora,
+    training_pixels,
+)
 from taskzoo.diffusion_families import family_of
 from taskzoo.errors import DataError, ModelNotFoundError
 from taskzoo.models import library_bars_hidden
@@ -162,7 +174,8 @@ class TextToImage(Task):
     # ----------------------------------------------------------------------------------------- data
     def read_path(self, path):
         """An image folder with metadata.jsonl (file_name, text), a folder of such split folders, or a table."""
-        return data_utils.read_metadata_folder(path, "image", example='{"file_name": "0001.png", "text": "a red square"}')
+        return data_utils.read_metadata_folder(path, "image",
+                                               example='{"file_name": "0001.png", "text": "a red square"}')
 
     def prepare_for_training(self, dataset) -> None:
         options = self.training_options
@@ -296,7 +309,8 @@ class TextToImage(Task):
         return scores
 
     def metric_inputs(self, predictions, references):
-        """Your metrics get the images rendered for the prompts (PIL; fixed seeds, clip_inference_steps) and the prompts."""
+        """Your metrics get the images rendered for the prompts (PIL; fixed seeds, clip_inference_steps) and the
+        prompts."""
         return [prediction["image"] for prediction in predictions], references
 
     def _render(self, prompts, steps: int, seeds):

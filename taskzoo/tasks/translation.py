@@ -18,8 +18,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from taskzoo import data as data_utils
-from taskzoo import generation, metrics, streaming
+from taskzoo import data as data_utils, generation, metrics, streaming
 from taskzoo.errors import DataError
 from taskzoo.models import library_bars_hidden
 from taskzoo.task import Task

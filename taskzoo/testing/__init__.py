@@ -21,9 +21,21 @@ TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, int
 
 @library_bars_hidden()
 def tiny_model(task: str, path: str | os.PathLike, family: str | None = None, **options) -> Path:
-    """Build a tiny random model for ``task`` and save it as a normal HF folder at ``path``: the task's own kit
-    model, or one of another architecture ``family`` (the task's own, e.g. "detr" or "sdxl", or one of
-    :data:`taskzoo.testing.families.FAMILIES`, e.g. "beit"); ``options`` go to the task's kit."""
+    """Build a tiny random model for ``task`` and save it as a normal HF folder.
+
+    Args:
+        task: A task name or alias.
+        path: The folder to write (made if missing).
+        family: Another architecture than the kit's own: one the task's kit builds (e.g. "detr", "sdxl") or one
+            of :data:`taskzoo.testing.families.FAMILIES` (e.g. "beit"). None: the kit's own.
+        **options: Passed to the task's kit (``labels=[...]`` for image classification, say).
+
+    Returns:
+        ``path``, as a Path, which ``taskzoo.load(task, model=path)`` opens.
+
+    Raises:
+        ValueError: The task's kit has no model of that ``family``.
+    """
     from taskzoo.testing.families import FAMILIES
 
     path = Path(path)
@@ -42,7 +54,16 @@ def tiny_model(task: str, path: str | os.PathLike, family: str | None = None, **
 
 @library_bars_hidden()
 def toy_dataset(task: str, n: int = 64, seed: int = 0):
-    """A learnable synthetic ``datasets.Dataset`` of ``n`` rows for ``task``."""
+    """A learnable synthetic dataset for ``task``, in the task's columns.
+
+    Args:
+        task: A task name or alias.
+        n: Rows.
+        seed: Another seed, other rows (a held-out set).
+
+    Returns:
+        A ``datasets.Dataset`` of ``n`` rows.
+    """
     return get_task(task).load_class().toy_dataset(n, seed)
 
 

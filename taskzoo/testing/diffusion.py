@@ -15,8 +15,10 @@ SHAPES = ("square", "circle", "triangle")
 WORDS = ("a", "an", "the", "photo", "of", "on", "white", "background", "small", "big", "blurry", "ugly")
 # Every family renders 32 px images from 16 x 16 latents (a VAE that scales by 2), so the toy data fits all.
 UNET = dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=16, norm_num_groups=32,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
-CLIP = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77)
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+CLIP = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            max_position_embeddings=77)
 T5 = dict(d_model=64, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
 
 
@@ -137,8 +139,8 @@ def _flux(words):
                                          pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 4, 8))
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
-    return FluxPipeline(transformer=transformer, scheduler=scheduler, text_encoder=_clip(tokenizer), tokenizer=tokenizer,
-                        text_encoder_2=_t5(t5), tokenizer_2=t5,
+    return FluxPipeline(transformer=transformer, scheduler=scheduler, text_encoder=_clip(tokenizer),
+                        tokenizer=tokenizer, text_encoder_2=_t5(t5), tokenizer_2=t5,
                         vae=_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False,
                                  use_post_quant_conv=False))
 

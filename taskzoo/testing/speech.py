@@ -75,8 +75,13 @@ def tiny_ctc(path: Path) -> Path:
 def tiny_whisper(path: Path) -> Path:
     """Whisper's real 30 s window and prompt, with a byte-level BPE tokenizer trained on the toy words."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -26,7 +26,8 @@ def examples(predictions, references):
 
 quiet_libraries()
 zoo = taskzoo.load("text-classification", model=model, device="cpu")
-result = zoo.finetune(toy_dataset("text-classification", 96, seed=0), eval=toy_dataset("text-classification", 37, seed=1),
+result = zoo.finetune(toy_dataset("text-classification", 96, seed=0),
+                      eval=toy_dataset("text-classification", 37, seed=1),
                       output_dir=output_dir, max_steps=8, batch_size=8, learning_rate=3e-3, eval_every=4,
                       metrics=[metric_script, examples], metric_for_best="hits", progress=False, plot=False)
 with open(f"{output_dir}/rank{rank}.json", "w") as handle:
