@@ -22,22 +22,19 @@ TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, int
 @library_bars_hidden()
 def tiny_model(task: str, path: str | os.PathLike, family: str | None = None, **options) -> Path:
     """Build a tiny random model for ``task`` and save it as a normal HF folder at ``path``: the task's own kit
-    model, or one of another architecture ``family`` (the task's own, e.g. "detr" or "sdxl", or one of
-    :data:`taskzoo.testing.families.FAMILIES`, e.g. "beit"); ``options`` go to the task's kit."""
-    from taskzoo.testing.families import FAMILIES
+    model, or one of another architecture ``family`` (e.g. "detr", "modernbert" or "sdxl": each task's families
+    are listed in :data:`taskzoo.testing.kit.KIT` and on its docs page); ``options`` go to the task's kit."""
+    from taskzoo.testing.kit import find
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     task_class = get_task(task).load_class()
-    builder = FAMILIES.get(task_class.name, {}).get(family)
-    if builder is not None:
-        return builder(path)
-    if family is None:
-        return task_class.tiny_model(path, **options)
+    entry = find(task_class.name, family)
+    if entry.build is not None:
+        return entry.build(path)
     if "family" not in inspect.signature(task_class.tiny_model).parameters:
-        raise ValueError(f"{task_class.name} has no tiny model of family {family!r}; the testing kit has "
-                         f"{sorted(FAMILIES.get(task_class.name, {}))} besides the task's own.")
-    return task_class.tiny_model(path, family=family, **options)
+        return task_class.tiny_model(path, **options)
+    return task_class.tiny_model(path, family=entry.name, **options)
 
 
 @library_bars_hidden()
