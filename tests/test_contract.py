@@ -38,7 +38,8 @@ def assert_close(got, expected, where="output", tolerance=1e-4):
         for key in expected:
             assert_close(got[key], expected[key], f"{where}.{key}", tolerance)
     elif isinstance(expected, (list, tuple)):
-        assert isinstance(got, (list, tuple)) and len(got) == len(expected), f"{where}: {got!r:.200} vs {expected!r:.200}"
+        assert isinstance(got, (list, tuple)) and len(got) == len(expected), \
+            f"{where}: {got!r:.200} vs {expected!r:.200}"
         for i, (a, b) in enumerate(zip(got, expected)):
             assert_close(a, b, f"{where}[{i}]", tolerance)
     elif isinstance(expected, float):

@@ -102,3 +102,8 @@ def test_setup_commands_are_left_out_and_the_rest_kept():
 def test_api_reference_is_up_to_date():
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_api_docs.py"), "--check"])
     assert check.returncode == 0, "docs/api.md is out of date: run python scripts/make_api_docs.py"
+
+
+def test_families_tables_are_up_to_date():
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_family_tables.py"), "--check"])
+    assert check.returncode == 0, "a docs/tasks families table is out of date: run python scripts/make_family_tables.py"

@@ -104,8 +104,8 @@ def find(task: str, name: str | None) -> Family:
 
 def render_table(task: str) -> str:
     """The markdown table of ``task``'s families: what works and what is refused, with the reason."""
-    rows = ["| family (`tiny_model(..., family=)`) | architecture | predict, evaluate | fine-tune: full | freeze | lora |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| family (`tiny_model(..., family=)`) | architecture | predict, evaluate | fine-tune: full | freeze "
+            "| lora |", "|---|---|---|---|---|---|"]
     for family in families_of(task):
         name = f"`{family.name}`" + (" (default)" if family.default else "")
         cells = ["yes" if strategy in family.strategies else f"refused: {family.refused[strategy]}"
