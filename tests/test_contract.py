@@ -136,3 +136,41 @@ def test_a_stream_evaluates_as_the_same_data_in_memory_and_fine_tunes(family, lo
                           plot=False, output_dir=str(tmp_path))
     assert result.steps == 2 and set(in_memory) <= set(result.final_metrics)
     assert (tmp_path / "last").is_dir()
+
+
+# Options that keep each request quick and make it show more than the defaults (every box, all labels).
+SERVE_PARAMETERS = {**PREDICT_OPTIONS, "object-detection": {"threshold": 0.0}, "text-classification": {"top_k": 2},
+                    "image-classification": {"top_k": 3}, "translation": {"max_new_tokens": 8}}
+
+
+def as_sent(zoo, value):
+    """``value`` (a predict input) as a request sends it: media as base64 (PNG for images: lossless), pairs as lists."""
+    import base64
+
+    from taskzoo.data import is_image, load_image, png_base64
+
+    if zoo.input_type == "audio":  # a file path: its bytes are sent
+        with open(value, "rb") as file:
+            return base64.b64encode(file.read()).decode()
+    if is_image(value):
+        return png_base64(load_image(value))
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("family", DEFAULTS, ids=[family.task for family in DEFAULTS])
+def test_the_server_answers_what_predict_returns(family, load):
+    """One request of two inputs and one of a single input (not in a list), in process; the answers are predict's
+    outputs as JSON (images as base64 PNG)."""
+    test_client = pytest.importorskip("fastapi.testclient", reason="the serve extra is not installed")
+    from taskzoo.serving import create_app
+    from taskzoo.serving.codec import to_json
+
+    zoo, parameters = load(), SERVE_PARAMETERS.get(family.task, {})
+    inputs = [zoo.input_of(row) for row in toy_dataset(family.task, 2, seed=5)]
+    sent = [as_sent(zoo, value) for value in inputs]
+    with test_client.TestClient(create_app(zoo)) as client:
+        both = client.post("/predict", json={"inputs": sent, "parameters": parameters})
+        one = client.post("/predict", json={"inputs": sent[0], "parameters": parameters})
+    assert both.status_code == 200 and one.status_code == 200, both.text + one.text
+    assert_close(both.json(), to_json(zoo.predict(inputs, **parameters)))
+    assert_close(one.json(), to_json(zoo.predict(inputs[0], **parameters)))
