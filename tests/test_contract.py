@@ -116,7 +116,7 @@ class TestContract:
             trained = any(p.abs().sum() > 0 for p in adapters) if strategy == "lora" else changed(before, zoo.model)
             assert result.steps == 1 and trained, strategy
         for strategy, reason in family.refused.items():
-            with pytest.raises(ValueError, match="supports strategy") as refused:
+            with pytest.raises(ValueError) as refused:
                 zoo.finetune(data, strategy=strategy, max_steps=1, **TRAIN)
             assert reason in str(refused.value)
 

@@ -24,11 +24,13 @@ def tiny_model(task: str, path: str | os.PathLike, family: str | None = None, **
     """Build a tiny random model for ``task`` and save it as a normal HF folder at ``path``: the task's own kit
     model, or one of another architecture ``family`` (e.g. "detr", "modernbert" or "sdxl": each task's families
     are listed in :data:`taskzoo.testing.kit.KIT` and on its docs page); ``options`` go to the task's kit."""
-    from taskzoo.testing.kit import find
+    from taskzoo.testing.kit import families_of, find
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     task_class = get_task(task).load_class()
+    if not families_of(task_class.name):  # a task of your own: its own kit
+        return task_class.tiny_model(path, **options, **({"family": family} if family else {}))
     entry = find(task_class.name, family)
     if entry.build is not None:
         return entry.build(path)

@@ -48,6 +48,7 @@ class Family:
 TIED_HEAD = "its head (lm_head) is tied to the input embeddings"
 NO_HEAD_EMBEDDING = "it has no head to train alone"
 NO_HEAD_DENOISER = "the denoiser is the whole trained model: no head to train alone"
+CONVOLUTIONAL_BODY = "LoRA adapts linear layers, and the body of {} has none (a convolutional backbone)"
 NO_HEAD_SEQ2SEQ = "the output layer is tied to the token embeddings: no head to train alone"
 
 IC, SEG, DET = "image-classification", "image-segmentation", "object-detection"
@@ -60,7 +61,8 @@ KIT = (
     Family(IC, "beit", "BeitForImageClassification", 2021, families.beit_classifier),
     Family(SEG, "segformer", "SegformerForSemanticSegmentation", 2021, default=True),
     Family(SEG, "mask2former", "Mask2FormerForUniversalSegmentation (Swin backbone)", 2022),
-    Family(SEG, "maskformer", "MaskFormerForInstanceSegmentation (Swin backbone)", 2021),
+    Family(SEG, "maskformer", "MaskFormerForInstanceSegmentation (ResNet backbone)", 2021,
+           refused={"lora": CONVOLUTIONAL_BODY.format("MaskFormerForInstanceSegmentation")}),
     Family(SEG, "oneformer", "OneFormerForUniversalSegmentation (Swin backbone)", 2022),
     Family(SEG, "beit", "BeitForSemanticSegmentation", 2021, families.beit_segmenter),
     Family(SEG, "upernet", "UperNetForSemanticSegmentation (ConvNeXt backbone)", 2018, families.upernet_convnext),
