@@ -86,7 +86,8 @@ KIT = (
     Family(T2I, "sd3", "StableDiffusion3Pipeline (SD3Transformer2DModel)", 2024, refused={"freeze": NO_HEAD_DENOISER}),
     Family(T2I, "pixart", "PixArtSigmaPipeline (PixArtTransformer2DModel)", 2024,
            refused={"freeze": NO_HEAD_DENOISER}),
-    Family(T2I, "flux", "FluxPipeline (FluxTransformer2DModel)", 2024, refused={"freeze": NO_HEAD_DENOISER}),
+    Family(T2I, "flux", "FluxPipeline (FluxTransformer2DModel)", 2024, refused={"freeze": NO_HEAD_DENOISER},
+           load_options={"resolution": 32}),  # the pipeline's own size is 256 px; the toy images are 32 px
 )
 
 
