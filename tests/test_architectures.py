@@ -123,3 +123,16 @@ def test_modernbert_classifier_learns_and_saves_for_plain_transformers(tiny_mode
     with torch.no_grad():
         logits = model(**tokenizer(["a superb story", "an awful plot"], return_tensors="pt", padding=True)).logits
     assert [model.config.id2label[i] for i in logits.argmax(-1).tolist()] == ["positive", "negative"]
+
+
+# ------------------------------------------------- RT-DETR: prediction heads nested inside the model
+def test_rt_detr_freeze_trains_its_nested_heads_only(tiny_model_path):
+    zoo = taskzoo.load("object-detection", model=tiny_model_path("object-detection"), device="cpu")
+    heads = zoo.head_modules()
+    assert {"model.enc_score_head", "model.decoder.class_embed.0", "model.decoder.bbox_embed.0"} <= set(heads)
+    start = {name: p.clone() for name, p in zoo.model.named_parameters()}
+    zoo.finetune(toy_dataset("object-detection", 4), strategy="freeze", max_steps=1, batch_size=4,
+                 learning_rate=1e-2, progress=False, save_checkpoints=False)
+    changed = {name for name, p in zoo.model.named_parameters() if not torch.equal(p, start[name])}
+    in_head = {name for name in start if any(name.startswith(head + ".") for head in heads)}
+    assert changed and changed <= in_head and {n for n in start if "decoder.class_embed" in n} <= changed
