@@ -76,7 +76,7 @@ KIT = (
            text_families.modernbert_sentence_encoder, refused={"freeze": NO_HEAD_EMBEDDING}),
     Family(MT, "marian", "MarianMTModel", 2018, default=True, refused={"freeze": TIED_HEAD}),
     Family(MT, "fsmt", "FSMTForConditionalGeneration", 2019, families.fsmt_translator, refused={"freeze": TIED_HEAD}),
-    Family(MT, "t5", "T5ForConditionalGeneration", 2020, text_families.t5_translator, refused={"freeze": TIED_HEAD},
+    Family(MT, "t5", "T5ForConditionalGeneration", 2019, text_families.t5_translator, refused={"freeze": TIED_HEAD},
            load_options={"src_lang": "en", "tgt_lang": "xx"}),
     Family(ASR, "ctc", "Wav2Vec2ForCTC", 2020, default=True),
     Family(ASR, "whisper", "WhisperForConditionalGeneration", 2022, refused={"freeze": NO_HEAD_SEQ2SEQ}),
