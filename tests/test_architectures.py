@@ -1,5 +1,6 @@
 """Behaviour particular to some architecture families of the testing kit (tests/test_contract.py runs the task
-contract over all of them): UperNet's body named "backbone", FSMT's separate target vocabulary, ModernBERT."""
+contract over all of them): UperNet's body named "backbone", FSMT's separate target vocabulary, ModernBERT,
+RT-DETR's nested heads."""
 
 import pytest
 import torch
