@@ -137,3 +137,17 @@ def test_rt_detr_freeze_trains_its_nested_heads_only(tiny_model_path):
     changed = {name for name, p in zoo.model.named_parameters() if not torch.equal(p, start[name])}
     in_head = {name for name in start if any(name.startswith(head + ".") for head in heads)}
     assert changed and changed <= in_head and {n for n in start if "decoder.class_embed" in n} <= changed
+
+
+# ---------------------------------------------------- T5: the task prefix from its config, a Unigram tokenizer
+def test_t5_translates_behind_its_config_prefix_and_learns(tiny_model_path):
+    path = tiny_model_path(TRANSLATION, "t5")
+    with pytest.raises(ValueError, match=r"behind a task prefix: pass src_lang= and tgt_lang=.*\['en->xx'\]"):
+        taskzoo.load(TRANSLATION, model=path, device="cpu").predict("the cat")
+    zoo = taskzoo.load(TRANSLATION, model=path, device="cpu", src_lang="en", tgt_lang="xx")
+    assert zoo.prefix == "translate English to Toy: "
+    held_out = toy_dataset(TRANSLATION, 64, seed=1)
+    assert zoo.evaluate(held_out)["bleu"] < 5
+    zoo.finetune(toy_dataset(TRANSLATION, 1024, seed=0), epochs=3, learning_rate=1e-2, batch_size=32, progress=False,
+                 save_checkpoints=False)
+    assert zoo.evaluate(held_out)["bleu"] >= 30
