@@ -114,7 +114,8 @@ def test_a_stale_families_table_is_rewritten_and_a_page_without_one_is_named():
 
     start, end = MARKERS
     page = f"# translation\n\n{start}\n| an old table |\n{end}\nthe rest\n"
-    assert with_table(page, "translation") == f"# translation\n\n{start}\n{render_table('translation')}{end}\nthe rest\n"
+    table = render_table("translation")
+    assert with_table(page, "translation") == f"# translation\n\n{start}\n{table}{end}\nthe rest\n"
     assert "| `t5` | T5ForConditionalGeneration" in render_table("translation")
     with pytest.raises(ValueError, match="The translation page has no families table markers"):
         with_table("# translation\n", "translation")
