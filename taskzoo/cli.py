@@ -334,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("task", help="the task whose tiny model to build: a task name or alias, e.g. "
                       "text-classification (taskzoo tasks lists them)")
     tiny.add_argument("path", help="the folder to write (a normal HF model folder)")
-    tiny.add_argument("--family", help="another architecture than the task's default, e.g. beit, upernet, fsmt, "
-                      "detr, whisper (see taskzoo.testing.tiny_model)")
+    tiny.add_argument("--family", help="another architecture than the task's default, e.g. modernbert, t5, beit, "
+                      "detr, whisper, sdxl (each task's docs page lists its families)")
     tiny.set_defaults(run=cmd_tiny_model)
 
     demo = commands.add_parser("demo", help="offline tour: tiny models, toy data, fine-tune each task")

@@ -81,8 +81,8 @@ def _add_lora(model, head, rank, alpha, dropout):
     targets = TARGETS.get(model_type) or "all-linear"
     if targets == "all-linear" and not any(isinstance(module, torch.nn.Linear) and not any(
             name == part or name.startswith(part + ".") for part in head) for name, module in model.named_modules()):
-        raise ValueError(f"strategy='lora' adapts linear layers, and the body of {type(model).__name__} has none "
-                         "(a convolutional backbone): use strategy 'full' or 'freeze'.")
+        raise ValueError(f"strategy='lora': LoRA adapts linear layers, and the body of {type(model).__name__} "
+                         "has none (a convolutional backbone): use strategy 'full' or 'freeze'.")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         exclude_modules=rf"({'|'.join(map(re.escape, head))})(\..*)?" if head else None,
                         modules_to_save=head)

@@ -1,54 +1,12 @@
-"""Every task, and more architecture families than the kits' defaults, through the order a user works in:
-predict, fine-tune, evaluate, fine-tune again, in one process. Models that cache tensors (BEiT's relative
-position index, DETR's position embeddings) must stay trainable after predict and evaluate."""
-
-import math
+"""Behaviour particular to some architecture families of the testing kit (tests/test_contract.py runs the task
+contract over all of them): UperNet's body named "backbone", FSMT's separate target vocabulary, ModernBERT,
+RT-DETR's nested heads."""
 
 import pytest
 import torch
 
 import taskzoo
-from taskzoo.registry import get_task
 from taskzoo.testing import toy_dataset
-
-# (task, family): every task's own kit model, then families whose layout differs from the kit's.
-MODELS = [(task, None) for task in taskzoo.tasks()] + [
-    ("image-classification", "beit"), ("image-segmentation", "beit"), ("image-segmentation", "upernet"),
-    ("translation", "fsmt"), ("object-detection", "detr"), ("automatic-speech-recognition", "whisper")]
-PREDICT_OPTIONS = {"text-to-image": dict(num_inference_steps=2, seed=0)}  # enough to run the pipeline
-
-
-def trainable_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: value.detach().clone() for name, value in model.named_parameters() if value.requires_grad}
-
-
-def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
-    now = dict(model.named_parameters())
-    return any(not torch.equal(value, now[name].detach()) for name, value in before.items() if name in now)
-
-
-@pytest.mark.parametrize(("task", "family"), MODELS, ids=[f"{t}-{f}" if f else t for t, f in MODELS])
-def test_predict_finetune_evaluate_finetune(task, family, tiny_model_path):
-    zoo = taskzoo.load(task, model=tiny_model_path(task, family), device="cpu")
-    data = toy_dataset(task, 8, seed=0)
-    options = PREDICT_OPTIONS.get(task, {})
-    first = zoo.predict(zoo.input_of(data[0]), **options)
-    assert first is not None
-
-    for _ in range(2):  # after predict, then after evaluate
-        before = trainable_copy(zoo.model)
-        result = zoo.finetune(data, max_steps=2, batch_size=4, learning_rate=1e-3, progress=False,
-                              save_checkpoints=False)
-        assert result.steps == 2 and changed(before, zoo.model)
-        scores = zoo.evaluate(data, batch_size=4)
-        primary = get_task(task).load_class().primary_metric
-        assert math.isfinite(scores[primary])
-
-    again = zoo.predict(zoo.input_of(data[0]), **options)
-    assert type(again) is type(first)
-    if isinstance(first, dict):
-        assert set(again) == set(first)
-
 
 # ------------------------------------------------------------------- UperNet: a body named "backbone"
 SEGMENTATION = "image-segmentation"
@@ -145,5 +103,51 @@ def test_fsmt_learns_and_saves_for_plain_transformers(tiny_model_path, tmp_path)
 def test_an_unknown_family_is_refused_naming_the_known_ones(tmp_path):
     from taskzoo.testing import tiny_model
 
-    with pytest.raises(ValueError, match=r"translation has no tiny model of family 'beit'.*\['fsmt'\]"):
+    with pytest.raises(ValueError, match=r"translation has no tiny model of family 'beit'.*\['marian', 'fsmt', 't5'\]"):
         tiny_model("translation", tmp_path, family="beit")
+
+
+# ------------------------------------------------ ModernBERT: no token type ids, local and global attention
+def test_modernbert_classifier_learns_and_saves_for_plain_transformers(tiny_model_path, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    task = "text-classification"
+    zoo = taskzoo.load(task, model=tiny_model_path(task, "modernbert"), device="cpu")
+    assert "token_type_ids" not in zoo.processor("good film")
+    held_out = toy_dataset(task, 64, seed=1)
+    zoo.finetune(toy_dataset(task, 256, seed=0), epochs=3, learning_rate=3e-3, batch_size=16, progress=False,
+                 save_checkpoints=False)
+    assert zoo.evaluate(held_out)["accuracy"] >= 0.9
+    zoo.save(tmp_path / "saved")
+    model, tokenizer = (auto.from_pretrained(tmp_path / "saved") for auto in
+                        (AutoModelForSequenceClassification, AutoTokenizer))
+    with torch.no_grad():
+        logits = model(**tokenizer(["a superb story", "an awful plot"], return_tensors="pt", padding=True)).logits
+    assert [model.config.id2label[i] for i in logits.argmax(-1).tolist()] == ["positive", "negative"]
+
+
+# ------------------------------------------------- RT-DETR: prediction heads nested inside the model
+def test_rt_detr_freeze_trains_its_nested_heads_only(tiny_model_path):
+    zoo = taskzoo.load("object-detection", model=tiny_model_path("object-detection"), device="cpu")
+    heads = zoo.head_modules()
+    assert {"model.enc_score_head", "model.decoder.class_embed.0", "model.decoder.bbox_embed.0"} <= set(heads)
+    start = {name: p.clone() for name, p in zoo.model.named_parameters()}
+    zoo.finetune(toy_dataset("object-detection", 4), strategy="freeze", max_steps=1, batch_size=4,
+                 learning_rate=1e-2, progress=False, save_checkpoints=False)
+    changed = {name for name, p in zoo.model.named_parameters() if not torch.equal(p, start[name])}
+    in_head = {name for name in start if any(name.startswith(head + ".") for head in heads)}
+    assert changed and changed <= in_head and {n for n in start if "decoder.class_embed" in n} <= changed
+
+
+# ---------------------------------------------------- T5: the task prefix from its config, a Unigram tokenizer
+def test_t5_translates_behind_its_config_prefix_and_learns(tiny_model_path):
+    path = tiny_model_path(TRANSLATION, "t5")
+    with pytest.raises(ValueError, match=r"behind a task prefix: pass src_lang= and tgt_lang=.*\['en->xx'\]"):
+        taskzoo.load(TRANSLATION, model=path, device="cpu").predict("the cat")
+    zoo = taskzoo.load(TRANSLATION, model=path, device="cpu", src_lang="en", tgt_lang="xx")
+    assert zoo.prefix == "translate English to Toy: "
+    held_out = toy_dataset(TRANSLATION, 64, seed=1)
+    assert zoo.evaluate(held_out)["bleu"] < 5
+    zoo.finetune(toy_dataset(TRANSLATION, 1024, seed=0), epochs=3, learning_rate=1e-2, batch_size=32, progress=False,
+                 save_checkpoints=False)
+    assert zoo.evaluate(held_out)["bleu"] >= 30

@@ -102,3 +102,20 @@ def test_setup_commands_are_left_out_and_the_rest_kept():
 def test_api_reference_is_up_to_date():
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_api_docs.py"), "--check"])
     assert check.returncode == 0, "docs/api.md is out of date: run python scripts/make_api_docs.py"
+
+
+def test_families_tables_are_up_to_date():
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_family_tables.py"), "--check"])
+    assert check.returncode == 0, "a docs/tasks families table is out of date: run python scripts/make_family_tables.py"
+
+
+def test_a_stale_families_table_is_rewritten_and_a_page_without_one_is_named():
+    from taskzoo.testing.kit import MARKERS, render_table, with_table
+
+    start, end = MARKERS
+    page = f"# translation\n\n{start}\n| an old table |\n{end}\nthe rest\n"
+    table = render_table("translation")
+    assert with_table(page, "translation") == f"# translation\n\n{start}\n{table}{end}\nthe rest\n"
+    assert "| `t5` | T5ForConditionalGeneration" in render_table("translation")
+    with pytest.raises(ValueError, match="The translation page has no families table markers"):
+        with_table("# translation\n", "translation")

@@ -1,5 +1,6 @@
-"""taskzoo serve, in process (an ASGI test client): every task's /predict answers what predict returns,
-concurrent requests are batched, and bad requests are refused with their status and message."""
+"""taskzoo serve, in process (an ASGI test client): uploads, pairs and sentence lists, concurrent requests are
+batched, and bad requests are refused with their status and message (tests/test_contract.py checks that every
+task's /predict answers what predict returns)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,6 @@ from taskzoo.serving import create_app
 from taskzoo.serving.codec import Limits
 from taskzoo.testing import toy_dataset
 
-TASKS = ["text-classification", "sentence-similarity", "translation", "automatic-speech-recognition",
-         "text-to-image", "image-classification", "object-detection", "image-segmentation"]
 # Options that keep each call quick and make it show more than the defaults (every box, all labels).
 PARAMETERS = {"text-to-image": {"num_inference_steps": 2, "seed": 3}, "object-detection": {"threshold": 0.0},
               "text-classification": {"top_k": 2}, "image-classification": {"top_k": 3},
@@ -106,21 +105,6 @@ def assert_same(answer, expected, where="output"):
 
 
 # ------------------------------------------------------------------------------------- every task's route
-
-
-@pytest.mark.parametrize("task", TASKS)
-def test_predict_route_returns_what_predict_returns(task, zoo_of, client_of):
-    zoo, client = zoo_of(task), client_of(task)
-    sent, python = request_and_python_inputs(zoo, toy_dataset(task, 2, seed=0))
-    parameters = PARAMETERS.get(task, {})
-
-    answer = client.post("/predict", json={"inputs": sent, "parameters": parameters})
-    assert answer.status_code == 200, answer.text
-    assert_same(answer.json(), zoo.predict(python, **parameters))
-    # One input (not in a list) gives one output, as predict does.
-    one = client.post("/predict", json={"inputs": sent[0], "parameters": parameters})
-    assert one.status_code == 200, one.text
-    assert_same(one.json(), zoo.predict(python[0], **parameters))
 
 
 @pytest.mark.parametrize("task", ["image-classification", "automatic-speech-recognition"])

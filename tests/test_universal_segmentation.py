@@ -169,7 +169,7 @@ def test_freeze_trains_all_but_the_backbone_and_lora_adapts_the_backbone(family_
 
 def test_lora_on_a_convolutional_backbone_is_refused_in_one_line(family_path):
     zoo = taskzoo.load(TASK, model=family_path("maskformer"), device="cpu")  # a ResNet backbone: no linear layer
-    with pytest.raises(ValueError, match=r"strategy='lora' adapts linear layers.*none.*'full' or 'freeze'"):
+    with pytest.raises(ValueError, match=r"strategy='lora': LoRA adapts linear layers.*none.*'full' or 'freeze'"):
         zoo.finetune(toy_dataset(TASK, 8), max_steps=1, strategy="lora", progress=False, save_checkpoints=False)
 
 

@@ -103,6 +103,23 @@ class ObjectDetection(Task):
     def labels(self) -> list[str]:
         return heads.model_labels(self.model)
 
+    # RT-DETR keeps its prediction heads inside the model: the decoder's per-layer class and box heads, the
+    # encoder's query-selection heads and the denoising queries' class embedding (those that exist).
+    NESTED_HEADS = ("model.enc_score_head", "model.enc_bbox_head", "model.decoder.class_embed",
+                    "model.decoder.bbox_embed", "model.denoising_class_embed")
+
+    def head_modules(self) -> list[str]:
+        """What strategy="freeze" trains (and LoRA trains in full): the heads at the top (DETR's classifier and
+        box predictor) or RT-DETR's nested ones."""
+        modules = dict(self.model.named_modules())
+        nested = []
+        for name in filter(modules.__contains__, self.NESTED_HEADS):
+            if isinstance(modules[name], torch.nn.ModuleList):  # one per decoder layer: peft wraps each one
+                nested += [f"{name}.{index}" for index in range(len(modules[name]))]
+            elif any(True for _ in modules[name].parameters()):
+                nested.append(name)
+        return nested or super().head_modules()
+
     @property
     def reads_mask(self) -> bool:
         """DETR-like models are told where padding starts; others (YOLOS) see the padded image."""

@@ -198,6 +198,9 @@ class SpeechRecognition(Task):
 
     # ------------------------------------------------------------------------------------- training
     def apply_strategy(self, strategy: str) -> None:
+        if strategy == "freeze" and not self.is_ctc:
+            raise ValueError(f"{self.name} supports strategy 'full' or 'lora' for {type(self.model).__name__} (the "
+                             "output layer is tied to the token embeddings: no head to train alone); got 'freeze'.")
         super().apply_strategy(strategy)
         if self.is_ctc and self.training_options.get("freeze_feature_encoder"):
             base = self.model.get_base_model() if strategies.is_peft(self.model) else self.model

@@ -243,7 +243,8 @@ class TextToImage(Task):
 
     def apply_strategy(self, strategy: str) -> None:
         if strategy not in self.strategies:
-            raise ValueError(f"text-to-image supports strategy 'full' or 'lora'; got {strategy!r}.")
+            raise ValueError(f"text-to-image supports strategy 'full' or 'lora' (the denoiser is the whole trained "
+                             f"model: no head to train alone); got {strategy!r}.")
         options, denoiser = self.training_options, self.family.module
         if strategy == "full":
             if self._has_lora():  # a loaded LoRA is merged into the weights, which now all train

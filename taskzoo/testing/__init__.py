@@ -26,8 +26,8 @@ def tiny_model(task: str, path: str | os.PathLike, family: str | None = None, **
     Args:
         task: A task name or alias.
         path: The folder to write (made if missing).
-        family: Another architecture than the kit's own: one the task's kit builds (e.g. "detr", "sdxl") or one
-            of :data:`taskzoo.testing.families.FAMILIES` (e.g. "beit"). None: the kit's own.
+        family: Another architecture than the kit's own (e.g. "detr", "modernbert" or "sdxl": each task's
+            families are listed in :data:`taskzoo.testing.kit.KIT` and on its docs page). None: the kit's own.
         **options: Passed to the task's kit (``labels=[...]`` for image classification, say).
 
     Returns:
@@ -36,20 +36,19 @@ def tiny_model(task: str, path: str | os.PathLike, family: str | None = None, **
     Raises:
         ValueError: The task's kit has no model of that ``family``.
     """
-    from taskzoo.testing.families import FAMILIES
+    from taskzoo.testing.kit import families_of, find
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     task_class = get_task(task).load_class()
-    builder = FAMILIES.get(task_class.name, {}).get(family)
-    if builder is not None:
-        return builder(path)
-    if family is None:
-        return task_class.tiny_model(path, **options)
+    if not families_of(task_class.name):  # a task of your own: its own kit
+        return task_class.tiny_model(path, **options, **({"family": family} if family else {}))
+    entry = find(task_class.name, family)
+    if entry.build is not None:
+        return entry.build(path)
     if "family" not in inspect.signature(task_class.tiny_model).parameters:
-        raise ValueError(f"{task_class.name} has no tiny model of family {family!r}; the testing kit has "
-                         f"{sorted(FAMILIES.get(task_class.name, {}))} besides the task's own.")
-    return task_class.tiny_model(path, family=family, **options)
+        return task_class.tiny_model(path, **options)
+    return task_class.tiny_model(path, family=entry.name, **options)
 
 
 @library_bars_hidden()

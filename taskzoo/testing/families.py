@@ -4,8 +4,8 @@ backbone (segmentation: no base_model_prefix, a ``backbone`` child) and FSMT (tr
 separate source and target vocabularies, decoder inputs made from the source when none are given).
 
 Each builder saves a tiny random model for the task's toy data (its labels, its words) at ``path``, with the
-processor or tokenizer its hub checkpoints use (PIL image processors: no torchvision). ``FAMILIES`` maps
-task -> family -> builder; :func:`taskzoo.testing.tiny_model` (``family=...``) dispatches here first.
+processor or tokenizer its hub checkpoints use (PIL image processors: no torchvision); :mod:`taskzoo.testing.kit`
+lists them.
 """
 
 from __future__ import annotations
@@ -155,9 +155,3 @@ def fsmt_translator(path: Path) -> Path:
     tokenizer.save_pretrained(path)
     return path
 
-
-FAMILIES = {
-    "image-classification": {"beit": beit_classifier},
-    "image-segmentation": {"beit": beit_segmenter, "upernet": upernet_convnext},
-    "translation": {"fsmt": fsmt_translator},
-}
