@@ -126,7 +126,7 @@ class ImageClassification(Task):
     def draw(self, input, output):
         return visualize(input, output)  # the image, its top labels with score bars below
 
-    def preprocess_batch(self, inputs, **options):
+    def preprocess_batch(self, inputs):
         return self._pixels(inputs)
 
     def predict_batch(self, pixels, top_k: int = 5):

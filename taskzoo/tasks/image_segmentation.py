@@ -305,7 +305,7 @@ class ImageSegmentation(Task):
     def draw(self, input, output):
         return visualize(input, output)  # the masks overlaid, with a legend
 
-    def preprocess_batch(self, inputs, **options):
+    def preprocess_batch(self, inputs):
         """(pixel values, (height, width) of each image, and for universal models each image's size in the
         padded pixel values): predict gives masks at the input's size."""
         images = [data_utils.load_image(item) for item in inputs]

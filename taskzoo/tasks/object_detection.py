@@ -223,7 +223,7 @@ class ObjectDetection(Task):
     def draw(self, input, output):
         return visualize(input, output)  # boxes with "label score" tags
 
-    def preprocess_batch(self, inputs, **options):
+    def preprocess_batch(self, inputs):
         return [data_utils.load_image(item) for item in inputs]  # decoded, RGB
 
     def predict_batch(self, images, threshold: float = 0.5):

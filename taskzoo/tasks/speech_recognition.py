@@ -317,7 +317,7 @@ class SpeechRecognition(Task):
     def compile_target(self):
         return (self, "model") if self.is_ctc else None  # Whisper generates token by token
 
-    def preprocess_batch(self, inputs, sampling_rate=None, **options):
+    def preprocess_batch(self, inputs, sampling_rate=None):
         return [self._audio(item, sampling_rate) for item in inputs]  # decoded, at the model's rate
 
     def predict_batch(self, audio, window_batch=8, sampling_rate=None, return_timestamps=False,
