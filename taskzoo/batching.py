@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from taskzoo.errors import TaskzooWarning
+from taskzoo.errors import TaskzooWarning, renamed
 from taskzoo.predict_options import check_options, route
 
 
@@ -22,6 +23,7 @@ def predict_in_batches(task, inputs: Any, batch_size: int | None, progress: bool
     batches through ``task.predict_batch`` (preprocessed ahead, halved on running out of memory) and give the
     outputs back in input order; one input gives one output."""
     autocast = task.autocast(mixed_precision)
+    options = renamed(options, task.renamed_options, "predict()")
     check_options(task, {**options, "num_workers": num_workers, "compile": compile})
     task.warn_if_untrained()
     single = task.is_single(inputs)
@@ -42,7 +44,7 @@ def predict_in_batches(task, inputs: Any, batch_size: int | None, progress: bool
     # no_grad, not inference_mode: tensors a model caches during predict (BEiT's relative position index,
     # say) must stay usable when it trains later in the same process (transformers' pipeline does the same).
     with torch.no_grad(), autocast, task.compiled(compile):
-        for indices, results in halving_on_oom(task, prepared, lambda batch: task.predict_batch(batch, **predict_options)):
+        for indices, results in halving_on_oom(task, prepared, partial(task.predict_batch, **predict_options)):
             for index, result in zip(indices, results):
                 outputs[index] = result
             bar.update(len(indices))

@@ -158,7 +158,8 @@ def cmd_finetune(args) -> None:
                  resume_from="latest" if args.resume else None, overwrite=args.overwrite or None)
     # Dedicated flags win over the same option given with --set.
     config = {**_pairs(args.set, "--set"), **{key: value for key, value in flags.items() if value is not None}}
-    known = [*TrainingConfig.__dataclass_fields__, *get_task(args.task).load_class().finetune_options]
+    task_class = get_task(args.task).load_class()
+    known = [*TrainingConfig.__dataclass_fields__, *task_class.finetune_options, *task_class.renamed_options]
     _check_options(config, known, "finetune")
     # A line per evaluation on standard error, through the trackers' hook (the user's trackers still log).
     trackers = config.get("log_with") or []

@@ -140,7 +140,7 @@ def run_demo(names: list[str] | None = None, output_dir: str | os.PathLike | Non
     ``alongside`` run in a second process at the same time, where there is a second core (see ALONGSIDE)."""
     import taskzoo
 
-    names = [canonical_name(name) for name in names] if names else taskzoo.tasks()
+    names = [canonical_name(name) for name in names] if names else taskzoo.task_names()
     pictures = output_folder(output_dir)
     print(f"taskzoo demo: {len(names)} task(s), each a tiny random model fine-tuned on toy data, offline.\n"
           f"Pictures and a report will be written to {pictures}/\n", flush=True)

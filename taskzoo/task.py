@@ -306,34 +306,9 @@ class Task(ABC):
         :class:`taskzoo.training.TrainingResult`. With a DatasetDict and no ``eval``, its validation
         (or test) split is used for evaluation.
         """
-        from datasets import DatasetDict
+        from taskzoo.training import finetune_task
 
-        from taskzoo.feature_cache import cached_head_training
-        from taskzoo.training import TrainingConfig, train_task
-
-        self.__dict__.pop("_compiled", None)  # its frozen weights would go stale (see compiled())
-        own = {key: config.pop(key) for key in list(config) if key in self.finetune_options}
-        self.training_options = {**self.finetune_options, **own}
-        config = TrainingConfig.from_kwargs(self, **config)
-        loaded = data_utils.to_dataset(train, self.read_path)
-        train_set = self.load_data(loaded, "train", columns)
-        streaming.check_trainable(train_set, config.max_steps)
-        if eval is None:
-            splits = isinstance(loaded, (DatasetDict, streaming.IterableDatasetDict))
-            eval_set = self.load_data(loaded, "eval", columns) if splits else None
-        else:
-            eval_set = self.load_data(eval, "eval", columns)
-        torch.manual_seed(config.seed)  # a new head (or adapters) starts the same for the same seed
-        self.prepare_for_training(train_set)
-        self.apply_strategy(config.strategy)
-        train_set = self.prepared(train_set, training=True)
-        eval_set = self.prepared(eval_set, training=False) if eval_set is not None else None
-        trainer, train_set, eval_set = cached_head_training(self, config, train_set, eval_set)
-        result = train_task(trainer, train_set, eval_set, config)
-        self.head_trained = True
-        self.warn_truncated("finetune")
-        result.task = self
-        return result
+        return finetune_task(self, train, eval, columns, config)
 
     # ---------------------------------------------------------------------------- training (optional)
     # Task-specific finetune() options and their defaults (EMA for diffusion, say), read from
@@ -343,7 +318,22 @@ class Task(ABC):
         "save_merged": True,  # after LoRA, save() writes a merged plain model (False: the adapters alone)
         "cache_features": True,  # strategy="freeze": run the frozen body once, train the head from a cache
     })
-    strategies: ClassVar[tuple[str, ...]] = ("full", "freeze", "lora")
+    supported_strategies: ClassVar[tuple[str, ...]] = ("full", "freeze", "lora")  # what finetune(strategy=) may be
+    # Options renamed (old -> new) that load, predict and finetune still take, with a warning, for one release.
+    renamed_options: ClassVar[Mapping[str, str]] = MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "strategies" in cls.__dict__:  # the old name of supported_strategies, taken for one release
+            warn_at_caller(f"{cls.__name__}.strategies is renamed supported_strategies; the old name goes in the "
+                           "next release.")
+            cls.supported_strategies = cls.__dict__["strategies"]
+            del cls.strategies
+
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        warn_at_caller(".strategies is renamed .supported_strategies; the old name goes in the next release.")
+        return self.supported_strategies
 
     def head_modules(self) -> list[str]:
         """Top-level modules of the task head (what strategy="freeze" trains)."""
@@ -351,8 +341,8 @@ class Task(ABC):
 
     def apply_strategy(self, strategy: str) -> None:
         """Choose what trains: everything, the head alone, or LoRA adapters plus the head."""
-        if strategy not in self.strategies:
-            raise ValueError(f"{self.name} supports strategy {' or '.join(map(repr, self.strategies))}; "
+        if strategy not in self.supported_strategies:
+            raise ValueError(f"{self.name} supports strategy {' or '.join(map(repr, self.supported_strategies))}; "
                              f"got {strategy!r}.")
         options = self.training_options
         self.model = strategies.without_adapters(self.model)  # (after a LoRA run) the head is told on the plain model

@@ -20,11 +20,45 @@ from tqdm.auto import tqdm
 from taskzoo import checkpoints, streaming
 from taskzoo.accelerators import new_accelerator
 from taskzoo.custom_metrics import greater_is_better
-from taskzoo.data import LengthGroupedSampler
-from taskzoo.errors import TrainingError, TrainingInterrupted
+from taskzoo.data import LengthGroupedSampler, to_dataset
+from taskzoo.errors import TrainingError, TrainingInterrupted, renamed
 from taskzoo.evaluation import eval_loader, run_evaluation
 from taskzoo.strategies import what_trains
 from taskzoo.training_config import TrainingConfig, TrainingResult  # noqa: F401 (taskzoo.training.TrainingConfig)
+
+def finetune_task(task, train, eval, columns, config: dict) -> TrainingResult:
+    """What :meth:`taskzoo.task.Task.finetune` does: set the run's task options apart from ``config`` (the
+    rest is a :class:`TrainingConfig`), load and prepare the data, adapt the model and pick what trains, then
+    train (from cached features where that pays off) and give the result."""
+    from datasets import DatasetDict
+
+    from taskzoo.feature_cache import cached_head_training
+
+    task.__dict__.pop("_compiled", None)  # its frozen weights would go stale (see Task.compiled())
+    config = renamed(config, task.renamed_options, "finetune()")
+    own = {key: config.pop(key) for key in list(config) if key in task.finetune_options}
+    task.training_options = {**task.finetune_options, **own}
+    config = TrainingConfig.from_kwargs(task, **config)
+    loaded = to_dataset(train, task.read_path)
+    train_set = task.load_data(loaded, "train", columns)
+    streaming.check_trainable(train_set, config.max_steps)
+    if eval is None:
+        splits = isinstance(loaded, (DatasetDict, streaming.IterableDatasetDict))
+        eval_set = task.load_data(loaded, "eval", columns) if splits else None
+    else:
+        eval_set = task.load_data(eval, "eval", columns)
+    torch.manual_seed(config.seed)  # a new head (or adapters) starts the same for the same seed
+    task.prepare_for_training(train_set)
+    task.apply_strategy(config.strategy)
+    train_set = task.prepared(train_set, training=True)
+    eval_set = task.prepared(eval_set, training=False) if eval_set is not None else None
+    trainer, train_set, eval_set = cached_head_training(task, config, train_set, eval_set)
+    result = train_task(trainer, train_set, eval_set, config)
+    task.head_trained = True
+    task.warn_truncated("finetune")
+    result.task = task
+    return result
+
 
 def train_task(task, train_set, eval_set, config: TrainingConfig) -> TrainingResult:
     """Fine-tune ``task.model`` on ``train_set``: set up, resume (or start fresh), the epoch loop, finish."""
@@ -149,11 +183,11 @@ class _Run:
                 state["epoch"] += 1
                 state["batches_in_epoch"] = 0
                 if self.eval_loader is not None and config.eval_every == "epoch":
-                    stop = self.evaluate(state["step"])
+                    stop = self.evaluate_and_check_stop(state["step"])
                 if config.checkpoint_every == "eval" and state["step"] < self.total_steps and not stop:
                     self.checkpoint()
         if self.eval_loader is not None and not stop and self.evaluated_at != state["step"]:
-            self.evaluate(state["step"])  # the run ended between evaluations: score the final model too
+            self.evaluate_and_check_stop(state["step"])  # the run ended between evaluations: score the final model too
         self.progress.close()
         if stop:
             self.log.info(f"Early stopping at step {state['step']}: no improvement of {config.metric_for_best} in "
@@ -204,7 +238,7 @@ class _Run:
             self.log.write({"step": step, "epoch": self.epoch_number(), "loss": mean_loss,
                             "learning_rate": self.scheduler.get_last_lr()[0]})
         if self.eval_loader is not None and config.eval_every != "epoch" and step % config.eval_every == 0:
-            stop = self.evaluate(step)
+            stop = self.evaluate_and_check_stop(step)
             if config.checkpoint_every == "eval" and step < self.total_steps and not stop:
                 self.checkpoint()
         if isinstance(config.checkpoint_every, int) and step % config.checkpoint_every == 0:
@@ -230,7 +264,7 @@ class _Run:
         self.log.info(f"Checkpoint at step {step}: {path} ({time.perf_counter() - started:.1f} s; "
                       "checkpoint_every=None turns these off)")
 
-    def evaluate(self, step: int) -> bool:
+    def evaluate_and_check_stop(self, step: int) -> bool:
         """Evaluate, keep the best model; returns True when early stopping says stop."""
         config, state, accelerator, task = self.config, self.state, self.accelerator, self.task
         self.evaluated_at = step

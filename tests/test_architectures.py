@@ -12,7 +12,7 @@ from taskzoo.registry import get_task
 from taskzoo.testing import toy_dataset
 
 # (task, family): every task's own kit model, then families whose layout differs from the kit's.
-MODELS = [(task, None) for task in taskzoo.tasks()] + [
+MODELS = [(task, None) for task in taskzoo.task_names()] + [
     ("image-classification", "beit"), ("image-segmentation", "beit"), ("image-segmentation", "upernet"),
     ("translation", "fsmt"), ("object-detection", "detr"), ("automatic-speech-recognition", "whisper")]
 PREDICT_OPTIONS = {"text-to-image": dict(num_inference_steps=2, seed=0)}  # enough to run the pipeline

@@ -112,7 +112,7 @@ def registered():
     yield
     unregister_task("product-photos")
     unregister_task("is-question")
-    assert not {"product-photos", "is-question"} & set(taskzoo.tasks())  # other tests never see them
+    assert not {"product-photos", "is-question"} & set(taskzoo.task_names())  # other tests never see them
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +224,23 @@ def test_a_task_that_lacks_required_hooks_is_refused_naming_them():
     assert no_metric.unwritten() == ["primary_metric"] and IsQuestion.unwritten() == []
     with pytest.raises(TypeError, match="NoMetric does not set primary_metric, as a task must"):
         no_metric(BagOfBytes(), device="cpu")
+
+
+def test_the_old_names_strategies_and_tasks_work_for_a_release_with_a_warning():
+    from taskzoo.errors import TaskzooWarning
+
+    with pytest.warns(TaskzooWarning, match="OldStyle.strategies is renamed supported_strategies") as caught:
+        class OldStyle(IsQuestion):
+            strategies = ("full",)
+    assert caught[0].filename == __file__  # the warning points at the class statement
+    assert OldStyle.supported_strategies == ("full",) and "strategies" not in vars(OldStyle)
+    zoo = OldStyle(BagOfBytes(), device="cpu")
+    with pytest.warns(TaskzooWarning, match=r"\.strategies is renamed \.supported_strategies"):
+        assert zoo.strategies == ("full",)
+    with pytest.raises(ValueError, match="supports strategy 'full'; got 'lora'"):
+        zoo.apply_strategy("lora")
+    with pytest.warns(TaskzooWarning, match=r"taskzoo.tasks\(\) is renamed taskzoo.task_names\(\)"):
+        assert taskzoo.tasks() == taskzoo.task_names()
 
 
 class Shouting(IsQuestion):
