@@ -41,6 +41,8 @@ class TaskEntry:
 
 def _written(task_class: type) -> type:
     """``task_class``, refused with the names of the required attributes and hooks it lacks (see taskzoo/task.py)."""
+    if not callable(getattr(task_class, "unwritten", None)):
+        raise TypeError(f"{task_class.__name__} is not a task: a task is a subclass of taskzoo.task.Task.")
     unwritten = task_class.unwritten()
     if unwritten:
         raise TypeError(f"{task_class.__name__} lacks what every task must have: {', '.join(unwritten)} "
