@@ -8,8 +8,7 @@ from taskzoo.api import evaluate, finetune, load, run, task_names, tasks
 from taskzoo.errors import (DataError, ExistingRunError, ModelNotFoundError, TaskzooError, TrainingError,
                             TrainingInterrupted, UnknownTaskError)
 from taskzoo.serving import serve  # the web stack itself is imported when a server starts
-# The function shadows its module (taskzoo/visualize.py) as attribute, as tasks() does above.
-from taskzoo.visualize import visualize
+from taskzoo.drawing import visualize
 
 __version__ = "0.1.0"
 __all__ = ["task_names", "tasks", "load", "run", "finetune", "evaluate", "visualize", "serve", "TaskzooError",

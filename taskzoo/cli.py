@@ -96,7 +96,7 @@ def cmd_tasks(args) -> None:
 
 def cmd_predict(args) -> None:
     import taskzoo
-    from taskzoo import batch_predict
+    from taskzoo import predict_files
     from taskzoo.predict_options import check_options
     from taskzoo.registry import get_task
     from taskzoo.result_files import json_line
@@ -125,7 +125,7 @@ def cmd_predict(args) -> None:
         zoo.predict_to_jsonl(args.data, args.output, columns=_pairs(args.columns, "--columns"),
                              id_column=args.id_column, **files, **options)
     elif args.output:
-        batch_predict.write_predictions(zoo, batch_predict.Inputs(inputs), args.output, **files, **options)
+        predict_files.write_predictions(zoo, predict_files.Inputs(inputs), args.output, **files, **options)
     else:
         outputs = zoo.predict(inputs, batch_size=batch_size, **options)
         for index, (item, output) in enumerate(zip(inputs, outputs)):

@@ -6,7 +6,7 @@ has defaults, grouped: loading, data, evaluation, predict, training, feature cac
 that serving, the playground, result files and the demo read. Predict's options are the keyword parameters of
 ``preprocess_batch`` and ``predict_batch``, and each stage gets those it names, as transformers' pipelines route
 theirs with ``_sanitize_parameters`` (taskzoo/predict_options.py). The shared predict, evaluate and finetune
-live here, in batching.py, evaluation.py and training.py.
+live here, in predict_batches.py, evaluation.py and training.py.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import torch
 from taskzoo import data as data_utils
 from taskzoo import strategies, streaming
 from taskzoo.accelerators import default_device
-from taskzoo.batching import predict_in_batches
 from taskzoo.errors import DataError, warn_at_caller
 from taskzoo.models import library_bars_hidden
+from taskzoo.predict_batches import predict_in_batches
 from taskzoo.predict_options import check_options
 
 
@@ -224,7 +224,7 @@ class Task(ABC):
         a list of dicts) into ``output``: one JSON line ``{"index", "id", "output"}`` per row, in input order;
         resumable, and shared by the processes of ``accelerate launch``. Options: ``batch_size``, ``columns``,
         ``id_column``, ``resume``, ``save_visuals``, ``progress`` and predict's own. See docs/predict.md."""
-        from taskzoo.batch_predict import predict_to_jsonl
+        from taskzoo.predict_files import predict_to_jsonl
 
         return predict_to_jsonl(self, data, output, **options)
 

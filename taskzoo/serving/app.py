@@ -26,10 +26,10 @@ from starlette.formparsers import MultiPartException
 
 from taskzoo.errors import TaskzooError
 from taskzoo.predict_options import option_defaults
-from taskzoo.serving.batching import Batcher, LengthGroupedPredict, batch_key
 from taskzoo.serving.codec import (SERVER_OPTIONS, Limits, RequestError, check_parameters, decode_media,
                                    decode_request, example_input, media_of, to_json)
 from taskzoo.serving.playground import form_of
+from taskzoo.serving.request_batches import Batcher, LengthGroupedPredict, batch_key
 
 logger = logging.getLogger("taskzoo.serve")
 STATIC = Path(__file__).parent / "static"

@@ -20,10 +20,10 @@ from datasets import Image as ImageFeature
 
 from taskzoo import data as data_utils
 from taskzoo import heads, metrics, strategies
+from taskzoo.drawing import visualize
 from taskzoo.errors import DataError
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
-from taskzoo.visualize import visualize
 
 SPLIT_NAMES = ("train", *data_utils.EVAL_SPLIT_NAMES)
 

@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 
 from taskzoo import data as data_utils
 from taskzoo import heads, metrics, strategies
+from taskzoo.drawing import visualize
 from taskzoo.errors import DataError
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
 from taskzoo.tasks import universal_segmentation as universal
-from taskzoo.visualize import visualize
 
 IGNORE_INDEX = 255
 MASK_COLUMNS = ("mask", "annotation", "label")  # accepted names of the mask column, in this order

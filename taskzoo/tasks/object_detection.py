@@ -31,10 +31,10 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Va
 
 from taskzoo import data as data_utils
 from taskzoo import heads, metrics, strategies, streaming
+from taskzoo.drawing import visualize
 from taskzoo.errors import DataError, TaskzooWarning
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
-from taskzoo.visualize import visualize
 
 OBJECTS = {"bbox": List(List(Value("float64"))), "category": List(Value("int64"))}  # after prepare()
 

@@ -22,9 +22,9 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from taskzoo import metrics, strategies, streaming
-from taskzoo.batching import PreparedBatches, halving_on_oom, plan_batches
 from taskzoo.errors import DataError
 from taskzoo.models import library_bars_hidden, model_inputs
+from taskzoo.predict_batches import PreparedBatches, halving_on_oom, plan_batches
 from taskzoo.predict_options import check_options
 from taskzoo.task import Task
 

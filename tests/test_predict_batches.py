@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskzoo.batching import plan_batches
+from taskzoo.predict_batches import plan_batches
 
 
 def cost(batches, lengths, batch_cost):
