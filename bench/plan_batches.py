@@ -1,4 +1,4 @@
-"""Benchmark: how long taskzoo.batching.plan_batches takes to plan predict's batches, and what it saves.
+"""Benchmark: how long taskzoo.predict_batches.plan_batches takes to plan predict's batches, and what it saves.
 
 Sentence lengths in tokens drawn from a log-normal (median ~20 tokens, capped at 256), as sentence-similarity
 plans them: up to --max-tokens padded tokens a batch and a cost of --batch-cost tokens per batch. Reports the
@@ -15,7 +15,7 @@ import statistics
 import time
 
 from common import cpu_line
-from taskzoo.batching import plan_batches
+from taskzoo.predict_batches import plan_batches
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--counts", type=int, nargs="+", default=[1000, 5000, 20000])

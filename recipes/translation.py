@@ -16,8 +16,8 @@ from _common import load_splits
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--model", default="Helsinki-NLP/opus-mt-en-de")  # any AutoModelForSeq2SeqLM
 parser.add_argument("--dataset", default="wmt/wmt16")  # hub name or local folder
-parser.add_argument("--source-lang", default="en")  # the key of translation dicts to translate from
-parser.add_argument("--target-lang", default="de")  # ... and to
+parser.add_argument("--source-key", default="en")  # the key of translation dicts to translate from
+parser.add_argument("--target-key", default="de")  # ... and to
 parser.add_argument("--output-dir", default="runs/translation")
 parser.add_argument("--epochs", type=float, default=1)
 parser.add_argument("--max-steps", type=int)  # overrides --epochs
@@ -31,7 +31,7 @@ args = parser.parse_args()
 
 # Load
 train, held_out = load_splits(args.dataset)
-zoo = taskzoo.load("translation", model=args.model, source_lang=args.source_lang, target_lang=args.target_lang)
+zoo = taskzoo.load("translation", model=args.model, source_key=args.source_key, target_key=args.target_key)
 
 # Fine-tune
 result = zoo.finetune(train, eval=held_out, output_dir=args.output_dir, epochs=args.epochs,

@@ -61,7 +61,7 @@ def fields_table(cls) -> str:
 def render() -> str:
     parts = ["# API reference\n", "Generated from the docstrings by `python scripts/make_api_docs.py`; "
              "do not edit by hand.\n", "## Functions\n"]
-    for name in ["tasks", "load", "run", "finetune", "evaluate", "visualize", "serve"]:
+    for name in ["task_names", "load", "run", "finetune", "evaluate", "visualize", "serve"]:
         if hasattr(taskzoo, name):
             parts.append(entry(f"taskzoo.{name}", getattr(taskzoo, name)))
     from taskzoo import demo, testing
@@ -90,7 +90,7 @@ def render() -> str:
         parts.append(f"### `{name}`" + (f" (aliases: {', '.join(aliases)})" if aliases else "") + "\n")
         parts.append(f"`{cls.__module__}.{cls.__name__}` — default model `{spec.default_model}`"
                      + (f" at revision `{spec.default_revision}`" if spec.default_revision else "")
-                     + f"; primary metric `{cls.primary_metric}`; strategies {', '.join(cls.strategies)}.\n")
+                     + f"; primary metric `{cls.primary_metric}`; strategies {', '.join(cls.supported_strategies)}.\n")
         parts.append((inspect.getdoc(sys.modules[cls.__module__]) or "") + "\n")
         if own:
             parts.append("Its own finetune options: " + ", ".join(f"`{k}={v!r}`" for k, v in own.items()) + ".\n")

@@ -40,7 +40,7 @@ def main() -> None:
         shutil.copy(grids[-1], FIGURES / "text-to-image-grid.png")
 
         for task, name in (("object-detection", "detection"), ("image-segmentation", "segmentation")):
-            if task not in taskzoo.tasks():
+            if task not in taskzoo.task_names():
                 continue
             zoo, _ = finetuned(task, scratch / name)
             image = toy_dataset(task, 1, seed=7)[0]["image"]

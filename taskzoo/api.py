@@ -1,16 +1,16 @@
-"""The one-call public functions: load, run, finetune, evaluate."""
+"""The one-call public functions: task_names, load, run, finetune, evaluate."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from taskzoo.errors import ModelNotFoundError, TaskzooError
+from taskzoo.errors import ModelNotFoundError, TaskzooError, renamed, warn_at_caller
 from taskzoo.models import library_bars_hidden, resolve_model, wrong_model
 from taskzoo.registry import TASKS, get_task
 
 
-def tasks() -> list[str]:
+def task_names() -> list[str]:
     """The names of the registered tasks.
 
     Returns:
@@ -18,6 +18,12 @@ def tasks() -> list[str]:
         name is.
     """
     return sorted(TASKS)
+
+
+def tasks() -> list[str]:
+    """The old name of :func:`task_names` (it shadowed the package taskzoo.tasks), until the next release."""
+    warn_at_caller("taskzoo.tasks() is renamed taskzoo.task_names(); the old name goes in the next release.")
+    return task_names()
 
 
 def load(task: str, model: str | os.PathLike | None = None, *, revision: str | None = None,
@@ -51,6 +57,7 @@ def load(task: str, model: str | os.PathLike | None = None, *, revision: str | N
         model, revision = entry.default_model, revision or entry.default_revision
     path = resolve_model(model, revision)
     task_class = entry.load_class()
+    options = renamed(options, task_class.renamed_options, "load()")
     wrong = wrong_model(path, task_class)  # an image model for a text task, say: told before the loaders fail
     if wrong:
         raise ModelNotFoundError(wrong)

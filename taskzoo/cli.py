@@ -96,7 +96,7 @@ def cmd_tasks(args) -> None:
 
 def cmd_predict(args) -> None:
     import taskzoo
-    from taskzoo import batch_predict
+    from taskzoo import predict_files
     from taskzoo.predict_options import check_options
     from taskzoo.registry import get_task
     from taskzoo.result_files import json_line
@@ -125,7 +125,7 @@ def cmd_predict(args) -> None:
         zoo.predict_to_jsonl(args.data, args.output, columns=_pairs(args.columns, "--columns"),
                              id_column=args.id_column, **files, **options)
     elif args.output:
-        batch_predict.write_predictions(zoo, batch_predict.Inputs(inputs), args.output, **files, **options)
+        predict_files.write_predictions(zoo, predict_files.Inputs(inputs), args.output, **files, **options)
     else:
         outputs = zoo.predict(inputs, batch_size=batch_size, **options)
         for index, (item, output) in enumerate(zip(inputs, outputs)):
@@ -158,7 +158,8 @@ def cmd_finetune(args) -> None:
                  resume_from="latest" if args.resume else None, overwrite=args.overwrite or None)
     # Dedicated flags win over the same option given with --set.
     config = {**_pairs(args.set, "--set"), **{key: value for key, value in flags.items() if value is not None}}
-    known = [*TrainingConfig.__dataclass_fields__, *get_task(args.task).load_class().finetune_options]
+    task_class = get_task(args.task).load_class()
+    known = [*TrainingConfig.__dataclass_fields__, *task_class.finetune_options, *task_class.renamed_options]
     _check_options(config, known, "finetune")
     # A line per evaluation on standard error, through the trackers' hook (the user's trackers still log).
     trackers = config.get("log_with") or []

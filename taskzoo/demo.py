@@ -88,8 +88,8 @@ def demo_task(name: str, folder: Path, pictures: Path | None = None, progress: b
 def sample_text(sample, row: dict) -> str:
     """The predict() input as the demo shows it. An audio file (in a temporary folder, gone by the time anyone
     reads the line) is shown by its length and, where the row has one, its transcript."""
-    from taskzoo.batch_predict import AUDIO_SUFFIXES
     from taskzoo.data import load_audio
+    from taskzoo.predict_files import AUDIO_SUFFIXES
 
     is_file = isinstance(sample, (str, os.PathLike)) and Path(sample).suffix.lower() in AUDIO_SUFFIXES
     if not (is_file or isinstance(sample, dict) and "array" in sample):
@@ -104,7 +104,7 @@ def save_pictures(zoo, held_out, sample, prediction, run: Path, pictures: Path, 
     """The task's pictures as PNG files in ``pictures``: predicted labels, boxes or masks drawn over a few
     held-out images, the images generated at the last evaluation, and the training curve. Returns the file
     names."""
-    from taskzoo.visualize import side_by_side
+    from taskzoo.drawing import side_by_side
 
     saved = []
     pictures.mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,7 @@ def run_demo(names: list[str] | None = None, output_dir: str | os.PathLike | Non
     """
     import taskzoo
 
-    names = [canonical_name(name) for name in names] if names else taskzoo.tasks()
+    names = [canonical_name(name) for name in names] if names else taskzoo.task_names()
     pictures = output_folder(output_dir)
     print(f"taskzoo demo: {len(names)} task(s), each a tiny random model fine-tuned on toy data, offline.\n"
           f"Pictures and a report will be written to {pictures}/\n", flush=True)

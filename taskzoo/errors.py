@@ -154,7 +154,9 @@ def in_cli_syntax(message: str) -> str:
 
 def warn_at_caller(message: str) -> None:
     """``warnings.warn`` pointing at the first line outside taskzoo (and outside the contextlib frames of its
-    decorators), so that the warning names the user's call however deep in taskzoo it was raised."""
+    decorators, and abc's around a class statement), so that the warning names the user's call (or class) however
+    deep in taskzoo it was raised."""
+    import abc
     import contextlib
     import os
     import sys
@@ -162,6 +164,17 @@ def warn_at_caller(message: str) -> None:
 
     package, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(1), 2
     while frame is not None and (frame.f_code.co_filename.startswith(package + os.sep)
-                                 or frame.f_code.co_filename == contextlib.__file__):
+                                 or frame.f_code.co_filename in (contextlib.__file__, abc.__file__, "<frozen abc>")):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, TaskzooWarning, stacklevel=level)
+
+
+def renamed(options: dict, renames: dict[str, str], where: str) -> dict:
+    """``options`` with each old name in ``renames`` (old -> new) replaced by its new one, warning once per call
+    (a TaskzooWarning): an old name keeps working for one release after its rename."""
+    old = [name for name in options if name in renames]
+    for name in old:
+        if renames[name] in options:
+            raise TypeError(f"{where} got both {name}= and {renames[name]}=, its new name.")
+        warn_at_caller(f"{where}: {name}= is renamed {renames[name]}=; the old name goes in the next release.")
+    return {renames.get(name, name): value for name, value in options.items()} if old else options

@@ -16,6 +16,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from taskzoo import streaming
+
+
+def cached_head_training(task, config, train_set, eval_set) -> tuple:
+    """``(trainer, train_set, eval_set)`` for the training loop: with strategy="freeze", a task with a
+    ``cached_head`` and ``cache_features`` on, the head's inputs cached and a :class:`CachedHeadTraining`;
+    otherwise the task and its data as they are (a stream is never held in memory, so it is not cached)."""
+    if not (config.strategy == "freeze" and task.cached_head and task.training_options.get("cache_features")) \
+            or streaming.is_stream(train_set):
+        return task, train_set, eval_set
+    batch_size = config.eval_batch_size or config.batch_size
+    train_set = build_cache(task, train_set, batch_size)
+    if eval_set is not None and not streaming.is_stream(eval_set):  # evaluated each epoch: cached too
+        eval_set = build_cache(task, eval_set, batch_size)
+    return CachedHeadTraining(task), train_set, eval_set
+
 
 def build_cache(task, dataset, batch_size: int) -> list[dict]:
     """Run the frozen model once over ``dataset``; one {"features", "labels"} row per sample (on CPU)."""

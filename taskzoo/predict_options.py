@@ -1,11 +1,14 @@
-"""The options predict takes, read from a task's signatures, and the checks of their names and values that
-the Python API, the command line (``--set``) and the server (``parameters``) share.
+"""The options predict takes, read from a task's signatures; which stage each one goes to; and the checks of
+their names and values that the Python API, the command line (``--set``) and the server (``parameters``) share.
 
 A task's options are the keyword parameters of its ``predict``, ``preprocess_batch`` and ``predict_batch``.
+Each stage gets the options its signature names (:func:`route`), as transformers' pipelines split theirs with
+``_sanitize_parameters``; a stage with ``**kwargs`` also gets those no stage names (``predict_batch`` passes
+them on to ``generate()``: translation, Whisper).
 An unknown name is refused with the closest known one (a ``TypeError``, as Python's own for a bad keyword);
 a value of the wrong type or range with the option's name (a ``ValueError``), before any input is touched.
-Where ``predict_batch`` passes other keywords on to ``generate()`` (translation, Whisper), a name close to a
-known one is refused as a typo, and any other name is left for ``generate()`` to judge.
+Where ``predict_batch`` passes other keywords on to ``generate()``, a name close to a known one is refused as
+a typo, and any other name is left for ``generate()`` to judge.
 """
 
 from __future__ import annotations
@@ -60,6 +63,24 @@ def _signature_options(task_class) -> tuple[dict[str, inspect.Parameter], bool]:
             elif parameter.kind is not parameter.VAR_POSITIONAL:
                 options.setdefault(parameter.name, parameter)
     return options, forwards
+
+
+@cache
+def _stage_names(function) -> tuple[frozenset[str], bool]:
+    """(the keyword options ``function``, a preprocess_batch or predict_batch, names; whether it has **kwargs)."""
+    parameters = list(inspect.signature(function).parameters.values())[2:]  # self, inputs
+    named = frozenset(p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+    return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def route(task, options: dict) -> tuple[dict, dict]:
+    """``options`` split into ``(preprocess_batch's, predict_batch's)``: each gets those its signature names
+    (both, where both name one: speech's ``sampling_rate``), and one with ``**kwargs`` the rest."""
+    task_class = task if isinstance(task, type) else type(task)
+    stages = [_stage_names(task_class.preprocess_batch), _stage_names(task_class.predict_batch)]
+    named = set().union(*(names for names, _ in stages))
+    return tuple({key: value for key, value in options.items() if key in names or (rest and key not in named)}
+                 for names, rest in stages)
 
 
 def option_names(task) -> list[str]:

@@ -36,7 +36,18 @@ class TaskEntry:
                 f"Task {self.name!r} needs an optional dependency that is not installed ({error.name}). "
                 f"Install it with: pip install 'taskzoo[{self.extra}]'"
             ) from error
-        return getattr(module, class_name)
+        return _written(getattr(module, class_name))
+
+
+def _written(task_class: type) -> type:
+    """``task_class``, refused with the names of the required attributes and hooks it lacks (see taskzoo/task.py)."""
+    if not callable(getattr(task_class, "unwritten", None)):
+        raise TypeError(f"{task_class.__name__} is not a task: a task is a subclass of taskzoo.task.Task.")
+    unwritten = task_class.unwritten()
+    if unwritten:
+        raise TypeError(f"{task_class.__name__} lacks what every task must have: {', '.join(unwritten)} "
+                        "(see docs/custom-tasks.md).")
+    return task_class
 
 
 TASKS: dict[str, TaskEntry] = {}
@@ -48,8 +59,8 @@ def register_task(entry: TaskEntry, aliases: tuple[str, ...] = ()) -> None:
     for name in (entry.name, *aliases):
         if name in TASKS or name in ALIASES:
             raise ValueError(f"A task named {name!r} is already registered.")
-    if isinstance(entry.impl, type) and getattr(entry.impl, "name", None) != entry.name:
-        raise ValueError(f"{entry.impl.__name__}.name is {getattr(entry.impl, 'name', None)!r}, but it is registered "
+    if isinstance(entry.impl, type) and _written(entry.impl).name != entry.name:
+        raise ValueError(f"{entry.impl.__name__}.name is {entry.impl.name!r}, but it is registered "
                          f"as {entry.name!r}: set name = {entry.name!r} in the class.")
     TASKS[entry.name] = entry
     for alias in aliases:

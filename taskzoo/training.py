@@ -17,26 +17,30 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from taskzoo import checkpoints, data as data_utils, streaming
+from taskzoo import checkpoints, streaming
 from taskzoo.accelerators import new_accelerator
 from taskzoo.custom_metrics import greater_is_better
-from taskzoo.data import LengthGroupedSampler
-from taskzoo.errors import TrainingError, TrainingInterrupted
+from taskzoo.data import LengthGroupedSampler, to_dataset
+from taskzoo.errors import TrainingError, TrainingInterrupted, renamed
 from taskzoo.evaluation import eval_loader, run_evaluation
 from taskzoo.strategies import what_trains
 from taskzoo.training_config import TrainingConfig, TrainingResult
 
 
 def finetune_task(task, train, eval, columns, config: dict) -> TrainingResult:
-    """What :meth:`taskzoo.task.Task.finetune` does: the task's own options apart, the data loaded and checked,
-    the model adapted to it (a new head, the strategy, cached features), then :func:`train_task`."""
+    """What :meth:`taskzoo.task.Task.finetune` does: set the run's task options apart from ``config`` (the
+    rest is a :class:`TrainingConfig`), load and prepare the data, adapt the model and pick what trains, then
+    train (from cached features where that pays off) and give the result."""
     from datasets import DatasetDict
 
+    from taskzoo.feature_cache import cached_head_training
+
     task.__dict__.pop("_compiled", None)  # its frozen weights would go stale (see Task.compiled())
+    config = renamed(config, task.renamed_options, "finetune()")
     own = {key: config.pop(key) for key in list(config) if key in task.finetune_options}
     task.training_options = {**task.finetune_options, **own}
     config = TrainingConfig.from_kwargs(task, **config)
-    loaded = data_utils.to_dataset(train, task.read_path)
+    loaded = to_dataset(train, task.read_path)
     train_set = task.load_data(loaded, "train", columns)
     streaming.check_trainable(train_set, config.max_steps)
     if eval is None:
@@ -49,16 +53,7 @@ def finetune_task(task, train, eval, columns, config: dict) -> TrainingResult:
     task.apply_strategy(config.strategy)
     train_set = task.prepared(train_set, training=True)
     eval_set = task.prepared(eval_set, training=False) if eval_set is not None else None
-    trainer = task  # (a stream is never held in memory, so its features are not cached)
-    if config.strategy == "freeze" and task.cached_head and task.training_options.get("cache_features") \
-            and not streaming.is_stream(train_set):
-        from taskzoo.feature_cache import CachedHeadTraining, build_cache
-
-        batch_size = config.eval_batch_size or config.batch_size
-        train_set = build_cache(task, train_set, batch_size)
-        if eval_set is not None and not streaming.is_stream(eval_set):  # evaluated each epoch: cached too
-            eval_set = build_cache(task, eval_set, batch_size)
-        trainer = CachedHeadTraining(task)
+    trainer, train_set, eval_set = cached_head_training(task, config, train_set, eval_set)
     result = train_task(trainer, train_set, eval_set, config)
     task.head_trained = True
     task.warn_truncated("finetune")
@@ -189,11 +184,11 @@ class _Run:
                 state["epoch"] += 1
                 state["batches_in_epoch"] = 0
                 if self.eval_loader is not None and config.eval_every == "epoch":
-                    stop = self.evaluate(state["step"])
+                    stop = self.evaluate_and_check_stop(state["step"])
                 if config.checkpoint_every == "eval" and state["step"] < self.total_steps and not stop:
                     self.checkpoint()
         if self.eval_loader is not None and not stop and self.evaluated_at != state["step"]:
-            self.evaluate(state["step"])  # the run ended between evaluations: score the final model too
+            self.evaluate_and_check_stop(state["step"])  # the run ended between evaluations: score the final model too
         self.progress.close()
         if stop:
             self.log.info(f"Early stopping at step {state['step']}: no improvement of {config.metric_for_best} in "
@@ -244,7 +239,7 @@ class _Run:
             self.log.write({"step": step, "epoch": self.epoch_number(), "loss": mean_loss,
                             "learning_rate": self.scheduler.get_last_lr()[0]})
         if self.eval_loader is not None and config.eval_every != "epoch" and step % config.eval_every == 0:
-            stop = self.evaluate(step)
+            stop = self.evaluate_and_check_stop(step)
             if config.checkpoint_every == "eval" and step < self.total_steps and not stop:
                 self.checkpoint()
         if isinstance(config.checkpoint_every, int) and step % config.checkpoint_every == 0:
@@ -270,7 +265,7 @@ class _Run:
         self.log.info(f"Checkpoint at step {step}: {path} ({time.perf_counter() - started:.1f} s; "
                       "checkpoint_every=None turns these off)")
 
-    def evaluate(self, step: int) -> bool:
+    def evaluate_and_check_stop(self, step: int) -> bool:
         """Evaluate, keep the best model; returns True when early stopping says stop."""
         config, state, accelerator, task = self.config, self.state, self.accelerator, self.task
         self.evaluated_at = step

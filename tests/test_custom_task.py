@@ -112,7 +112,7 @@ def registered():
     yield
     unregister_task("product-photos")
     unregister_task("is-question")
-    assert not {"product-photos", "is-question"} & set(taskzoo.tasks())  # other tests never see them
+    assert not {"product-photos", "is-question"} & set(taskzoo.task_names())  # other tests never see them
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +203,86 @@ def test_predict_to_jsonl_draws_what_the_task_draws(photos, questions, tmp_path)
     zoo.predict_to_jsonl([{"text": "Is it?"}], tmp_path / "questions.jsonl", save_visuals=tmp_path / "none")
     line = json.loads((tmp_path / "questions.jsonl").read_text())
     assert "visual" not in line and line["output"] == zoo.predict("Is it?") and not (tmp_path / "none").exists()
+
+
+# --------------------------------------------------------------------------------- the contract
+
+
+def test_a_task_that_lacks_required_hooks_is_refused_naming_them():
+    hooks = {name: vars(IsQuestion)[name] for name in ("from_pretrained", "collate", "training_step", "eval_step",
+                                                        "compute_metrics", "input_of", "predict_batch", "encode")}
+    # Three hooks, no primary_metric: the registry names all that is missing, instantiation the hooks.
+    unfinished = type("Unfinished", (Task,), {"name": "unfinished", **{k: hooks[k] for k in list(hooks)[:3]}})
+    wanted = "primary_metric, compute_metrics, eval_step, input_of, predict_batch"
+    with pytest.raises(TypeError, match=f"Unfinished lacks what every task must have: {wanted} "):
+        register_task(TaskEntry("unfinished", unfinished, "m"))
+    assert "unfinished" not in taskzoo.registry.TASKS
+    with pytest.raises(TypeError, match="abstract .*compute_metrics, eval_step, input_of, predict_batch"):
+        unfinished(BagOfBytes(), device="cpu")
+    # Every hook but no primary_metric: instantiation names the attribute.
+    no_metric = type("NoMetric", (Task,), {"name": "no-metric", **hooks})
+    assert no_metric.unwritten() == ["primary_metric"] and IsQuestion.unwritten() == []
+    with pytest.raises(TypeError, match="NoMetric does not set primary_metric, as a task must"):
+        no_metric(BagOfBytes(), device="cpu")
+
+
+def test_the_old_names_strategies_and_tasks_work_for_a_release_with_a_warning():
+    from taskzoo.errors import TaskzooWarning
+
+    with pytest.warns(TaskzooWarning, match="OldStyle.strategies is renamed supported_strategies") as caught:
+        class OldStyle(IsQuestion):
+            strategies = ("full",)
+    assert caught[0].filename == __file__  # the warning points at the class statement
+    assert OldStyle.supported_strategies == ("full",) and "strategies" not in vars(OldStyle)
+    zoo = OldStyle(BagOfBytes(), device="cpu")
+    with pytest.warns(TaskzooWarning, match=r"\.strategies is renamed \.supported_strategies"):
+        assert zoo.strategies == ("full",)
+    with pytest.raises(ValueError, match="supports strategy 'full'; got 'lora'"):
+        zoo.apply_strategy("lora")
+    with pytest.warns(TaskzooWarning, match=r"taskzoo.tasks\(\) is renamed taskzoo.task_names\(\)"):
+        assert taskzoo.tasks() == taskzoo.task_names()
+
+
+class Shouting(IsQuestion):
+    """Options of both stages: ``upper`` for preprocess_batch, ``top_k`` for predict_batch."""
+
+    name = "shouting"
+    seen: list = []
+
+    def preprocess_batch(self, inputs, upper: bool = False):
+        self.seen.append(("preprocess", upper))
+        return [text.upper() if upper else text for text in inputs]
+
+    def predict_batch(self, texts, top_k: int = 1):
+        self.seen.append(("predict", top_k))
+        return [[output] * top_k for output in super().predict_batch(texts)]
+
+
+def test_each_predict_option_goes_to_the_stage_that_names_it(questions):
+    from taskzoo.predict_options import option_names, route
+
+    zoo = Shouting(questions[0].model, device="cpu")
+    assert route(zoo, {"upper": True, "top_k": 2}) == ({"upper": True}, {"top_k": 2})
+    assert {"upper", "top_k", "batch_size"} <= set(option_names(Shouting))
+    Shouting.seen.clear()
+    outputs = zoo.predict(["is it raining?", "it is."], upper=True, top_k=2)
+    assert Shouting.seen == [("preprocess", True), ("predict", 2)] and [len(o) for o in outputs] == [2, 2]
+    with pytest.raises(TypeError, match=r"unknown option 'uper'\. Did you mean 'upper'\?"):
+        zoo.predict("hi", uper=True)
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        zoo.predict("hi", top_k=0)
+
+
+def test_training_options_are_each_models_own(questions):
+    zoo, other = IsQuestion(BagOfBytes(), device="cpu"), IsQuestion(BagOfBytes(), device="cpu")
+    assert zoo.training_options == dict(Task.finetune_options) and zoo.training_options is not other.training_options
+    zoo.training_options["save_merged"] = False
+    assert other.training_options["save_merged"] is True and Task.finetune_options["save_merged"] is True
+    with pytest.raises(TypeError):
+        Task.finetune_options["lora_rank"] = 4  # the class defaults are read-only
+    zoo.finetune(toy_dataset("is-question", 16), max_steps=1, cache_features=False, progress=False,
+                 save_checkpoints=False)
+    assert zoo.training_options["cache_features"] is False and other.training_options["cache_features"] is True
 
 
 # ------------------------------------------------------------------------------------ the server

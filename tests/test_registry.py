@@ -4,9 +4,9 @@ import taskzoo
 from taskzoo.registry import ALIASES, TASKS, TaskEntry, get_task, register_task
 
 
-def test_tasks_lists_the_implemented_tasks():
-    assert {"text-classification", "sentence-similarity"} <= set(taskzoo.tasks())
-    for name in taskzoo.tasks():
+def test_task_names_lists_the_implemented_tasks():
+    assert {"text-classification", "sentence-similarity"} <= set(taskzoo.task_names())
+    for name in taskzoo.task_names():
         entry = get_task(name)
         assert entry.default_model
         assert entry.load_class().name == name  # every listed task is implemented, none is a placeholder

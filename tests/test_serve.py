@@ -402,7 +402,7 @@ def test_api_key(zoo_of):
 
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="max_batch_size must be a positive integer; got 0"):
-        from taskzoo.serving.batching import Batcher
+        from taskzoo.serving.request_batches import Batcher
         Batcher(lambda items, options: items, max_batch_size=0)
     with pytest.raises(ValueError, match="timeout_s must be a positive number; got -1"):
         Limits(timeout_s=-1)

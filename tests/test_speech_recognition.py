@@ -312,10 +312,22 @@ def test_whisper_transcribes_long_audio_with_timestamps_and_no_special_tokens(wh
     plain = zoo.predict(long_input[0], batch_size=4, max_new_tokens=8)
     assert set(plain) == {"text"} and "<|" not in plain["text"]
     timed = zoo.predict(long_input[0], batch_size=4, max_new_tokens=8, return_timestamps=True, language="en",
-                        task="transcribe")
+                        whisper_task="transcribe")
     assert set(timed) == {"text", "chunks"} and "<|" not in timed["text"]
     for chunk in timed["chunks"]:
         assert set(chunk) == {"text", "timestamp"} and len(chunk["timestamp"]) == 2
+
+
+def test_whisper_task_is_one_name_for_load_and_predict_and_task_still_works_with_a_warning(whisper_path, held_out):
+    from taskzoo.errors import TaskzooWarning
+    from taskzoo.predict_options import option_names
+
+    zoo = taskzoo.load(TASK, model=whisper_path, device="cpu", whisper_task="transcribe")
+    assert "whisper_task" in option_names(zoo)
+    audio = held_out[0]["audio"]
+    expected = zoo.predict(audio, max_new_tokens=4, whisper_task="transcribe")
+    with pytest.warns(TaskzooWarning, match=r"predict\(\): task= is renamed whisper_task="):
+        assert zoo.predict(audio, max_new_tokens=4, task="transcribe") == expected
 
 
 def test_whisper_fine_tunes_saves_and_reloads(whisper_path, held_out, tmp_path):

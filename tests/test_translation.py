@@ -77,16 +77,39 @@ def test_wmt_style_translation_dicts(tiny_model_path):
     path = tiny_model_path("translation")
     rows = toy_dataset("translation", 8, seed=2)
     wmt = [{"translation": {"en": row["source"], "xx": row["target"], "fr": "-"}} for row in rows]
-    zoo = taskzoo.load("translation", model=path, device="cpu", source_lang="en", target_lang="xx")
+    zoo = taskzoo.load("translation", model=path, device="cpu", source_key="en", target_key="xx")
     assert zoo.evaluate(wmt) == zoo.evaluate(rows)
     assert zoo.input_of(wmt[0]) == rows[0]["source"]
     plain = taskzoo.load("translation", model=path, device="cpu")
-    with pytest.raises(DataError, match=r"languages \['en', 'xx', 'fr'\].*source_lang"):
+    with pytest.raises(DataError, match=r"languages \['en', 'xx', 'fr'\].*source_key"):
         plain.evaluate(wmt)
     with pytest.raises(DataError, match="no 'de' texts .target language"):
         taskzoo.load("translation", model=path, device="cpu", src_lang="en", tgt_lang="de").evaluate(wmt)
     # finetune options choose the languages too (the one-call API and the CLI have no load options)
-    plain.finetune(wmt, max_steps=1, source_lang="en", target_lang="xx", progress=False, save_checkpoints=False)
+    plain.finetune(wmt, max_steps=1, source_key="en", target_key="xx", progress=False, save_checkpoints=False)
+
+
+def test_the_old_names_source_lang_and_target_lang_work_with_a_warning(tiny_model_path, tmp_path):
+    from taskzoo.errors import TaskzooWarning
+
+    path = tiny_model_path("translation")
+    rows = toy_dataset("translation", 4, seed=2)
+    wmt = [{"translation": {"en": row["source"], "xx": row["target"]}} for row in rows]
+    with pytest.warns(TaskzooWarning, match=r"load\(\): source_lang= is renamed source_key="):
+        zoo = taskzoo.load("translation", model=path, device="cpu", source_lang="en", target_lang="xx")
+    assert (zoo.source_key, zoo.target_key) == ("en", "xx") and zoo.evaluate(wmt) == zoo.evaluate(rows)
+    plain = taskzoo.load("translation", model=path, device="cpu")
+    with pytest.warns(TaskzooWarning, match=r"finetune\(\): target_lang= is renamed target_key="):
+        plain.finetune(wmt, max_steps=1, source_lang="en", target_lang="xx", progress=False, save_checkpoints=False)
+    with pytest.raises(TypeError, match="both source_lang= and source_key="):
+        taskzoo.load("translation", model=path, device="cpu", source_lang="en", source_key="en")
+    # A folder saved before the rename keeps its keys under the old names.
+    saved = zoo.save(tmp_path / "old")
+    settings = json.loads((saved / "taskzoo.json").read_text())
+    settings["source_lang"], settings["target_lang"] = settings.pop("source_key"), settings.pop("target_key")
+    (saved / "taskzoo.json").write_text(json.dumps(settings))
+    again = taskzoo.load("translation", model=saved, device="cpu")
+    assert (again.source_key, again.target_key) == ("en", "xx")
 
 
 def test_bad_rows_are_named(tiny_model_path):

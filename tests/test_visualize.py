@@ -8,7 +8,7 @@ from PIL import Image
 
 import taskzoo
 from taskzoo.cli import main
-from taskzoo.visualize import PALETTE
+from taskzoo.drawing import PALETTE
 
 
 def grey(width=64, height=48):

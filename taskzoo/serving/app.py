@@ -26,7 +26,6 @@ from starlette.formparsers import MultiPartException
 
 from taskzoo.errors import TaskzooError
 from taskzoo.predict_options import option_defaults
-from taskzoo.serving.batching import Batcher, LengthGroupedPredict, batch_key
 from taskzoo.serving.codec import (
     SERVER_OPTIONS,
     Limits,
@@ -39,6 +38,7 @@ from taskzoo.serving.codec import (
     to_json,
 )
 from taskzoo.serving.playground import form_of
+from taskzoo.serving.request_batches import Batcher, LengthGroupedPredict, batch_key
 
 logger = logging.getLogger("taskzoo.serve")
 STATIC = Path(__file__).parent / "static"

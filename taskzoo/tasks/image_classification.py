@@ -18,10 +18,10 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
 
 from taskzoo import data as data_utils, heads, metrics, strategies
+from taskzoo.drawing import visualize
 from taskzoo.errors import DataError
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
-from taskzoo.visualize import visualize
 
 SPLIT_NAMES = ("train", *data_utils.EVAL_SPLIT_NAMES)
 
@@ -124,7 +124,7 @@ class ImageClassification(Task):
     def draw(self, input, output):
         return visualize(input, output)  # the image, its top labels with score bars below
 
-    def preprocess_batch(self, inputs, **options):
+    def preprocess_batch(self, inputs):
         return self._pixels(inputs)
 
     def predict_batch(self, pixels, top_k: int = 5):

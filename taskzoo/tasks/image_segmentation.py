@@ -27,11 +27,11 @@ from datasets import Dataset, DatasetDict, Features, Image as ImageFeature
 from tqdm.auto import tqdm
 
 from taskzoo import data as data_utils, heads, metrics, strategies
+from taskzoo.drawing import visualize
 from taskzoo.errors import DataError
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
 from taskzoo.tasks import universal_segmentation as universal
-from taskzoo.visualize import visualize
 
 IGNORE_INDEX = 255
 MASK_COLUMNS = ("mask", "annotation", "label")  # accepted names of the mask column, in this order
@@ -303,7 +303,7 @@ class ImageSegmentation(Task):
     def draw(self, input, output):
         return visualize(input, output)  # the masks overlaid, with a legend
 
-    def preprocess_batch(self, inputs, **options):
+    def preprocess_batch(self, inputs):
         """(pixel values, (height, width) of each image, and for universal models each image's size in the
         padded pixel values): predict gives masks at the input's size."""
         images = [data_utils.load_image(item) for item in inputs]

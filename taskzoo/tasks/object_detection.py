@@ -30,10 +30,10 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
 
 from taskzoo import data as data_utils, heads, metrics, strategies, streaming
+from taskzoo.drawing import visualize
 from taskzoo.errors import DataError, TaskzooWarning
 from taskzoo.models import load_image_processor
 from taskzoo.task import Task
-from taskzoo.visualize import visualize
 
 OBJECTS = {"bbox": List(List(Value("float64"))), "category": List(Value("int64"))}  # after prepare()
 
@@ -239,7 +239,7 @@ class ObjectDetection(Task):
     def draw(self, input, output):
         return visualize(input, output)  # boxes with "label score" tags
 
-    def preprocess_batch(self, inputs, **options):
+    def preprocess_batch(self, inputs):
         return [data_utils.load_image(item) for item in inputs]  # decoded, RGB
 
     def predict_batch(self, images, threshold: float = 0.5):

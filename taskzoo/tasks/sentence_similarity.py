@@ -22,9 +22,9 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from taskzoo import metrics, strategies, streaming
-from taskzoo.batching import PreparedBatches, halving_on_oom, plan_batches
 from taskzoo.errors import DataError
 from taskzoo.models import library_bars_hidden, model_inputs
+from taskzoo.predict_batches import PreparedBatches, halving_on_oom, plan_batches
 from taskzoo.predict_options import check_options
 from taskzoo.task import Task
 
@@ -115,10 +115,10 @@ class SentenceSimilarity(Task):
 
     # --------------------------------------------------------------------------------- strategies
     # No head to freeze: the embedding is the output. LoRA adapts the transformer inside module 0.
-    strategies = ("full", "lora")
+    supported_strategies = ("full", "lora")
 
     def apply_strategy(self, strategy: str) -> None:
-        if strategy not in self.strategies:
+        if strategy not in self.supported_strategies:
             raise ValueError(f"sentence-similarity supports strategy 'full' or 'lora' (it has no head to "
                              f"train alone); got {strategy!r}.")
         options, encoder = self.training_options, self.model[0]

@@ -42,6 +42,7 @@ class SpeechRecognition(Task):
     # freeze_feature_encoder: keep a CTC model's convolutional front end fixed (the usual recipe when
     # fine-tuning a pretrained wav2vec2); Whisper models ignore it.
     finetune_options = {**Task.finetune_options, "freeze_feature_encoder": True}
+    renamed_options = {"task": "whisper_task"}  # Whisper's task, one name for load and predict
     demo_config = dict(train_size=400, eval_size=32, epochs=6, learning_rate=1e-2, batch_size=8, scheduler="linear",
                        eval_every=100)  # 300 steps, 3 evaluations: tests/test_demo.py says what they reach
 
@@ -52,7 +53,7 @@ class SpeechRecognition(Task):
         # Whisper's prompt (``task`` is taken by taskzoo.load): None language: the model's own, or detected.
         self.language, self.whisper_task = language, whisper_task
         # Whisper ties its output layer to the token embeddings, so there is no separate head to train.
-        self.strategies = ("full", "freeze", "lora") if self.is_ctc else ("full", "lora")
+        self.supported_strategies = ("full", "freeze", "lora") if self.is_ctc else ("full", "lora")
 
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, language=None, whisper_task="transcribe",
@@ -271,12 +272,12 @@ class SpeechRecognition(Task):
                              "taskzoo.load(..., language='en') (or 'french', 'fr', ...).")
         return language
 
-    def _generate_options(self, language=None, task=None, **options) -> dict:
+    def _generate_options(self, language=None, whisper_task=None, **options) -> dict:
         """Whisper's prompt: always the language and task it was trained with, else it detects the
         language and drops the task token."""
         if self._is_multilingual():
-            options.update(language=self._language(language), task=task or self.whisper_task)
-        elif language or task:
+            options.update(language=self._language(language), task=whisper_task or self.whisper_task)
+        elif language or whisper_task:
             raise ValueError("This Whisper model is English-only: it takes no language or task.")
         return {key: value for key, value in options.items() if value is not None}
 
@@ -313,7 +314,7 @@ class SpeechRecognition(Task):
         ``(array, sampling_rate)`` tuple, or an array at ``sampling_rate`` (default: the model's).
 
         Options: ``return_timestamps`` (adds ``chunks``), ``chunk_length_s`` / ``stride_length_s`` for long
-        audio, and for Whisper ``language``, ``task``, ``max_new_tokens`` and ``use_generate=True`` (every
+        audio, and for Whisper ``language``, ``whisper_task``, ``max_new_tokens`` and ``use_generate=True`` (every
         window through transformers' ``generate``, not taskzoo's greedy loop: same tokens, slower).
         ``batch_size`` also batches the windows of long inputs.
         """
@@ -324,13 +325,16 @@ class SpeechRecognition(Task):
     def compile_target(self):
         return (self, "model") if self.is_ctc else None  # Whisper generates token by token
 
-    def preprocess_batch(self, inputs, sampling_rate=None, **options):
+    def preprocess_batch(self, inputs, sampling_rate=None):
         return [self._audio(item, sampling_rate) for item in inputs]  # decoded, at the model's rate
 
     def predict_batch(self, audio, window_batch=8, sampling_rate=None, return_timestamps=False,
-                      chunk_length_s=None, stride_length_s=None, use_generate=False, **generate_options):
-        if self.is_ctc and generate_options:
-            raise ValueError(f"{sorted(generate_options)} apply to Whisper models only; this is a CTC model.")
+                      chunk_length_s=None, stride_length_s=None, use_generate=False, language=None,
+                      whisper_task=None, **generate_options):
+        if self.is_ctc and (generate_options or language or whisper_task):
+            given = {**generate_options, "language": language, "whisper_task": whisper_task}
+            raise ValueError(f"{sorted(k for k, v in given.items() if v is not None)} apply to Whisper models only; "
+                             "this is a CTC model.")
         limit = None if self.is_ctc else self.feature_extractor.chunk_length  # Whisper: its window at most
         if chunk_length_s is not None and not 0 < chunk_length_s <= (limit or chunk_length_s):
             raise ValueError(f"chunk_length_s must be positive{f' and at most the {limit} s window' if limit else ''}; "
@@ -340,8 +344,8 @@ class SpeechRecognition(Task):
                                                      self.sampling_rate, align)
         windows = [w for i, a in enumerate(audio) for w in audio_chunks.split(i, a, window, stride)]
         pieces = [[] for _ in audio]
-        options = {} if self.is_ctc else self._generate_options(return_timestamps=bool(return_timestamps),
-                                                                **generate_options)
+        options = {} if self.is_ctc else self._generate_options(language, whisper_task, **generate_options,
+                                                                return_timestamps=bool(return_timestamps))
         masks_padding = not self.is_ctc or getattr(self.feature_extractor, "return_attention_mask", True)
         for group in audio_chunks.batches(windows, window_batch, same_length=not masks_padding):
             inputs = _on(self.model, self._inputs([w.audio for w in group]))

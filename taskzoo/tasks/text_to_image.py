@@ -67,7 +67,7 @@ class TextToImage(Task):
          "to": "parameters.guidance_scale"}], "output": "image"}
     default_batch_size = 4
     default_learning_rate = 1e-5  # full fine-tuning; LoRA usually wants about 1e-4
-    strategies = ("full", "lora")
+    supported_strategies = ("full", "lora")
     # LoRA as diffusers' train_text_to_image_lora.py (rank 4, alpha = rank); saved as adapters alone by default.
     # Flow matching (SD3, Flux) samples timesteps and weights losses as diffusers' SD3/Flux scripts' defaults.
     finetune_options = {**Task.finetune_options, "lora_rank": 4, "lora_alpha": 4, "save_merged": False,
@@ -242,7 +242,7 @@ class TextToImage(Task):
         return result
 
     def apply_strategy(self, strategy: str) -> None:
-        if strategy not in self.strategies:
+        if strategy not in self.supported_strategies:
             raise ValueError(f"text-to-image supports strategy 'full' or 'lora' (the denoiser is the whole trained "
                              f"model: no head to train alone); got {strategy!r}.")
         options, denoiser = self.training_options, self.family.module

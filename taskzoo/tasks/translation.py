@@ -35,20 +35,21 @@ class Translation(Task):
     example_input = "Hello"
     default_batch_size = 16
     default_learning_rate = 5e-5
-    strategies = ("full", "lora")  # no "freeze": see apply_strategy
+    supported_strategies = ("full", "lora")  # no "freeze": see apply_strategy
     finetune_options = {**Task.finetune_options,
-                        "source_lang": None, "target_lang": None,  # keys of WMT-style `translation` dicts
+                        "source_key": None, "target_key": None,  # keys of WMT-style `translation` dicts
                         "num_beams": None, "max_new_tokens": None}  # generation while evaluating
+    renamed_options = {"source_lang": "source_key", "target_lang": "target_key"}
     demo_config = dict(train_size=1024, eval_size=64, epochs=3, learning_rate=1e-2, batch_size=32)
 
-    def __init__(self, model, tokenizer, *, src_lang=None, tgt_lang=None, prefix=None, source_lang=None,
-                 target_lang=None, **kwargs):
+    def __init__(self, model, tokenizer, *, src_lang=None, tgt_lang=None, prefix=None, source_key=None,
+                 target_key=None, **kwargs):
         super().__init__(model, tokenizer, **kwargs)
         tokenizer.padding_side = "right"  # see the module docstring
         self.training_options = dict(self.finetune_options)
         if self.multilingual:  # defaults: the tokenizer's own languages (a saved model keeps them there too)
             src_lang, tgt_lang = src_lang or tokenizer.src_lang, tgt_lang or tokenizer.tgt_lang
-        self.source_lang, self.target_lang = source_lang, target_lang
+        self.source_key, self.target_key = source_key, target_key
         self.src_lang, self.tgt_lang, self.prefix_option = src_lang, tgt_lang, prefix
         # A missing language is refused when the model is used, so that predict(tgt_lang=...) can supply it.
         self.prefix, self.forced_bos_token_id, self.missing_language = self._languages(src_lang, tgt_lang, prefix)
@@ -59,13 +60,14 @@ class Translation(Task):
 
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, src_lang=None, tgt_lang=None, prefix=None,
-                        source_lang=None, target_lang=None, **model_kwargs):
+                        source_key=None, target_key=None, **model_kwargs):
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         settings_file = Path(path) / SETTINGS_FILE
         saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
-        given = dict(src_lang=src_lang, tgt_lang=tgt_lang, prefix=prefix, source_lang=source_lang,
-                     target_lang=target_lang)  # what the caller passes wins over what was saved
+        saved = {cls.renamed_options.get(key, key): value for key, value in saved.items()}  # (older folders)
+        given = dict(src_lang=src_lang, tgt_lang=tgt_lang, prefix=prefix, source_key=source_key,
+                     target_key=target_key)  # what the caller passes wins over what was saved
         languages = {key: saved.get(key) if value is None else value for key, value in given.items()}
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model, info = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=trust_remote_code,
@@ -78,7 +80,7 @@ class Translation(Task):
         self.model_to_save().save_pretrained(path)
         self.processor.save_pretrained(path)
         settings = {"task": self.name, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang,
-                    "prefix": self.prefix_option, "source_lang": self.source_lang, "target_lang": self.target_lang}
+                    "prefix": self.prefix_option, "source_key": self.source_key, "target_key": self.target_key}
         (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         return path
 
@@ -148,8 +150,8 @@ class Translation(Task):
     # ----------------------------------------------------------------------------------------- data
     def _data_languages(self) -> tuple[str | None, str | None]:
         options = self.training_options
-        return (options.get("source_lang") or self.source_lang or self.src_lang,
-                options.get("target_lang") or self.target_lang or self.tgt_lang)
+        return (options.get("source_key") or self.source_key or self.src_lang,
+                options.get("target_key") or self.target_key or self.tgt_lang)
 
     def load_data(self, data, role="eval", columns=None):
         """As Task.load_data, and WMT-style rows ``{"translation": {"de": ..., "en": ...}}`` become source/target."""
@@ -173,11 +175,11 @@ class Translation(Task):
         source, target = self._data_languages()
         if source is None or target is None:
             raise DataError(f"Column 'translation' holds the languages {languages}: say which is the source and which "
-                            "the target with source_lang= and target_lang= (load or finetune options).")
+                            "the target with source_key= and target_key= (load or finetune options).")
         for role, language in (("source", source), ("target", target)):
             if language not in languages:
                 raise DataError(f"Column 'translation' has no {language!r} texts ({role} language); it holds "
-                                f"{languages}. Pass source_lang= and target_lang= among those.")
+                                f"{languages}. Pass source_key= and target_key= among those.")
         if streaming.is_stream(dataset):
             return dataset.map(lambda row: {"source": row["translation"][source], "target": row["translation"][target]},
                                remove_columns=["translation"])

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskzoo.batching import plan_batches
+from taskzoo.predict_batches import plan_batches
 
 logger = logging.getLogger("taskzoo.serve")
 

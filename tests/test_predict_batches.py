@@ -10,7 +10,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from taskzoo.batching import plan_batches
+from taskzoo.predict_batches import plan_batches
 
 
 def cost(batches, lengths, batch_cost):

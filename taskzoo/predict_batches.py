@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from taskzoo.errors import TaskzooWarning
-from taskzoo.predict_options import check_options
+from taskzoo.errors import TaskzooWarning, renamed
+from taskzoo.predict_options import check_options, route
 
 
 def predict_in_batches(task, inputs: Any, batch_size: int | None, progress: bool | None, mixed_precision: str,
@@ -22,6 +23,7 @@ def predict_in_batches(task, inputs: Any, batch_size: int | None, progress: bool
     batches through ``task.predict_batch`` (preprocessed ahead, halved on running out of memory) and give the
     outputs back in input order; one input gives one output."""
     autocast = task.autocast(mixed_precision)
+    options = renamed(options, task.renamed_options, "predict()")
     check_options(task, {**options, "num_workers": num_workers, "compile": compile})
     task.warn_if_untrained()
     single = task.is_single(inputs)
@@ -35,13 +37,14 @@ def predict_in_batches(task, inputs: Any, batch_size: int | None, progress: bool
     outputs: list[Any] = [None] * len(items)
     bar = tqdm(total=len(items), desc=f"{task.name}: predict", unit="input",
                disable=not (progress if progress is not None else len(batches) > 10))
-    prepared = PreparedBatches(task, items, batches, options, num_workers)
+    preprocess_options, predict_options = route(task, options)  # each stage gets the options it names
+    prepared = PreparedBatches(task, items, batches, preprocess_options, num_workers)
     if any(module.training for module in task.model.modules()):
         task.model.eval()  # ~2 ms a call for MiniLM (transformers' train() override); the flag scan is cheap
     # no_grad, not inference_mode: tensors a model caches during predict (BEiT's relative position index,
     # say) must stay usable when it trains later in the same process (transformers' pipeline does the same).
     with torch.no_grad(), autocast, task.compiled(compile):
-        for indices, results in halving_on_oom(task, prepared, lambda batch: task.predict_batch(batch, **options)):
+        for indices, results in halving_on_oom(task, prepared, partial(task.predict_batch, **predict_options)):
             for index, result in zip(indices, results):
                 outputs[index] = result
             bar.update(len(indices))
@@ -70,9 +73,9 @@ def halving_on_oom(task, prepared: PreparedBatches, run: Callable[[Any], list]) 
 
 
 class PreparedBatches:
-    """predict's batches as ``(indices, preprocessed batch)``, preprocessed in this process or, with
-    ``num_workers``, by a DataLoader's worker processes a few batches ahead. Batches halved after running
-    out of memory (:meth:`retry`) come next, preprocessed here."""
+    """predict's batches as ``(indices, preprocessed batch)``, preprocessed (with ``options``: preprocess_batch's
+    own) in this process or, with ``num_workers``, by a DataLoader's worker processes a few batches ahead.
+    Batches halved after running out of memory (:meth:`retry`) come next, preprocessed here."""
 
     def __init__(self, task, items: list, batches: list[list[int]], options: dict, num_workers: int):
         self.task, self.items, self.options, self.retries = task, items, options, []

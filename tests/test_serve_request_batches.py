@@ -1,5 +1,5 @@
 """The server's batching and start-up: batches split into length groups of least cost (the plan itself is
-tested in test_batching.py), timed-out requests dropped from the queue, text inputs checked item by item, and
+tested in test_predict_batches.py), timed-out requests dropped from the queue, text inputs checked item by item, and
 /health answering 503 while the model loads."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import taskzoo
 from taskzoo.cli import main
 from taskzoo.serving import create_app
 from taskzoo.serving.app import LoadingApp
-from taskzoo.serving.batching import Batcher, LengthGroupedPredict
 from taskzoo.serving.process import free_port
+from taskzoo.serving.request_batches import Batcher, LengthGroupedPredict
 
 
 @pytest.fixture(scope="module")
