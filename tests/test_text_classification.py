@@ -180,3 +180,23 @@ def test_tiny_model_learns_sentences_whose_words_it_has_never_seen(tiny_model_pa
     assert zoo.evaluate(held_out)["accuracy"] <= 0.65
     zoo.finetune(train, epochs=8, learning_rate=3e-3, batch_size=16, progress=False, save_checkpoints=False)
     assert zoo.evaluate(held_out)["accuracy"] >= 0.85
+
+
+def test_training_batches_are_grouped_by_token_count(trained_classifier):
+    zoo = trained_classifier[0]
+    texts = ["good", "the film was really quite good and the plot was lovely", "a superb story", "dull"]
+    pairs = ["bad", "it", "the acting was terrible", "a plot"]
+    assert zoo.train_lengths(Dataset.from_dict({"text": texts})) == \
+        [len(zoo.processor(text)["input_ids"]) for text in texts]
+    assert zoo.train_lengths(Dataset.from_dict({"text": texts, "text_pair": pairs})) == \
+        [len(zoo.processor(text, pair)["input_ids"]) for text, pair in zip(texts, pairs)]
+    longest = zoo.max_length
+    assert zoo.train_lengths(Dataset.from_dict({"text": ["good " * 2 * longest]})) == [longest]  # as collate truncates
+
+
+
+def test_a_missing_training_text_is_named_before_training(tiny_model_path):
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    data = Dataset.from_dict({"text": ["good", None, "bad"], "label": ["positive", "negative", "negative"]})
+    with pytest.raises(DataError, match="expects strings; got NoneType: None"):
+        zoo.finetune(data, max_steps=1, batch_size=2, progress=False, save_checkpoints=False, plot=False)
