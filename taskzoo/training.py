@@ -99,6 +99,7 @@ class _Run:
                                                            num_training_steps=self.total_steps))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.best_weights = None  # an in-memory copy of the best model, for restore_best
+        self.best_saved_at = None  # the step of the model this run wrote to best/
         self.evaluated_at = None  # the step of the latest evaluation
         self.checkpointed_at = None  # the step of the latest training-state checkpoint
         self.losses = []  # training losses since the last log line
@@ -257,6 +258,7 @@ class _Run:
             state.update(best_metric=value, best_step=step, bad_evaluations=0)
             if config.save_checkpoints:
                 checkpoints.save_model(task, accelerator, self.output_dir / "best", self.model)
+                self.best_saved_at = step
             if config.restore_best:
                 self.best_weights = {k: v.detach().to("cpu", copy=True)
                                      for k, v in accelerator.unwrap_model(self.model).state_dict().items()}
@@ -289,7 +291,9 @@ class _Run:
         if self.best_weights is not None:
             task.model.load_state_dict(self.best_weights)
         task.model.eval()
-        if config.save_checkpoints:
+        if config.save_checkpoints and self.best_saved_at == state["step"]:  # the final model is in best/ already
+            checkpoints.link_model(accelerator, self.output_dir / "best", self.output_dir / "last")
+        elif config.save_checkpoints:
             checkpoints.save_model(task, accelerator, self.output_dir / "last", self.model)
         result.history = self.log.records
         if config.plot and accelerator.is_main_process:

@@ -279,3 +279,16 @@ def test_on_cpu_the_optimizer_is_torchs_fused_adamw_and_steps_as_the_per_tensor_
     assert fused_losses == pytest.approx(losses, abs=1e-5) and len(losses) == 6
     assert max((fused_weights[name] - weights[name]).abs().max().item() for name in weights) < 1e-5
 
+
+def test_when_the_final_model_is_the_best_last_links_to_its_files(fresh_classifier, toy, tmp_path):
+    train, held_out = toy  # evaluated once, at the end: the final model is the best one
+    fresh_classifier.finetune(train, eval=held_out, output_dir=str(tmp_path), max_steps=3, eval_every=100,
+                              batch_size=8, progress=False, plot=False)
+    best, last = tmp_path / "best", tmp_path / "last"
+    names = sorted(path.name for path in best.iterdir())
+    assert "model.safetensors" in names and sorted(path.name for path in last.iterdir()) == names
+    assert all((best / name).stat().st_ino == (last / name).stat().st_ino for name in names)  # written once
+    text = "the film was really great and lovely"
+    assert taskzoo.load("text-classification", model=last, device="cpu").predict(text) == \
+        fresh_classifier.predict(text)
+    assert not list(tmp_path.glob(".*"))  # no staging folders left behind
