@@ -28,8 +28,10 @@ training_loss). Peak memory: each side alone in a fresh run of this script, trai
 """
 
 import argparse
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 
 import torch
@@ -62,6 +64,9 @@ print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 a
 quiet_libraries()
 
 SEED, LEARNING_RATE = 42, 2e-5
+SCRATCH = tempfile.mkdtemp(prefix="finetune-speed-")  # every run's output folder; removed at exit
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+new_folder = functools.partial(tempfile.mkdtemp, dir=SCRATCH)
 texts = mixed_length_sentences(args.steps * args.batch_size)
 data = Dataset.from_dict({"text": texts, "label": [("negative", "positive")[len(t) % 2] for t in texts]})
 folder = minilm_classifier()
@@ -91,7 +96,7 @@ def counting_slots(side: str, model):
 def run_taskzoo_from_raw(zoo, prepared, steps):
     """As taskzoo's docs show: the raw data in, the fine-tuned model written to output_dir/last."""
     hook = counting_slots("taskzoo finetune", zoo.model)
-    result = zoo.finetune(data, output_dir=tempfile.mkdtemp(), max_steps=steps, batch_size=args.batch_size,
+    result = zoo.finetune(data, output_dir=new_folder(), max_steps=steps, batch_size=args.batch_size,
                           learning_rate=LEARNING_RATE, mixed_precision=args.precision, progress=False,
                           log_every=steps, seed=SEED)
     hook.remove()
@@ -113,7 +118,7 @@ def run_trainer_as_documented(zoo, prepared, steps, optim):
         return encoded
 
     tokenized = data.map(preprocess, batched=True, remove_columns=["text"])
-    arguments = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size,
+    arguments = TrainingArguments(output_dir=new_folder(), per_device_train_batch_size=args.batch_size,
                                   max_steps=steps, learning_rate=LEARNING_RATE, optim=optim,
                                   train_sampling_strategy="group_by_length", length_column_name="length",
                                   save_strategy="no", logging_steps=steps, bf16=args.precision == "bf16",
@@ -152,7 +157,7 @@ class SharedOrderTrainer(Trainer):
 
 def run_trainer_shared(zoo, prepared, steps, optim):
     new_accelerator()
-    arguments = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size,
+    arguments = TrainingArguments(output_dir=new_folder(), per_device_train_batch_size=args.batch_size,
                                   max_steps=steps, learning_rate=LEARNING_RATE, optim=optim,
                                   train_sampling_strategy="group_by_length", length_column_name="length",
                                   save_strategy="no", logging_steps=steps, remove_unused_columns=False,
