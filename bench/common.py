@@ -189,30 +189,42 @@ def minimal_accelerate_loop(zoo, train_set, steps: int, batch_size: int, learnin
 
 
 def training_rounds(sides: dict, fresh, steps: int, samples_per_run: int, runs: int = 3,
-                    warmup_steps: int = 3) -> tuple[dict, dict]:
+                    warmup_steps: int = 3, cpu_seconds: dict | None = None) -> tuple[dict, dict]:
     """Fine-tuning throughput of each side: ``sides[name](*fresh(), steps)`` trains a freshly loaded model
     (loaded outside the clock) and returns its mean training loss. Each side first runs ``warmup_steps``
-    untimed, then ``runs`` rounds in rotating order. Returns ({name: samples/s of each run}, {name: loss})."""
+    untimed, then ``runs`` rounds in rotating order. Returns ({name: samples/s of each run}, {name: loss});
+    ``cpu_seconds``, when given, receives {name: this process's CPU seconds of each run} (every thread's:
+    on a busy machine a steadier figure than wall time)."""
     for run in sides.values():
         run(*fresh(), warmup_steps)  # warm-up: lazy imports, kernel caches
     speeds, losses = {name: [] for name in sides}, {}
+    cpu = {} if cpu_seconds is None else cpu_seconds
+    cpu.update({name: [] for name in sides})
     for names in rotations(list(sides), runs):
         for name in names:
             loaded = fresh()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             losses[name] = sides[name](*loaded, steps)
             speeds[name].append(samples_per_run / (time.perf_counter() - started))
+            cpu[name].append(time.process_time() - cpu_started)
     return speeds, losses
 
 
-def print_training_rows(speeds: dict, losses: dict, ours: str) -> None:
-    """One line per side: median samples/s (every run's too), taskzoo's ratio to it, mean loss, peak memory."""
+def print_training_rows(speeds: dict, losses: dict, ours: str, cpu_seconds: dict | None = None,
+                        memory: bool = True) -> None:
+    """One line per side: median samples/s (every run's too), taskzoo's ratio to it, mean loss, peak memory
+    (unless not ``memory``), and with ``cpu_seconds`` the median CPU seconds and taskzoo's ratio in those."""
     reference, width = statistics.median(speeds[ours]), max(map(len, speeds))
     for name, runs in speeds.items():
         speed = statistics.median(runs)
+        cpu = ""
+        if cpu_seconds:
+            mine, theirs = statistics.median(cpu_seconds[ours]), statistics.median(cpu_seconds[name])
+            cpu = (f"   CPU {theirs:.1f} s (runs {', '.join(f'{s:.1f}' for s in cpu_seconds[name])}), "
+                   f"taskzoo / this in CPU time = {theirs / mine:.2f}")
+        peak = f"   peak {side_peak_memory(name):6.0f} MiB" if memory else ""
         print(f"{name:{width}} {speed:8.1f} samples/s (runs {', '.join(f'{s:.1f}' for s in runs)})   "
-              f"taskzoo / this = {reference / speed:.2f}   mean loss {losses[name]:.4f}   "
-              f"peak {side_peak_memory(name):6.0f} MiB", flush=True)
+              f"taskzoo / this = {reference / speed:.2f}   mean loss {losses[name]:.4f}{cpu}{peak}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------- roofline

@@ -144,6 +144,29 @@ def save_model(task, accelerator, target: Path, model=None) -> None:
     accelerator.wait_for_everyone()
 
 
+def link_model(accelerator, source: Path, target: Path) -> None:
+    """Make ``target`` a copy of the model folder ``source`` (main process) of hard links, so that no weight
+    is written twice (last/ when the final model is the best one); a plain copy where the file system has
+    no hard links. Swapped in like a save."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            shutil.copytree(source, staging, copy_function=_link_or_copy, dirs_exist_ok=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        swap_in(staging, target)
+    accelerator.wait_for_everyone()
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def save_training_state(accelerator, output_dir: Path, step: int, state: dict, keep: int, stream=None) -> Path:
     """Write ``checkpoints/step-N`` (every process writes its RNG state, and its position in ``stream``),
     then drop the oldest; returns the checkpoint's folder."""

@@ -241,7 +241,7 @@ def label_names_of(dataset: Dataset, column: str) -> list[str] | None:
 def encode_labels(dataset: Dataset, column: str, label2id: Mapping[str, int]) -> Dataset:
     """Map labels to the model's ids: names (strings or ClassLabel) by name, integers checked by range."""
     feature = dataset.features[column]
-    values = dataset[column]
+    values = dataset[column][:]  # one read (iterating datasets' Column reads it row by row, 100x slower)
     if hasattr(feature, "names"):  # ClassLabel: compare by name, since ids may be ordered differently
         values = [feature.names[value] for value in values]
     num_labels = len(label2id)

@@ -196,3 +196,22 @@ def test_scores_follow_the_heads_problem_type_as_the_pipeline_does(tiny_model_pa
     if problem_type == "regression":  # the raw output, not squashed into (0, 1)
         logits = model.eval()(**AutoTokenizer.from_pretrained(source)(texts[:1], return_tensors="pt")).logits
         assert ours[0]["score"] == pytest.approx(logits.item(), abs=1e-5)
+
+
+def test_training_batches_are_grouped_by_token_count(trained_classifier):
+    zoo = trained_classifier[0]
+    texts = ["good", "the film was really quite good and the plot was lovely", "a superb story", "dull"]
+    pairs = ["bad", "it", "the acting was terrible", "a plot"]
+    assert zoo.train_lengths(Dataset.from_dict({"text": texts})) == \
+        [len(zoo.processor(text)["input_ids"]) for text in texts]
+    assert zoo.train_lengths(Dataset.from_dict({"text": texts, "text_pair": pairs})) == \
+        [len(zoo.processor(text, pair)["input_ids"]) for text, pair in zip(texts, pairs)]
+    longest = zoo.max_length
+    assert zoo.train_lengths(Dataset.from_dict({"text": ["good " * 2 * longest]})) == [longest]  # as collate truncates
+
+
+def test_a_missing_training_text_is_named_before_training(tiny_model_path):
+    zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+    data = Dataset.from_dict({"text": ["good", None, "bad"], "label": ["positive", "negative", "negative"]})
+    with pytest.raises(DataError, match="expects strings; got NoneType: None"):
+        zoo.finetune(data, max_steps=1, batch_size=2, progress=False, save_checkpoints=False, plot=False)

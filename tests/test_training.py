@@ -251,3 +251,44 @@ def test_length_grouped_sampler_order_depends_on_seed_and_epoch_alone():
     again = LengthGroupedSampler(lengths, 4, seed=1)
     again.set_epoch(1)
     assert list(again) == next_epoch  # a resumed run sees the same epoch order
+
+
+def test_on_cpu_the_optimizer_is_torchs_fused_adamw_and_steps_as_the_per_tensor_one(tiny_model_path, toy, monkeypatch):
+    from taskzoo import training
+
+    made = []
+
+    class RecordedAdamW(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordedAdamW)
+
+    def run():
+        zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
+        result = zoo.finetune(toy[0], max_steps=6, batch_size=8, learning_rate=1e-3, weight_decay=0.01,
+                              log_every=1, **QUIET)
+        return [r["loss"] for r in result.history if "loss" in r], zoo.model.state_dict()
+
+    fused_losses, fused_weights = run()
+    assert [group["fused"] for group in made[-1].param_groups] == [True, True]
+    monkeypatch.setattr(training, "_fused_adamw", lambda model, accelerator: None)  # torch's choice: per tensor
+    losses, weights = run()
+    assert not any(group["fused"] for group in made[-1].param_groups)
+    assert fused_losses == pytest.approx(losses, abs=1e-5) and len(losses) == 6
+    assert max((fused_weights[name] - weights[name]).abs().max().item() for name in weights) < 1e-5
+
+
+def test_when_the_final_model_is_the_best_last_links_to_its_files(fresh_classifier, toy, tmp_path):
+    train, held_out = toy  # evaluated once, at the end: the final model is the best one
+    fresh_classifier.finetune(train, eval=held_out, output_dir=str(tmp_path), max_steps=3, eval_every=100,
+                              batch_size=8, progress=False, plot=False)
+    best, last = tmp_path / "best", tmp_path / "last"
+    names = sorted(path.name for path in best.iterdir())
+    assert "model.safetensors" in names and sorted(path.name for path in last.iterdir()) == names
+    assert all((best / name).stat().st_ino == (last / name).stat().st_ino for name in names)  # written once
+    text = "the film was really great and lovely"
+    assert taskzoo.load("text-classification", model=last, device="cpu").predict(text) == \
+        fresh_classifier.predict(text)
+    assert not list(tmp_path.glob(".*"))  # no staging folders left behind

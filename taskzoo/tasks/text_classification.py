@@ -70,17 +70,31 @@ class TextClassification(Task):
             self.head_trained = True
 
     def train_lengths(self, dataset) -> list[int]:
+        # Token counts, the length a batch pads to (characters are a loose stand-in: on mixed-length sentences
+        # batches grouped by them need 5% more token slots). Tokenising costs ~0.1 ms a row, once per run.
+        texts = dataset["text"]
         pairs = dataset["text_pair"] if "text_pair" in dataset.column_names else None
-        return [len(text or "") + len((pairs[i] if pairs else None) or "") for i, text in enumerate(dataset["text"])]
+        lengths = []
+        for start in range(0, len(texts), 1000):  # in chunks, so that only their token ids are held at once
+            chunk, chunk_pairs = texts[start:start + 1000], pairs[start:start + 1000] if pairs else None
+            self._check_texts(chunk, chunk_pairs)
+            encoded = self.processor(chunk, chunk_pairs, truncation=True, max_length=self.max_length,
+                                     return_attention_mask=False, return_token_type_ids=False)
+            lengths += [len(ids) for ids in encoded["input_ids"]]
+        return lengths
 
     def prepare(self, dataset, training: bool):
         label2id = {name: i for i, name in enumerate(self.labels)}
         return data_utils.encode_labels(dataset, "label", label2id)
 
-    def _tokenize(self, texts: list, pairs: list | None):
+    @staticmethod
+    def _check_texts(texts: list, pairs: list | None) -> None:
         for text in [*texts, *(pairs or [])]:
             if not isinstance(text, str):
                 raise DataError(f"text-classification expects strings; got {type(text).__name__}: {text!r:.80}")
+
+    def _tokenize(self, texts: list, pairs: list | None):
+        self._check_texts(texts, pairs)
         batch = self.processor(texts, pairs, truncation=True, padding=True, max_length=self.max_length,
                                return_tensors="pt")
         if batch.encodings:  # fast tokenizers keep what truncation cut off
