@@ -209,6 +209,26 @@ def timed_once(function) -> float:
     return time.perf_counter() - started
 
 
+def cpu_line() -> str:
+    """The machine a run timed: CPU model, whether it has AVX-512 and AMX, cores, torch threads (every time
+    figure in the docs names these)."""
+    import platform
+
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), set()
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    return (f"CPU: {model}; AVX-512 {'yes' if 'avx512f' in flags else 'no'}, AMX {'yes' if 'amx_tile' in flags else 'no'}; "
+            f"{os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
+
+
 def flops_per_input(model, examples: list[dict]) -> float:
     """Mean FLOPs of one forward pass of `model` over each example alone (a dict of batch-1 tensors, no
     padding): the work the model needs per input, whatever batching a side uses (padding shows up as a

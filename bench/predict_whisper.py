@@ -17,7 +17,15 @@ encoder and the decoder (which, with the end token suppressed, always makes ``--
 ``--profile`` prints instead where each side's time goes: feature extraction, the encoder, the decoder's layers,
 its output layer and the rest (per-step bookkeeping, setup, text decoding), with each part's GFLOP/s.
 
+``--uneven`` races taskzoo's greedy loop against ``generate`` where transcripts end at different lengths (the
+loop drops finished rows from its batch; generate decodes every row until the longest ends): the same random model
+with its matrices drawn wide (std 1: transcripts differ clip by clip) and its end token's embedding scaled by
+``--end-scale`` (2.5: transcripts of a few to ``--max-new-tokens`` tokens), timestamps suppressed. It counts CPU time
+(``time.process_time``, one torch thread), the median of ``--rounds`` rounds in rotating order per batch size, and
+checks that both give equal transcripts.
+
     python bench/predict_whisper.py [--size tiny|base] [--clips 16] [--max-new-tokens 32] [--profile]
+    python bench/predict_whisper.py --uneven [--size tiny] [--clips 16] [--max-new-tokens 64] [--end-scale 2.5]
 """
 
 import argparse
@@ -34,7 +42,7 @@ from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtracto
 from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
 
 import taskzoo
-from common import compare_with_pipeline, matmul_peak, mixed_length_sentences
+from common import compare_with_pipeline, cpu_line, matmul_peak, mixed_length_sentences, rotations
 from taskzoo import whisper_greedy
 from taskzoo.data import load_audio
 from taskzoo.demo import quiet_libraries
@@ -178,8 +186,14 @@ parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
 parser.add_argument("--clips", type=int, default=16)
 parser.add_argument("--max-new-tokens", type=int, default=32)
 parser.add_argument("--profile", action="store_true", help="where each side's time goes, instead of the race")
+parser.add_argument("--uneven", action="store_true", help="transcripts of different lengths: CPU time, one thread")
+parser.add_argument("--end-scale", type=float, default=2.5, help="--uneven: how much likelier the end token is")
+parser.add_argument("--rounds", type=int, default=5, help="--uneven: timed rounds per side and batch size")
 args = parser.parse_args()
 quiet_libraries()
+if args.uneven:
+    torch.set_num_threads(1)  # CPU time of one thread: comparable on a busy machine
+    args.max_new_tokens = max(args.max_new_tokens, 64)
 
 folder = whisper_folder(args.size)
 clips = []
@@ -199,6 +213,58 @@ def agreement(ours, theirs) -> str:
 
 
 seconds = sum(map(len, clips)) / 16000
+
+
+def uneven_lengths(zoo, end_scale: float) -> None:
+    """Make transcripts end at different lengths: wide random matrices (each clip its own tokens), a longer end
+    token embedding (tied to the output layer: likelier as the next token), timestamp tokens suppressed."""
+    config = zoo.model.generation_config
+    config.suppress_tokens = list(range(config.no_timestamps_token_id + 1, zoo.model.config.vocab_size))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in zoo.model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0, 1.0)
+        zoo.model.model.decoder.embed_tokens.weight[config.eos_token_id] *= end_scale
+
+
+def race_uneven(zoo, clips, batch_sizes=(8, 16)) -> None:
+    """taskzoo's greedy loop against generate (``use_generate=True``), CPU seconds per predict of all clips."""
+    end = zoo.model.generation_config.eos_token_id
+    features = zoo._inputs(clips)
+    with torch.inference_mode():
+        tokens = zoo.model.generate(**features, **zoo._generate_options(), max_new_tokens=args.max_new_tokens,
+                                    max_length=None)
+    lengths = (tokens != end).sum(1).tolist()
+    print(cpu_line())
+    print(f"{len(clips)} clips, whisper-{args.size} (random wide weights, end token x{args.end_scale}); transcript "
+          f"lengths in tokens: {sorted(lengths)}")
+    sides = {"greedy loop": {}, "generate": {"use_generate": True}}
+    for size in batch_sizes:
+        rows = [lengths[start:start + size] for start in range(0, len(lengths), size)]
+        idle = sum(len(r) * max(r) - sum(r) for r in rows) / sum(len(r) * max(r) for r in rows)
+        run = {name: (lambda options=options: zoo.predict(clips, batch_size=size, progress=False,
+                                                          max_new_tokens=args.max_new_tokens, **options))
+               for name, options in sides.items()}
+        outputs = {name: function() for name, function in run.items()}  # warm-up
+        cpu = {name: [] for name in run}
+        for order in rotations(list(run), args.rounds):
+            for name in order:
+                started = time.process_time()
+                outputs[name] = run[name]()
+                cpu[name].append(time.process_time() - started)
+        median = {name: statistics.median(values) for name, values in cpu.items()}
+        equal = sum(a == b for a, b in zip(outputs["greedy loop"], outputs["generate"]))
+        print(f"batch_size={size}: greedy loop {median['greedy loop']:.2f} CPU s, generate {median['generate']:.2f} "
+              f"CPU s (median of {args.rounds}): {median['generate'] / median['greedy loop']:.2f}x; "
+              f"{equal}/{len(clips)} transcripts equal; {idle:.0%} of generate's decoder row-steps are rows that "
+              "already ended", flush=True)
+
+
+if args.uneven:
+    uneven_lengths(zoo, args.end_scale)
+    race_uneven(zoo, clips)
+    raise SystemExit
 encoder_flops, decoder_flops = whisper_flops(zoo, clips[0], args.max_new_tokens)
 print(f"FLOPs per clip: encoder {encoder_flops / 1e9:.2f} GFLOP, decoder {decoder_flops / 1e9:.2f} GFLOP "
       f"({args.max_new_tokens} steps)", flush=True)
