@@ -225,8 +225,9 @@ def cpu_line() -> str:
             elif key.strip() == "flags":
                 flags = set(value.split())
                 break
-    return (f"CPU: {model}; AVX-512 {'yes' if 'avx512f' in flags else 'no'}, AMX {'yes' if 'amx_tile' in flags else 'no'}; "
-            f"{os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
+    has = {name: "yes" if flag in flags else "no" for name, flag in (("AVX-512", "avx512f"), ("AMX", "amx_tile"))}
+    return (f"CPU: {model}; AVX-512 {has['AVX-512']}, AMX {has['AMX']}; {os.cpu_count()} cores; "
+            f"torch threads {torch.get_num_threads()}")
 
 
 def flops_per_input(model, examples: list[dict]) -> float:

@@ -17,12 +17,12 @@ encoder and the decoder (which, with the end token suppressed, always makes ``--
 ``--profile`` prints instead where each side's time goes: feature extraction, the encoder, the decoder's layers,
 its output layer and the rest (per-step bookkeeping, setup, text decoding), with each part's GFLOP/s.
 
-``--uneven`` races taskzoo's greedy loop against ``generate`` where transcripts end at different lengths (the
-loop drops finished rows from its batch; generate decodes every row until the longest ends): the same random model
-with its matrices drawn wide (std 1: transcripts differ clip by clip) and its end token's embedding scaled by
-``--end-scale`` (2.5: transcripts of a few to ``--max-new-tokens`` tokens), timestamps suppressed. It counts CPU time
-(``time.process_time``, one torch thread), the median of ``--rounds`` rounds in rotating order per batch size, and
-checks that both give equal transcripts.
+``--uneven`` races taskzoo predict against the pipeline where transcripts end at different lengths (both decode
+every row of a batch until its longest row ends): the same random model with its matrices drawn wide (std 1:
+transcripts differ clip by clip) and its end token's embedding scaled by ``--end-scale`` (2.5: transcripts of a few
+to ``--max-new-tokens`` tokens), timestamps suppressed, greedy on both sides at the same batch size. It counts CPU
+time (``time.process_time``, one torch thread: comparable on a busy machine), the median of ``--rounds`` rounds in
+rotating order per batch size, and checks that both give equal transcripts.
 
     python bench/predict_whisper.py [--size tiny|base] [--clips 16] [--max-new-tokens 32] [--profile]
     python bench/predict_whisper.py --uneven [--size tiny] [--clips 16] [--max-new-tokens 64] [--end-scale 2.5]
@@ -43,7 +43,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipe
 
 import taskzoo
 from common import compare_with_pipeline, cpu_line, matmul_peak, mixed_length_sentences, rotations
-from taskzoo import whisper_greedy
+from taskzoo import speech_seq2seq
 from taskzoo.data import load_audio
 from taskzoo.demo import quiet_libraries
 from taskzoo.testing.speech import whisper_tokenizer
@@ -95,7 +95,7 @@ def whisper_folder(size: str) -> Path:
 
 
 def whisper_flops(zoo, clip, new_tokens: int) -> tuple[float, float]:
-    """(encoder, decoder) FLOPs of one clip: one real greedy predict of it under torch's FLOP counter, on a copy
+    """(encoder, decoder) FLOPs of one clip: one real greedy generate of it under torch's FLOP counter, on a copy
     with eager attention (the counter has no formula for CPU SDPA's kernel; eager attention is plain matmuls).
     Every clip costs the same: the encoder always reads a full 30 s window, and the decoder makes ``new_tokens``
     steps (its prompt, cross-attention keys and values on the first, one token and the 51865-row output layer on
@@ -105,11 +105,11 @@ def whisper_flops(zoo, clip, new_tokens: int) -> tuple[float, float]:
     model = copy.deepcopy(zoo.model).eval()
     model.set_attn_implementation("eager")
     features = zoo._inputs([clip])["input_features"]
-    options = zoo._generate_options()
+    options = speech_seq2seq.generate_options(zoo)
     with FlopCounterMode(display=False) as encoder, torch.inference_mode():
         model.model.encoder(features)
     with FlopCounterMode(display=False) as total:
-        tokens = whisper_greedy.decode(model, features, options, new_tokens)
+        tokens = model.generate(features, **options, max_new_tokens=new_tokens, max_length=None)
     assert tokens.shape[1] == new_tokens, "the checkpoint should suppress the end token"
     return encoder.get_total_flops(), total.get_total_flops() - encoder.get_total_flops()
 
@@ -229,23 +229,24 @@ def uneven_lengths(zoo, end_scale: float) -> None:
 
 
 def race_uneven(zoo, clips, batch_sizes=(8, 16)) -> None:
-    """taskzoo's greedy loop against generate (``use_generate=True``), CPU seconds per predict of all clips."""
+    """taskzoo predict against the pipeline, greedy at the same batch size: CPU seconds per run over all clips."""
     end = zoo.model.generation_config.eos_token_id
     features = zoo._inputs(clips)
     with torch.inference_mode():
-        tokens = zoo.model.generate(**features, **zoo._generate_options(), max_new_tokens=args.max_new_tokens,
+        tokens = zoo.model.generate(**features, language="en", task="transcribe", max_new_tokens=args.max_new_tokens,
                                     max_length=None)
     lengths = (tokens != end).sum(1).tolist()
     print(cpu_line())
     print(f"{len(clips)} clips, whisper-{args.size} (random wide weights, end token x{args.end_scale}); transcript "
           f"lengths in tokens: {sorted(lengths)}")
-    sides = {"greedy loop": {}, "generate": {"use_generate": True}}
+    recogniser.model = zoo.model  # the same weights on both sides
     for size in batch_sizes:
         rows = [lengths[start:start + size] for start in range(0, len(lengths), size)]
         idle = sum(len(r) * max(r) - sum(r) for r in rows) / sum(len(r) * max(r) for r in rows)
-        run = {name: (lambda options=options: zoo.predict(clips, batch_size=size, progress=False,
-                                                          max_new_tokens=args.max_new_tokens, **options))
-               for name, options in sides.items()}
+        run = {"taskzoo predict": lambda size=size: zoo.predict(clips, batch_size=size, progress=False,
+                                                                max_new_tokens=args.max_new_tokens),
+               "pipeline": lambda size=size: recogniser([clip.copy() for clip in clips], batch_size=size,
+                                                        generate_kwargs=greedy)}
         outputs = {name: function() for name, function in run.items()}  # warm-up
         cpu = {name: [] for name in run}
         for order in rotations(list(run), args.rounds):
@@ -254,11 +255,11 @@ def race_uneven(zoo, clips, batch_sizes=(8, 16)) -> None:
                 outputs[name] = run[name]()
                 cpu[name].append(time.process_time() - started)
         median = {name: statistics.median(values) for name, values in cpu.items()}
-        equal = sum(a == b for a, b in zip(outputs["greedy loop"], outputs["generate"]))
-        print(f"batch_size={size}: greedy loop {median['greedy loop']:.2f} CPU s, generate {median['generate']:.2f} "
-              f"CPU s (median of {args.rounds}): {median['generate'] / median['greedy loop']:.2f}x; "
-              f"{equal}/{len(clips)} transcripts equal; {idle:.0%} of generate's decoder row-steps are rows that "
-              "already ended", flush=True)
+        print(f"batch_size={size}: taskzoo predict {median['taskzoo predict']:.2f} CPU s, pipeline "
+              f"{median['pipeline']:.2f} CPU s (median of {args.rounds}): "
+              f"{median['pipeline'] / median['taskzoo predict']:.2f}x; "
+              f"{agreement(outputs['taskzoo predict'], outputs['pipeline'])}; {idle:.0%} of the decoder row-steps are "
+              "rows that already ended", flush=True)
 
 
 if args.uneven:
@@ -274,10 +275,9 @@ if args.profile:
     print_profile("pipeline, batch_size=4", lambda: recogniser([clip.copy() for clip in clips], batch_size=4,
                                                                generate_kwargs=greedy),
                   recogniser.model, recogniser.feature_extractor, flops, len(clips))
-    for name, options in (("taskzoo predict", {}), ("taskzoo predict, use_generate=True", {"use_generate": True})):
-        print_profile(name, lambda: zoo.predict(clips, batch_size=16, progress=False,
-                                                max_new_tokens=args.max_new_tokens, **options),
-                      zoo.model, zoo.feature_extractor, flops, len(clips))
+    print_profile("taskzoo predict", lambda: zoo.predict(clips, batch_size=16, progress=False,
+                                                         max_new_tokens=args.max_new_tokens),
+                  zoo.model, zoo.feature_extractor, flops, len(clips))
     raise SystemExit
 compare_with_pipeline(
     f"{len(clips)} clips, {seconds:.0f} s of speech, whisper-{args.size} (random weights), greedy, "
@@ -288,4 +288,4 @@ compare_with_pipeline(
     agreement, batch_sizes=(4, 8, 16), repeat=1, flops_per_input=encoder_flops + decoder_flops, inputs=len(clips),
     # No bf16 variant: the pipeline cannot run under bf16 autocast (its feature extractor's STFT comes out bf16 and
     # fails), so there is no like-for-like baseline; the target is fp32.
-    variants=[("batch_size=16, fp32", {}), ("batch_size=16, fp32, use_generate=True", {"use_generate": True})])
+    variants=[("batch_size=16, fp32", {})])
