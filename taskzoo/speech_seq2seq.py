@@ -1,5 +1,6 @@
 """Speech encoder-decoders for the speech-recognition task: Whisper, and any other ``AutoModelForSpeechSeq2Seq``
-with its processor (Speech2Text, Moonshine, SpeechT5, speech-encoder-decoder pairs).
+with its processor (Speech2Text and Moonshine are tested; others of that class, such as SpeechT5, take the same path
+untested).
 
 What differs between them lives here:
 
