@@ -240,10 +240,11 @@ def test_checkpoints_that_cannot_write_text_are_refused_at_load(kit, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------ Whisper
-@pytest.fixture(scope="module")
-def whisper_from_model_config(tmp_path_factory):
+@pytest.fixture(scope="module", params=["keys_in_file", "keys_missing"])
+def whisper_from_model_config(request, tmp_path_factory):
     """The kit's tiny Whisper with its generation config marked as written from the model config
-    (``_from_model_config: true``, as fine-tuning scripts often leave it): transformers drops Whisper's keys on load."""
+    (``_from_model_config: true``, as fine-tuning scripts often leave it), with Whisper's keys still in the file or
+    not there at all: transformers drops them on load either way."""
     from transformers import AutoModelForSpeechSeq2Seq
 
     original = SpeechRecognition.tiny_model(tmp_path_factory.mktemp("whisper"), family="whisper")
@@ -251,6 +252,8 @@ def whisper_from_model_config(tmp_path_factory):
     shutil.copytree(original, path)
     written = json.loads((path / "generation_config.json").read_text())
     assert set(WHISPER_KEYS) <= set(written)
+    if request.param == "keys_missing":
+        written = {key: value for key, value in written.items() if key not in WHISPER_KEYS}
     (path / "generation_config.json").write_text(json.dumps({**written, "_from_model_config": True}))
     loaded = AutoModelForSpeechSeq2Seq.from_pretrained(path).generation_config
     assert not any(hasattr(loaded, key) for key in WHISPER_KEYS)
@@ -268,6 +271,8 @@ def test_whisper_generation_config_is_completed_from_the_tokenizer(whisper_from_
     clips = list(held_out.select(range(3))["audio"])
     for options in ({}, {"language": "en", "task": "transcribe"}, {"return_timestamps": True}):
         assert zoo.predict(clips, max_new_tokens=6, **options) == reference.predict(clips, max_new_tokens=6, **options)
+    timed = zoo.predict(clips[0], max_new_tokens=6, return_timestamps=True)
+    assert timed["chunks"] and all(len(chunk["timestamp"]) == 2 for chunk in timed["chunks"])
     zoo.save(tmp_path / "saved")  # the completed config is written out
     saved = AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path / "saved").generation_config
     assert saved.lang_to_id == reference.model.generation_config.lang_to_id and saved.no_timestamps_token_id
