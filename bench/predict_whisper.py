@@ -38,8 +38,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor
-from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    pipeline,
+)
 
 import taskzoo
 from common import compare_with_pipeline, cpu_line, matmul_peak, mixed_length_sentences, rotations

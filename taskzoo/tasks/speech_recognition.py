@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from datasets import Audio, Dataset, DatasetDict, Value
 
-from taskzoo import audio_chunks, metrics, speech_seq2seq, strategies, streaming
-from taskzoo import data as data_utils
+from taskzoo import audio_chunks, data as data_utils, metrics, speech_seq2seq, strategies, streaming
 from taskzoo.ctc import ctc_tokenizer
 from taskzoo.errors import DataError
 from taskzoo.task import Task
@@ -68,8 +67,13 @@ class SpeechRecognition(Task):
     @classmethod
     def from_pretrained(cls, path, device=None, trust_remote_code=False, language=None, whisper_task="transcribe",
                         **model_kwargs):
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForCTC, AutoModelForSpeechSeq2Seq
-        from transformers import AutoProcessor
+        from transformers import (
+            AutoConfig,
+            AutoFeatureExtractor,
+            AutoModelForCTC,
+            AutoModelForSpeechSeq2Seq,
+            AutoProcessor,
+        )
 
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         auto = AutoModelForSpeechSeq2Seq if config.is_encoder_decoder else AutoModelForCTC

@@ -27,8 +27,13 @@ def tiny_speech2text(path: Path, multilingual: bool = False) -> Path:
     Speech2TextTokenizer holds a sentencepiece unigram model trained on the toy words. ``multilingual``: also
     the MuST-C target-language tokens (<lang:fr>, ...), as ``facebook/s2t-medium-mustc-multilingual-st`` has."""
     import sentencepiece
-    from transformers import Speech2TextConfig, Speech2TextFeatureExtractor, Speech2TextForConditionalGeneration
-    from transformers import Speech2TextProcessor, Speech2TextTokenizer
+    from transformers import (
+        Speech2TextConfig,
+        Speech2TextFeatureExtractor,
+        Speech2TextForConditionalGeneration,
+        Speech2TextProcessor,
+        Speech2TextTokenizer,
+    )
     from transformers.models.speech_to_text.tokenization_speech_to_text import MUSTC_LANGS
 
     path.mkdir(parents=True, exist_ok=True)
@@ -65,8 +70,13 @@ def tiny_moonshine(path: Path) -> Path:
     strided convolutions (to about 42 frames/s), rotary-position transformers; a fast byte-fallback BPE
     tokenizer over the toy words with <unk>, <s> (also the decoder start) and </s> first, as moonshine's."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import MoonshineConfig, MoonshineForConditionalGeneration, PreTrainedTokenizerFast
-    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+    from transformers import (
+        MoonshineConfig,
+        MoonshineForConditionalGeneration,
+        PreTrainedTokenizerFast,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2Processor,
+    )
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.Metaspace()
