@@ -17,7 +17,15 @@ encoder and the decoder (which, with the end token suppressed, always makes ``--
 ``--profile`` prints instead where each side's time goes: feature extraction, the encoder, the decoder's layers,
 its output layer and the rest (per-step bookkeeping, setup, text decoding), with each part's GFLOP/s.
 
+``--uneven`` races taskzoo predict against the pipeline where transcripts end at different lengths (both decode
+every row of a batch until its longest row ends): the same random model with its matrices drawn wide (std 1:
+transcripts differ clip by clip) and its end token's embedding scaled by ``--end-scale`` (2.5: transcripts of a few
+to ``--max-new-tokens`` tokens), timestamps suppressed, greedy on both sides at the same batch size. It counts CPU
+time (``time.process_time``, one torch thread: comparable on a busy machine), the median of ``--rounds`` rounds in
+rotating order per batch size, and checks that both give equal transcripts.
+
     python bench/predict_whisper.py [--size tiny|base] [--clips 16] [--max-new-tokens 32] [--profile]
+    python bench/predict_whisper.py --uneven [--size tiny] [--clips 16] [--max-new-tokens 64] [--end-scale 2.5]
 """
 
 import argparse
@@ -40,8 +48,8 @@ from transformers import (
 )
 
 import taskzoo
-from common import compare_with_pipeline, cpu_line, matmul_peak, mixed_length_sentences
-from taskzoo import whisper_greedy
+from common import compare_with_pipeline, cpu_line, matmul_peak, mixed_length_sentences, rotations
+from taskzoo import speech_seq2seq
 from taskzoo.data import load_audio
 from taskzoo.demo import quiet_libraries
 from taskzoo.testing.speech import whisper_tokenizer
@@ -93,7 +101,7 @@ def whisper_folder(size: str) -> Path:
 
 
 def whisper_flops(zoo, clip, new_tokens: int) -> tuple[float, float]:
-    """(encoder, decoder) FLOPs of one clip: one real greedy predict of it under torch's FLOP counter, on a copy
+    """(encoder, decoder) FLOPs of one clip: one real greedy generate of it under torch's FLOP counter, on a copy
     with eager attention (the counter has no formula for CPU SDPA's kernel; eager attention is plain matmuls).
     Every clip costs the same: the encoder always reads a full 30 s window, and the decoder makes ``new_tokens``
     steps (its prompt, cross-attention keys and values on the first, one token and the 51865-row output layer on
@@ -103,11 +111,11 @@ def whisper_flops(zoo, clip, new_tokens: int) -> tuple[float, float]:
     model = copy.deepcopy(zoo.model).eval()
     model.set_attn_implementation("eager")
     features = zoo._inputs([clip])["input_features"]
-    options = zoo._generate_options()
+    options = speech_seq2seq.generate_options(zoo)
     with FlopCounterMode(display=False) as encoder, torch.inference_mode():
         model.model.encoder(features)
     with FlopCounterMode(display=False) as total:
-        tokens = whisper_greedy.decode(model, features, options, new_tokens)
+        tokens = model.generate(features, **options, max_new_tokens=new_tokens, max_length=None)
     assert tokens.shape[1] == new_tokens, "the checkpoint should suppress the end token"
     return encoder.get_total_flops(), total.get_total_flops() - encoder.get_total_flops()
 
@@ -184,9 +192,15 @@ parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
 parser.add_argument("--clips", type=int, default=16)
 parser.add_argument("--max-new-tokens", type=int, default=32)
 parser.add_argument("--profile", action="store_true", help="where each side's time goes, instead of the race")
+parser.add_argument("--uneven", action="store_true", help="transcripts of different lengths: CPU time, one thread")
+parser.add_argument("--end-scale", type=float, default=2.5, help="--uneven: how much likelier the end token is")
+parser.add_argument("--rounds", type=int, default=5, help="--uneven: timed rounds per side and batch size")
 args = parser.parse_args()
 print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 quiet_libraries()
+if args.uneven:
+    torch.set_num_threads(1)  # CPU time of one thread: comparable on a busy machine
+    args.max_new_tokens = max(args.max_new_tokens, 64)
 
 folder = whisper_folder(args.size)
 clips = []
@@ -206,6 +220,59 @@ def agreement(ours, theirs) -> str:
 
 
 seconds = sum(map(len, clips)) / 16000
+
+
+def uneven_lengths(zoo, end_scale: float) -> None:
+    """Make transcripts end at different lengths: wide random matrices (each clip its own tokens), a longer end
+    token embedding (tied to the output layer: likelier as the next token), timestamp tokens suppressed."""
+    config = zoo.model.generation_config
+    config.suppress_tokens = list(range(config.no_timestamps_token_id + 1, zoo.model.config.vocab_size))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in zoo.model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0, 1.0)
+        zoo.model.model.decoder.embed_tokens.weight[config.eos_token_id] *= end_scale
+
+
+def race_uneven(zoo, clips, batch_sizes=(8, 16)) -> None:
+    """taskzoo predict against the pipeline, greedy at the same batch size: CPU seconds per run over all clips."""
+    end = zoo.model.generation_config.eos_token_id
+    features = zoo._inputs(clips)
+    with torch.inference_mode():
+        tokens = zoo.model.generate(**features, language="en", task="transcribe", max_new_tokens=args.max_new_tokens,
+                                    max_length=None)
+    lengths = (tokens != end).sum(1).tolist()
+    print(cpu_line())
+    print(f"{len(clips)} clips, whisper-{args.size} (random wide weights, end token x{args.end_scale}); transcript "
+          f"lengths in tokens: {sorted(lengths)}")
+    recogniser.model = zoo.model  # the same weights on both sides
+    for size in batch_sizes:
+        rows = [lengths[start:start + size] for start in range(0, len(lengths), size)]
+        idle = sum(len(r) * max(r) - sum(r) for r in rows) / sum(len(r) * max(r) for r in rows)
+        run = {"taskzoo predict": lambda size=size: zoo.predict(clips, batch_size=size, progress=False,
+                                                                max_new_tokens=args.max_new_tokens),
+               "pipeline": lambda size=size: recogniser([clip.copy() for clip in clips], batch_size=size,
+                                                        generate_kwargs=greedy)}
+        outputs = {name: function() for name, function in run.items()}  # warm-up
+        cpu = {name: [] for name in run}
+        for order in rotations(list(run), args.rounds):
+            for name in order:
+                started = time.process_time()
+                outputs[name] = run[name]()
+                cpu[name].append(time.process_time() - started)
+        median = {name: statistics.median(values) for name, values in cpu.items()}
+        print(f"batch_size={size}: taskzoo predict {median['taskzoo predict']:.2f} CPU s, pipeline "
+              f"{median['pipeline']:.2f} CPU s (median of {args.rounds}): "
+              f"{median['pipeline'] / median['taskzoo predict']:.2f}x; "
+              f"{agreement(outputs['taskzoo predict'], outputs['pipeline'])}; {idle:.0%} of the decoder row-steps are "
+              "rows that already ended", flush=True)
+
+
+if args.uneven:
+    uneven_lengths(zoo, args.end_scale)
+    race_uneven(zoo, clips)
+    raise SystemExit
 encoder_flops, decoder_flops = whisper_flops(zoo, clips[0], args.max_new_tokens)
 print(f"FLOPs per clip: encoder {encoder_flops / 1e9:.2f} GFLOP, decoder {decoder_flops / 1e9:.2f} GFLOP "
       f"({args.max_new_tokens} steps)", flush=True)
@@ -215,10 +282,9 @@ if args.profile:
     print_profile("pipeline, batch_size=4", lambda: recogniser([clip.copy() for clip in clips], batch_size=4,
                                                                generate_kwargs=greedy),
                   recogniser.model, recogniser.feature_extractor, flops, len(clips))
-    for name, options in (("taskzoo predict", {}), ("taskzoo predict, use_generate=True", {"use_generate": True})):
-        print_profile(name, lambda options=options: zoo.predict(clips, batch_size=16, progress=False,
-                                                                max_new_tokens=args.max_new_tokens, **options),
-                      zoo.model, zoo.feature_extractor, flops, len(clips))
+    print_profile("taskzoo predict", lambda: zoo.predict(clips, batch_size=16, progress=False,
+                                                         max_new_tokens=args.max_new_tokens),
+                  zoo.model, zoo.feature_extractor, flops, len(clips))
     raise SystemExit
 compare_with_pipeline(
     f"{len(clips)} clips, {seconds:.0f} s of speech, whisper-{args.size} (random weights), greedy, "
@@ -229,4 +295,4 @@ compare_with_pipeline(
     agreement, batch_sizes=(4, 8, 16), repeat=1, flops_per_input=encoder_flops + decoder_flops, inputs=len(clips),
     # No bf16 variant: the pipeline cannot run under bf16 autocast (its feature extractor's STFT comes out bf16 and
     # fails), so there is no like-for-like baseline; the target is fp32.
-    variants=[("batch_size=16, fp32", {}), ("batch_size=16, fp32, use_generate=True", {"use_generate": True})])
+    variants=[("batch_size=16, fp32", {})])

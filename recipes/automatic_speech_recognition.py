@@ -1,4 +1,4 @@
-"""Fine-tune a wav2vec2 CTC model (or Whisper) on LibriSpeech and report the word error rate.
+"""Fine-tune a wav2vec2 CTC model or a speech encoder-decoder (Whisper, Speech2Text, ...) on LibriSpeech; report WER.
 
     accelerate launch recipes/automatic_speech_recognition.py --output-dir runs/librispeech
     python recipes/automatic_speech_recognition.py --max-steps 20
@@ -14,7 +14,7 @@ import taskzoo
 from _common import load_splits
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--model", default="facebook/wav2vec2-base-960h")  # CTC or Whisper checkpoint
+parser.add_argument("--model", default="facebook/wav2vec2-base-960h")  # a CTC or encoder-decoder checkpoint
 parser.add_argument("--dataset", default="openslr/librispeech_asr")  # hub name or local folder
 parser.add_argument("--dataset-config", default="clean")  # the hub dataset's configuration
 parser.add_argument("--train-split", default="train.100")  # hub split names

@@ -1,10 +1,10 @@
 """automatic-speech-recognition (aliases audio-transcription, asr): speech -> ``{"text"}``.
 
-Two model families, told apart by their config: Whisper-style encoder-decoders
-(AutoModelForSpeechSeq2Seq, text generated token by token) and CTC models of the wav2vec2 family
-(AutoModelForCTC, one character distribution per 20 ms frame). Audio is decoded with soundfile and
-resampled with scipy (``taskzoo.data.load_audio``). Inputs longer than the model's window are split
-into overlapping windows and stitched as transformers' pipeline does (``taskzoo/audio_chunks.py``).
+Two kinds of model, told apart by their config: encoder-decoders (AutoModelForSpeechSeq2Seq: Whisper,
+Speech2Text, Moonshine, ...; text generated token by token, see ``taskzoo/speech_seq2seq.py``) and CTC
+models of the wav2vec2 family (AutoModelForCTC, one character distribution per 20 ms frame). Audio is
+decoded with soundfile and resampled with scipy (``taskzoo.data.load_audio``). Inputs longer than the
+model's window are split into overlapping windows and stitched (``taskzoo/audio_chunks.py``).
 Fine-tuning a CTC model whose vocabulary does not cover the transcripts (a bare wav2vec2 encoder, say)
 builds a character vocabulary from the training transcripts and a new output layer.
 """
@@ -20,13 +20,16 @@ import numpy as np
 import torch
 from datasets import Audio, Dataset, Value
 
-from taskzoo import audio_chunks, data as data_utils, generation, metrics, strategies, streaming, whisper_greedy
+from taskzoo import audio_chunks, data as data_utils, metrics, speech_seq2seq, strategies, streaming
 from taskzoo.ctc import ctc_tokenizer
 from taskzoo.errors import DataError
 from taskzoo.task import Task
 
 logger = logging.getLogger(__name__)
-CTC_WINDOW_S = 30.0  # CTC models have no fixed window; longer inputs are chunked to bound memory
+# CTC models and encoder-decoders other than Whisper have no fixed window: longer inputs are chunked to bound
+# memory, and to stay within the clip lengths such models are trained on (Speech2Text, Moonshine: up to ~30 s).
+WINDOW_S = 30.0
+METADATA = ("metadata.csv", "metadata.jsonl")
 
 
 class SpeechRecognition(Task):
@@ -40,7 +43,7 @@ class SpeechRecognition(Task):
     default_batch_size = 8
     default_learning_rate = 1e-4  # the usual rate for wav2vec2 CTC fine-tuning; Whisper's is nearer 1e-5
     # freeze_feature_encoder: keep a CTC model's convolutional front end fixed (the usual recipe when
-    # fine-tuning a pretrained wav2vec2); Whisper models ignore it.
+    # fine-tuning a pretrained wav2vec2); encoder-decoders ignore it.
     finetune_options = {**Task.finetune_options, "freeze_feature_encoder": True}
     renamed_options = {"task": "whisper_task"}  # Whisper's task, one name for load and predict
     demo_config = dict(train_size=400, eval_size=32, epochs=6, learning_rate=1e-2, batch_size=8, scheduler="linear",
@@ -50,9 +53,18 @@ class SpeechRecognition(Task):
                  **kwargs):
         super().__init__(model, processor, **kwargs)
         self.is_ctc = not model.config.is_encoder_decoder
-        # Whisper's prompt (``task`` is taken by taskzoo.load): None language: the model's own, or detected.
+        self.is_whisper = not self.is_ctc and speech_seq2seq.is_whisper(getattr(processor, "tokenizer", None))
+        if whisper_task != "transcribe" and not self.is_whisper:
+            raise ValueError(f"whisper_task applies to Whisper models; this is a {model.config.model_type!r} model.")
+        if language is not None and (self.is_ctc or not self.is_whisper and not speech_seq2seq.target_languages(
+                processor.tokenizer)):
+            raise ValueError(f"This {model.config.model_type!r} model takes no language; only Whisper and "
+                             "multilingual Speech2Text models do.")
+        # The language of the transcripts (``task`` is taken by taskzoo.load): Whisper's prompt (None: the model's
+        # own, or detected) or a multilingual Speech2Text's target language.
         self.language, self.whisper_task = language, whisper_task
-        # Whisper ties its output layer to the token embeddings, so there is no separate head to train.
+        # Encoder-decoders (Whisper, Speech2Text, Moonshine) tie their output layer to the token embeddings: there
+        # is no separate head to train.
         self.supported_strategies = ("full", "freeze", "lora") if self.is_ctc else ("full", "lora")
 
     @classmethod
@@ -78,9 +90,12 @@ class SpeechRecognition(Task):
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError, TypeError):  # a bare encoder ships no tokenizer: fine-tuning builds one
             processor = AutoFeatureExtractor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if config.is_encoder_decoder and not hasattr(getattr(processor, "tokenizer", None), "_decode_asr"):
-            raise ValueError(f"{path} holds a {config.model_type!r} encoder-decoder; taskzoo transcribes with "
-                             "Whisper-style encoder-decoders (Whisper's tokenizer and prompt) and CTC models.")
+        tokenizer = getattr(processor, "tokenizer", None)
+        if config.is_encoder_decoder and tokenizer is None:
+            raise ValueError(f"{path} holds a {config.model_type!r} encoder-decoder but no tokenizer, which it "
+                             "needs to read and write text: save its tokenizer (or processor) in that folder.")
+        if config.is_encoder_decoder and speech_seq2seq.is_whisper(tokenizer):
+            speech_seq2seq.complete_whisper_generation_config(model, tokenizer)
         new = [key for key in info["missing_keys"] if key.startswith("lm_head")]  # the CTC output layer
         return cls(model, processor, language=language, whisper_task=whisper_task, new_weights=new,
                    source=str(path), device=device)
@@ -160,34 +175,13 @@ class SpeechRecognition(Task):
         if self.is_ctc:
             return dict(self.feature_extractor(audio, sampling_rate=self.sampling_rate, padding=True,
                                                return_tensors="pt"))
-        window = self.feature_extractor.n_samples
-        if max(map(len, audio)) > window:
-            raise DataError(f"An audio clip of {max(map(len, audio)) / self.sampling_rate:.1f} s is longer than "
-                            f"the model's {window / self.sampling_rate:.0f} s window; split such clips for "
-                            "training and evaluation (predict() chunks long inputs itself).")
-        with torch.autocast("cpu", enabled=False):  # predict's bf16 autocast would give the STFT bf16, which fails
-            features = self.feature_extractor(audio, sampling_rate=self.sampling_rate, return_attention_mask=True,
-                                              return_tensors="pt")
-        return {"input_features": features.input_features, "attention_mask": features.attention_mask}
+        return speech_seq2seq.model_inputs(self.feature_extractor, audio, self.is_whisper)
 
     def _labels(self, texts: list[str]) -> torch.Tensor:
-        tokenizer = self.tokenizer
-        if self.is_ctc:
-            encoded = tokenizer(texts, padding=True, return_tensors="pt")
-        else:
-            if self._is_multilingual():
-                tokenizer.set_prefix_tokens(language=self._language(for_training=True), task=self.whisper_task)
-            # Whisper's transcripts start with a space, so the first word is the same token as elsewhere.
-            encoded = tokenizer([" " + text.strip() for text in texts], padding=True, return_tensors="pt")
-        labels = encoded.input_ids.masked_fill(encoded.attention_mask == 0, -100)
         if not self.is_ctc:
-            if (labels[:, 0] == self.model.config.decoder_start_token_id).all():
-                labels = labels[:, 1:]  # the model prepends the decoder start token itself
-            limit = self.model.config.max_target_positions
-            if labels.shape[1] > limit:
-                raise DataError(f"A transcript is {labels.shape[1]} tokens long, over the model's {limit}: "
-                                f"{texts[int((labels != -100).sum(1).argmax())][:80]!r}...")
-        return labels
+            return speech_seq2seq.labels(self, texts)
+        encoded = self.tokenizer(texts, padding=True, return_tensors="pt")
+        return encoded.input_ids.masked_fill(encoded.attention_mask == 0, -100)
 
     def collate(self, examples: list[dict]) -> dict:
         texts = [row["text"] for row in examples]
@@ -209,7 +203,8 @@ class SpeechRecognition(Task):
                 base.freeze_feature_encoder()
 
     def training_step(self, model, batch):
-        output = model(**batch["inputs"], labels=batch["labels"])
+        decoder = {} if self.is_ctc else speech_seq2seq.decoder_inputs(model, batch["labels"])
+        output = model(**batch["inputs"], **decoder, labels=batch["labels"])
         return {"loss": output.loss, "output": output.logits}
 
     def eval_step(self, model, batch):
@@ -222,7 +217,7 @@ class SpeechRecognition(Task):
             frames = self._valid_frames(model, inputs, batch["lengths"].tolist())
             texts = [self._decode_ctc(row[:n].argmax(-1))["text"] for row, n in zip(logits, frames)]
         else:
-            tokens = self._whisper_generate(model, inputs, self._generate_options())
+            tokens = speech_seq2seq.generate(self, model, inputs, speech_seq2seq.generate_options(self))
             texts = [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
         return texts, list(batch["text"])
 
@@ -261,42 +256,6 @@ class SpeechRecognition(Task):
                                                  round(float(word["end_offset"] * seconds), 2))}
             for word in decoded.word_offsets]}
 
-    def _is_multilingual(self) -> bool:
-        return bool(getattr(self.model.generation_config, "is_multilingual", False))
-
-    def _language(self, language=None, for_training=False):
-        config = self.model.generation_config
-        language = language or self.language or getattr(config, "language", None) or self.tokenizer.language
-        if language is None and for_training:
-            raise ValueError("Fine-tuning a multilingual Whisper model needs the language of the transcripts: "
-                             "taskzoo.load(..., language='en') (or 'french', 'fr', ...).")
-        return language
-
-    def _generate_options(self, language=None, whisper_task=None, **options) -> dict:
-        """Whisper's prompt: always the language and task it was trained with, else it detects the
-        language and drops the task token."""
-        if self._is_multilingual():
-            options.update(language=self._language(language), task=whisper_task or self.whisper_task)
-        elif language or whisper_task:
-            raise ValueError("This Whisper model is English-only: it takes no language or task.")
-        return {key: value for key, value in options.items() if value is not None}
-
-    def _whisper_generate(self, model, inputs: dict, options: dict, use_generate: bool = False) -> torch.Tensor:
-        """Whisper's tokens within taskzoo's length limit (see taskzoo/generation.py). Its prompt is
-        <|startoftranscript|>, the language and task (multilingual models) and <|notimestamps|> unless
-        timestamps are predicted; the tokens returned hold no prompt. Greedy decoding without timestamps
-        takes taskzoo's own loop (the same tokens, faster: taskzoo/whisper_greedy.py), the rest generate in one pass
-        per window (its long-form loop would decode a window again from its last complete segment: see the docs)."""
-        options = dict(options)
-        prompt = 1 + 2 * self._is_multilingual() + (not options.get("return_timestamps"))
-        tokens = None if use_generate else whisper_greedy.greedy_tokens(self, model, inputs["input_features"], options)
-        if tokens is not None:
-            return tokens
-        prompt += 0 if options.get("prompt_ids") is None else len(options["prompt_ids"])  # <|startofprev|>, text
-        output = generation.generate(self, model, max_new_tokens=options.pop("max_new_tokens", None),
-                                     prompt_length=prompt, force_unique_generate_call=True, **inputs, **options)
-        return output[:, prompt:]  # one pass returns its prompt too (and the end token, which decoding skips)
-
     # -------------------------------------------------------------------------------------- predict
     def is_single(self, inputs) -> bool:
         if isinstance(inputs, tuple):  # (array, sampling_rate)
@@ -313,9 +272,9 @@ class SpeechRecognition(Task):
         """Transcribe audio: a path (wav, flac, ogg, ...), a ``{"array", "sampling_rate"}`` dict, an
         ``(array, sampling_rate)`` tuple, or an array at ``sampling_rate`` (default: the model's).
 
-        Options: ``return_timestamps`` (adds ``chunks``), ``chunk_length_s`` / ``stride_length_s`` for long
-        audio, and for Whisper ``language``, ``whisper_task``, ``max_new_tokens`` and ``use_generate=True`` (every
-        window through transformers' ``generate``, not taskzoo's greedy loop: same tokens, slower).
+        Options: ``chunk_length_s`` / ``stride_length_s`` for long audio; ``return_timestamps`` (adds ``chunks``)
+        for CTC and Whisper models; ``language`` for multilingual Whisper and Speech2Text models, ``whisper_task`` for
+        Whisper; for encoder-decoders ``max_new_tokens`` and other ``generate`` options (``num_beams``, ...).
         ``batch_size`` also batches the windows of long inputs.
         """
         window_batch = batch_size or self.default_batch_size
@@ -323,29 +282,29 @@ class SpeechRecognition(Task):
                                **options)
 
     def compile_target(self):
-        return (self, "model") if self.is_ctc else None  # Whisper generates token by token
+        return (self, "model") if self.is_ctc else None  # encoder-decoders generate token by token
 
     def preprocess_batch(self, inputs, sampling_rate=None):
         return [self._audio(item, sampling_rate) for item in inputs]  # decoded, at the model's rate
 
     def predict_batch(self, audio, window_batch=8, sampling_rate=None, return_timestamps=False,
-                      chunk_length_s=None, stride_length_s=None, use_generate=False, language=None,
-                      whisper_task=None, **generate_options):
-        if self.is_ctc and (generate_options or language or whisper_task):
-            given = {**generate_options, "language": language, "whisper_task": whisper_task}
-            raise ValueError(f"{sorted(k for k, v in given.items() if v is not None)} apply to Whisper models only; "
-                             "this is a CTC model.")
-        limit = None if self.is_ctc else self.feature_extractor.chunk_length  # Whisper: its window at most
+                      chunk_length_s=None, stride_length_s=None, language=None, whisper_task=None,
+                      **generate_options):
+        given = {**generate_options, "language": language, "whisper_task": whisper_task}
+        given = sorted(name for name, value in given.items() if value is not None)
+        if self.is_ctc and given:
+            raise ValueError(f"{given} apply to encoder-decoders only; this is a CTC model.")
+        options = {} if self.is_ctc else speech_seq2seq.generate_options(
+            self, language=language, return_timestamps=return_timestamps, task=whisper_task, **generate_options)
+        limit = self.feature_extractor.chunk_length if self.is_whisper else None  # Whisper: its window at most
         if chunk_length_s is not None and not 0 < chunk_length_s <= (limit or chunk_length_s):
             raise ValueError(f"chunk_length_s must be positive{f' and at most the {limit} s window' if limit else ''}; "
                              f"got {chunk_length_s}.")
         align = self.model.config.inputs_to_logits_ratio if self.is_ctc else 1
-        window, stride = audio_chunks.window_lengths(chunk_length_s or limit or CTC_WINDOW_S, stride_length_s,
+        window, stride = audio_chunks.window_lengths(chunk_length_s or limit or WINDOW_S, stride_length_s,
                                                      self.sampling_rate, align)
         windows = [w for i, a in enumerate(audio) for w in audio_chunks.split(i, a, window, stride)]
         pieces = [[] for _ in audio]
-        options = {} if self.is_ctc else self._generate_options(language, whisper_task, **generate_options,
-                                                                return_timestamps=bool(return_timestamps))
         masks_padding = not self.is_ctc or getattr(self.feature_extractor, "return_attention_mask", True)
         for group in audio_chunks.batches(windows, window_batch, same_length=not masks_padding):
             inputs = _on(self.model, self._inputs([w.audio for w in group]))
@@ -354,25 +313,31 @@ class SpeechRecognition(Task):
                 frames = self._valid_frames(self.model, inputs, [len(w.audio) for w in group])
                 for w, rows, n in zip(group, logits, frames):
                     pieces[w.item].append(audio_chunks.ctc_frames(rows, w, n, align))
-            else:
-                for w, tokens in zip(group, self._whisper_generate(self.model, inputs, options, use_generate)):
-                    chunked = len(audio[w.item]) > window
-                    pieces[w.item].append(audio_chunks.whisper_output(tokens, w, self.sampling_rate, chunked))
+                continue
+            for w, tokens in zip(group, speech_seq2seq.generate(self, self.model, inputs, options)):
+                chunked = len(audio[w.item]) > window
+                pieces[w.item].append(audio_chunks.whisper_output(tokens, w, self.sampling_rate, chunked)
+                                      if self.is_whisper else tokens)
         if self.is_ctc:
             return [self._decode_ctc(torch.cat(p).argmax(-1), bool(return_timestamps)) for p in pieces]
+        if not self.is_whisper:
+            return [{"text": speech_seq2seq.merge_windows(self.tokenizer, p)} for p in pieces]
         precision = self.feature_extractor.chunk_length / self.model.config.max_source_positions
         return [audio_chunks.stitch_whisper(self.tokenizer, p, bool(return_timestamps), precision) for p in pieces]
 
     # ---------------------------------------------------------------------------------- testing kit
     @staticmethod
-    def tiny_model(path: str | os.PathLike, family: str = "ctc") -> Path:
-        """A tiny random wav2vec2 CTC model (``family="ctc"``, the default) or Whisper model
-        (``family="whisper"``, 30 s window) for the toy vocabulary, saved at ``path``."""
-        if family not in ("ctc", "whisper"):
-            raise ValueError(f"family must be 'ctc' or 'whisper'; got {family!r}.")
-        from taskzoo.testing import speech
+    def tiny_model(path: str | os.PathLike, family: str = "wav2vec2") -> Path:
+        """A tiny random model for the toy vocabulary, saved at ``path``: wav2vec2 CTC (``family="wav2vec2"``,
+        the default; ``"ctc"`` names it too), Whisper (``"whisper"``, its 30 s window and prompt), Speech2Text
+        (``"speech2text"``, filterbanks in) or Moonshine (``"moonshine"``, the waveform in)."""
+        from taskzoo.testing import speech, speech_seq2seq
 
-        return (speech.tiny_ctc if family == "ctc" else speech.tiny_whisper)(Path(path))
+        builders = {"wav2vec2": speech.tiny_ctc, "ctc": speech.tiny_ctc, "whisper": speech.tiny_whisper,
+                    "speech2text": speech_seq2seq.tiny_speech2text, "moonshine": speech_seq2seq.tiny_moonshine}
+        if family not in builders:
+            raise ValueError(f"family must be one of {', '.join(map(repr, builders))}; got {family!r}.")
+        return builders[family](Path(path))
 
     @staticmethod
     def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:
