@@ -79,6 +79,33 @@ class SpeechRecognition(Task):
         return cls(model, processor, language=language, whisper_task=whisper_task, head_trained=head,
                    source=str(path), device=device)
 
+    def export_graphs(self):  # Whisper: see taskzoo/export/seq2seq_graphs.py
+        from taskzoo.export.seq2seq_graphs import encoder_decoder_graphs
+
+        if self.is_ctc:
+            return super().export_graphs()
+        noise = np.random.default_rng(0).normal(0, 0.1, 2 * self.sampling_rate).astype(np.float32)
+        # Whisper's features span its whole window whatever the clip's length, and its encoder takes no mask.
+        features = {"input_features": self._inputs([noise, noise[:self.sampling_rate]])["input_features"]}
+        return encoder_decoder_graphs(self.model_to_save(), features, {"input_features": {0: "batch"}})
+
+    def save_export_files(self, path):
+        from taskzoo.export.seq2seq_runtime import save_encoder_decoder_files
+
+        if self.is_ctc:
+            return super().save_export_files(path)
+        save_encoder_decoder_files(self.model_to_save(), self.processor, path, {"task": self.name})
+
+    @classmethod
+    def from_exported(cls, path, sessions, trust_remote_code=False, language=None, whisper_task="transcribe"):
+        from transformers import AutoProcessor
+
+        from taskzoo.export.seq2seq_runtime import encoder_decoder_model
+
+        return cls(encoder_decoder_model(path, sessions, trust_remote_code),
+                   AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code), language=language,
+                   whisper_task=whisper_task, source=str(path), device="cpu")
+
     @property
     def feature_extractor(self):
         return getattr(self.processor, "feature_extractor", self.processor)

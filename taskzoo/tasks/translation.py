@@ -60,11 +60,8 @@ class Translation(Task):
                         source_lang=None, target_lang=None, **model_kwargs):
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        settings_file = Path(path) / SETTINGS_FILE
-        saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
-        given = dict(src_lang=src_lang, tgt_lang=tgt_lang, prefix=prefix, source_lang=source_lang,
-                     target_lang=target_lang)  # what the caller passes wins over what was saved
-        languages = {key: saved.get(key) if value is None else value for key, value in given.items()}
+        languages = _languages(path, dict(src_lang=src_lang, tgt_lang=tgt_lang, prefix=prefix, source_lang=source_lang,
+                                          target_lang=target_lang))
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=trust_remote_code, **model_kwargs)
         return cls(model, tokenizer, **languages, source=str(path), device=device)
@@ -74,10 +71,33 @@ class Translation(Task):
         path = Path(path)
         self.model_to_save().save_pretrained(path)
         self.processor.save_pretrained(path)
-        settings = {"task": self.name, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang,
-                    "prefix": self.prefix_option, "source_lang": self.source_lang, "target_lang": self.target_lang}
-        (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        (path / SETTINGS_FILE).write_text(json.dumps(self._settings(), indent=2) + "\n")
         return path
+
+    def _settings(self) -> dict:
+        return {"task": self.name, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang, "prefix": self.prefix_option,
+                "source_lang": self.source_lang, "target_lang": self.target_lang}
+
+    def export_graphs(self):  # an encoder-decoder: see taskzoo/export/seq2seq_graphs.py
+        from taskzoo.export.seq2seq_graphs import encoder_decoder_graphs
+
+        batch = dict(self._tokenize(["A first sentence to trace the model with, longer than the second.", "Two."]))
+        return encoder_decoder_graphs(self.model_to_save(), batch, {name: {0: "batch", 1: "source"} for name in batch})
+
+    def save_export_files(self, path):
+        from taskzoo.export.seq2seq_runtime import save_encoder_decoder_files
+
+        save_encoder_decoder_files(self.model_to_save(), self.processor, path, self._settings())
+
+    @classmethod
+    def from_exported(cls, path, sessions, trust_remote_code=False, **languages):
+        from transformers import AutoTokenizer
+
+        from taskzoo.export.seq2seq_runtime import encoder_decoder_model
+
+        return cls(encoder_decoder_model(path, sessions, trust_remote_code),
+                   AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code),
+                   **_languages(path, languages), source=str(path), device="cpu")
 
     def head_modules(self) -> list[str]:
         # None: lm_head shares its weights with the embeddings, so LoRA adapts the body's linear layers alone
@@ -380,3 +400,11 @@ class Translation(Task):
             (subject, subject_t), (verb, verb_t), (obj, obj_t) = noun_phrase(), pick("verb"), noun_phrase()
             rows.append({"source": " ".join([*subject, verb, *obj]), "target": " ".join([*subject_t, verb_t, *obj_t])})
         return Dataset.from_list(rows)
+
+
+def _languages(path, given: dict) -> dict:
+    """The language settings given (those not None: what the caller passes wins) over those saved in taskzoo.json."""
+    settings_file = Path(path) / SETTINGS_FILE
+    saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+    keys = ("src_lang", "tgt_lang", "prefix", "source_lang", "target_lang")
+    return {**{key: saved.get(key) for key in keys}, **{key: value for key, value in given.items() if value is not None}}
