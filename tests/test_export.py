@@ -16,7 +16,7 @@ import taskzoo  # noqa: E402
 from taskzoo.errors import ExportError  # noqa: E402
 from taskzoo.testing import toy_dataset  # noqa: E402
 
-TASKS = ["text-classification"]
+TASKS = ["text-classification", "sentence-similarity"]
 PARAMETERS = {"text-classification": {"top_k": 2}}
 
 
@@ -40,7 +40,8 @@ def inputs_of(task: str, n: int = 4) -> list:
 
 
 # Inputs of another kind, predicted in a call of their own.
-MORE_INPUTS = {"text-classification": [("a lovely film", "the plot was dull"), ("bad", "great and fine")]}
+MORE_INPUTS = {"text-classification": [("a lovely film", "the plot was dull"), ("bad", "great and fine")],
+               "sentence-similarity": [{"source_sentence": "a cat and a dog", "sentences": ["the dog", "rain today"]}]}
 
 
 def assert_close(ours, theirs, tolerance: float, where: str = "output") -> None:

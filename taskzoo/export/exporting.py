@@ -107,9 +107,11 @@ def _torchscript(module, args, names, graph: Graph, path: Path) -> None:
 
 @contextlib.contextmanager
 def _attention(graph: Graph):
-    """With ``eager_attention``, a transformers model traces its eager attention, then gets its own back."""
-    set_attention = getattr(graph.module, "set_attn_implementation", None)
-    before = getattr(getattr(graph.module, "config", None), "_attn_implementation", None)
+    """With ``eager_attention``, the transformers model in the graph's module traces its eager attention, then gets
+    its own back."""
+    model = next((module for module in graph.module.modules() if hasattr(module, "set_attn_implementation")), None)
+    set_attention = getattr(model, "set_attn_implementation", None)
+    before = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if not (graph.eager_attention and set_attention and before and before != "eager"):
         yield
         return
