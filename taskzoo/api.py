@@ -19,16 +19,22 @@ def load(task: str, model: str | os.PathLike | None = None, *, revision: str | N
          device: str | None = None, trust_remote_code: bool = False, **options):
     """Load a task with a model: a local folder, a packaged-model name, or a hub id (cache first).
 
-    Without ``model`` the task's default checkpoint is used, pinned to its revision.
+    Without ``model`` the task's default checkpoint is used, pinned to its revision. A folder that
+    ``zoo.export`` wrote runs with ONNX Runtime (docs/export.md).
     """
+    from taskzoo.export import load_export, read_export
     from taskzoo.task import check_device
 
     entry = get_task(task)
-    check_device(device)
     if model is None:
         model, revision = entry.default_model, revision or entry.default_revision
+    if not (os.path.isdir(model) and read_export(model)):  # an ONNX export's device is ONNX Runtime's to check
+        check_device(device)
     path = resolve_model(model, revision)
     task_class = entry.load_class()
+    exported = read_export(path)
+    if exported is not None:  # see taskzoo/export/
+        return load_export(task_class, path, exported, device, trust_remote_code=trust_remote_code, **options)
     try:
         with library_bars_hidden():
             return task_class.from_pretrained(path, device=device, trust_remote_code=trust_remote_code, **options)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from taskzoo import data as data_utils
 from taskzoo import strategies, streaming
 from taskzoo.batching import PreparedBatches, halving_on_oom
-from taskzoo.errors import DataError, warn_at_caller
+from taskzoo.errors import DataError, ExportError, warn_at_caller
 from taskzoo.models import library_bars_hidden
 
 
@@ -71,6 +71,7 @@ class Task:
     required_columns: ClassVar[tuple[str, ...]] = ()
     default_batch_size: ClassVar[int] = 8
     default_learning_rate: ClassVar[float] = 5e-5
+    exported: dict | None = None  # an ONNX export's taskzoo.json where the model is one (see taskzoo/export/)
 
     def __init__(self, model: torch.nn.Module, processor: Any = None, *, source: str | None = None,
                  device: str | torch.device | None = None):
@@ -92,9 +93,42 @@ class Task:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a normal HF folder: the model (LoRA adapters merged unless save_merged=False) and its
         processor, which the plain library loaders open. Tasks with more to write override this."""
+        if self.exported:  # an export is saved as it is: its folder, copied
+            from taskzoo.export.folder import copy_export
+
+            return copy_export(self.source, path)
         self.model_to_save().save_pretrained(path)
         self.processor.save_pretrained(path)
         return Path(path)
+
+    # ------------------------------------------------------------------------------------- export
+    def export(self, path: str | os.PathLike, format: str = "onnx", quantize: str | None = None) -> Path:
+        """Export the model for inference with ONNX Runtime into the folder ``path``: the graph(s), the processor,
+        the labels and taskzoo.json; ``quantize="int8"`` stores the weights of the matrix products as int8.
+        ``taskzoo.load(task, model=path)`` predicts and evaluates with it as with this task. See docs/export.md."""
+        from taskzoo.export import export_task
+
+        return export_task(self, path, format=format, quantize=quantize)
+
+    def export_graphs(self) -> list:
+        """What export() traces: a list of :class:`taskzoo.export.Graph`. Default: none (a clear error)."""
+        raise ExportError(f"{self.name} cannot be exported to ONNX yet; predict with the torch model.")
+
+    def save_export_files(self, path: Path) -> None:
+        """What an export holds beside its graphs: the processor and the config (labels). A task may also write
+        settings into path/taskzoo.json, which the export keeps."""
+        self.processor.save_pretrained(path)
+        self.model.config.save_pretrained(path)
+
+    @classmethod
+    def from_exported(cls, path: Path, sessions: dict, **options) -> Task:
+        """The task around an export: ``sessions`` holds a :class:`taskzoo.export.Session` per graph (the model
+        stands in as :class:`taskzoo.export.ExportedModel`, on the CPU as far as torch is concerned)."""
+        raise ExportError(f"{cls.name} cannot load ONNX exports.")
+
+    def refuse_if_exported(self, what: str) -> None:
+        if self.exported:
+            raise ExportError(f"{self.source} is an ONNX export for inference; {what} the torch model it came from.")
 
     # --------------------------------------------------------------------------------------- data
     def read_path(self, path: str | os.PathLike):
@@ -232,6 +266,8 @@ class Task:
         """The autocast context for predict's opt-in mixed precision ("no" leaves it off)."""
         if mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16'; got {mixed_precision!r}.")
+        if mixed_precision != "no":
+            self.refuse_if_exported(f"mixed_precision={mixed_precision!r} is for")
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if mixed_precision == "bf16"
                               else torch.float16, enabled=mixed_precision != "no")
 
@@ -245,6 +281,8 @@ class Task:
         see :func:`taskzoo.compiling.compiled`)."""
         from taskzoo.compiling import compiled
 
+        if enabled:  # ONNX Runtime already runs an optimized graph
+            self.refuse_if_exported("compile=True is for")
         return compiled(self, enabled)
 
     def check_batch_size(self, batch_size: int | None) -> int:
@@ -320,6 +358,7 @@ class Task:
 
         from taskzoo.training import TrainingConfig, train_task
 
+        self.refuse_if_exported("fine-tune")
         self.__dict__.pop("_compiled", None)  # its frozen weights would go stale (see compiled())
         own = {key: config.pop(key) for key in list(config) if key in self.finetune_options}
         self.training_options = {**self.finetune_options, **own}

@@ -46,6 +46,28 @@ class TextClassification(Task):
             path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
         return cls(model, tokenizer, head_trained=not info["missing_keys"], source=str(path), device=device)
 
+    @classmethod
+    def from_exported(cls, path, sessions, trust_remote_code=False):
+        from transformers import AutoConfig, AutoTokenizer
+
+        from taskzoo.export import ExportedModel
+
+        model = ExportedModel(sessions["model"], AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+        return cls(model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code), source=str(path),
+                   device="cpu")
+
+    def export_graphs(self):
+        """One graph: token ids (and mask, and segment ids for pairs) -> logits; the head stays fp32 in int8."""
+        from taskzoo.export import Graph
+        from taskzoo.export.optimizing import fusions_for
+
+        model = self.model_to_save()
+        batch = self._tokenize(["A first sentence to trace the model with.", "A second one."],
+                               ["Its pair.", "And the second pair, longer."])  # pairs: segment ids too, if any
+        axes = {0: "batch", 1: "sequence"}
+        return [Graph("model", model, dict(batch), ["logits"], {name: axes for name in batch},
+                      keep_fp32=("classifier", "pooler"), **fusions_for(model.config))]
+
     @property
     def labels(self) -> list[str]:
         return heads.model_labels(self.model)

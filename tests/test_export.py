@@ -1,0 +1,171 @@
+"""ONNX export: each exportable task's export predicts what its torch model predicts (labels identical, scores
+within 1e-4), in the same schema, and evaluates, serves and writes JSON lines the same way; an export refuses
+fine-tuning in one line; the command line exports. The int8 accuracy on a real model is in test_export_int8.py."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime, onnxscript) is not installed")
+
+import taskzoo  # noqa: E402
+from taskzoo.errors import ExportError  # noqa: E402
+from taskzoo.testing import toy_dataset  # noqa: E402
+
+TASKS = ["text-classification", "sentence-similarity"]
+PARAMETERS = {"text-classification": {"top_k": 2}}
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_model_path, tmp_path_factory):
+    """exported(task, quantize=None) -> (torch task, ONNX task, export folder), built once per session."""
+    built = {}
+
+    def get(task: str, quantize: str | None = None):
+        if (task, quantize) not in built:
+            torch_zoo = taskzoo.load(task, model=tiny_model_path(task), device="cpu")
+            folder = torch_zoo.export(tmp_path_factory.mktemp(f"{task}_{quantize}_onnx"), quantize=quantize)
+            built[task, quantize] = torch_zoo, taskzoo.load(task, model=folder), folder
+        return built[task, quantize]
+    return get
+
+
+def inputs_of(task: str, n: int = 4) -> list:
+    zoo_class = taskzoo.registry.get_task(task).load_class()
+    return [zoo_class.input_of(None, row) for row in toy_dataset(task, n, seed=3)]
+
+
+# Inputs of another kind, predicted in a call of their own.
+MORE_INPUTS = {"text-classification": [("a lovely film", "the plot was dull"), ("bad", "great and fine")],
+               "sentence-similarity": [{"source_sentence": "a cat and a dog", "sentences": ["the dog", "rain today"]}]}
+
+
+def assert_close(ours, theirs, tolerance: float, where: str = "output") -> None:
+    """Same structure and labels; numbers within ``tolerance``; images (masks) equal."""
+    from PIL import Image
+
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict) and sorted(ours) == sorted(theirs), f"{where}: {ours!r:.200} vs {theirs!r:.200}"
+        for key in theirs:
+            assert_close(ours[key], theirs[key], tolerance, f"{where}.{key}")
+    elif isinstance(theirs, (list, tuple)):
+        assert len(ours) == len(theirs), f"{where}: {ours!r:.200} vs {theirs!r:.200}"
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert_close(a, b, tolerance, f"{where}[{i}]")
+    elif isinstance(theirs, float):
+        assert math.isclose(ours, theirs, abs_tol=tolerance), f"{where}: {ours} vs {theirs}"
+    elif isinstance(theirs, Image.Image):
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs)), f"{where}: the images differ"
+    elif isinstance(theirs, np.ndarray):
+        assert np.array_equal(ours, theirs), f"{where}: the arrays differ"
+    else:
+        assert ours == theirs, f"{where}: {ours!r} vs {theirs!r}"
+
+
+# ----------------------------------------------------------------------------------------- every task
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_fp32_export_predicts_what_torch_predicts(task, exported):
+    torch_zoo, onnx_zoo, folder = exported(task)
+    inputs, options = inputs_of(task), PARAMETERS.get(task, {})
+    assert_close(onnx_zoo.predict(inputs, **options), torch_zoo.predict(inputs, **options), 1e-4)
+    assert_close(onnx_zoo.predict(inputs[0], **options), torch_zoo.predict(inputs[0], **options), 1e-4)
+    more = MORE_INPUTS.get(task)
+    if more:
+        assert_close(onnx_zoo.predict(more, **options), torch_zoo.predict(more, **options), 1e-4)
+    info = json.loads((folder / "taskzoo.json").read_text())
+    assert info["format"] == "onnx" and info["task"] == task and info["quantize"] is None
+    assert all((folder / graph["file"]).is_file() for graph in info["graphs"].values())
+    assert onnx_zoo.exported == info and "ExportedModel" in repr(onnx_zoo.model)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_export_evaluates_as_torch_does(task, exported):
+    torch_zoo, onnx_zoo, _ = exported(task)
+    data = toy_dataset(task, 8, seed=4)
+    ours, theirs = onnx_zoo.evaluate(data, batch_size=4), torch_zoo.evaluate(data, batch_size=4)
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        assert math.isclose(ours[key], theirs[key], abs_tol=1e-4), (key, ours[key], theirs[key])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_export_refuses_fine_tuning_and_torch_only_options_in_one_line(task, exported):
+    _, onnx_zoo, folder = exported(task)
+    with pytest.raises(ExportError, match=r"is an ONNX export for inference; fine-tune the torch model it came from"):
+        onnx_zoo.finetune(toy_dataset(task, 4))
+    with pytest.raises(ExportError, match="compile=True is for the torch model"):
+        onnx_zoo.predict(inputs_of(task)[:1], compile=True)
+    with pytest.raises(ExportError, match="mixed_precision='bf16' is for the torch model"):
+        onnx_zoo.predict(inputs_of(task)[:1], mixed_precision="bf16")
+    with pytest.raises(ExportError, match="already an ONNX export"):
+        onnx_zoo.export(folder.parent / "again")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_export_serves_and_writes_json_lines(task, exported, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from taskzoo.serving import create_app
+
+    _, onnx_zoo, _ = exported(task)
+    inputs, options = inputs_of(task, 2), PARAMETERS.get(task, {})
+    expected = onnx_zoo.predict(inputs, **options)
+    sent = [list(item) if isinstance(item, tuple) else item for item in inputs]
+    if isinstance(inputs[0], str) or isinstance(inputs[0], tuple):
+        with TestClient(create_app(onnx_zoo)) as client:
+            answer = client.post("/predict", json={"inputs": sent, "parameters": options})
+            assert answer.status_code == 200, answer.text
+            assert_close(answer.json(), json.loads(json.dumps(expected)), 1e-5)
+            assert client.get("/info").json()["task"] == task
+    rows = toy_dataset(task, 3, seed=5)
+    output = onnx_zoo.predict_to_jsonl(rows, tmp_path / "out.jsonl", **options)
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [line["index"] for line in lines] == [0, 1, 2]
+    assert_close([line["output"] for line in lines],
+                 json.loads(json.dumps(onnx_zoo.predict([onnx_zoo.input_of(row) for row in rows], **options))), 1e-5)
+
+
+def test_saving_an_export_copies_its_folder(exported, tmp_path):
+    _, onnx_zoo, folder = exported("text-classification")
+    copy = onnx_zoo.save(tmp_path / "copy")
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in folder.iterdir())
+    again = taskzoo.load("text-classification", model=copy)
+    assert again.predict("a lovely film") == onnx_zoo.predict("a lovely film")
+
+
+def test_an_export_of_another_task_or_a_task_without_export_is_refused(exported, tiny_model_path):
+    _, _, folder = exported("text-classification")
+    with pytest.raises(taskzoo.ModelNotFoundError, match="is an ONNX export of a text-classification model, not "
+                                                          "image-classification"):
+        taskzoo.load("image-classification", model=folder)
+    with pytest.raises(ExportError, match="format must be one of"):
+        taskzoo.load("text-classification", model=tiny_model_path("text-classification"),
+                     device="cpu").export(folder.parent / "x", format="tflite")
+
+
+# -------------------------------------------------------------------------------------- command line
+
+
+def test_command_line_exports_fp32_and_int8(tiny_model_path, tmp_path, capsys):
+    from taskzoo.cli import main
+
+    model = str(tiny_model_path("text-classification"))
+    for quantize in ([], ["--quantize", "int8"]):
+        folder = tmp_path / ("int8" if quantize else "fp32")
+        assert main(["export", "text-classification", "--model", model, "--output", str(folder), *quantize]) == 0
+        assert capsys.readouterr().out.strip() == str(folder)
+        info = json.loads((folder / "taskzoo.json").read_text())
+        assert info["quantize"] == ("int8" if quantize else None)
+        assert main(["predict", "text-classification", "--model", str(folder), "a lovely film"]) == 0
+        assert json.loads(capsys.readouterr().out)["output"]["label"] in ("positive", "negative")
+    graph = info["graphs"]["model"]["quantized"]
+    assert graph["int8_nodes"] > 0 and graph["per_channel"] is True
+    assert main(["finetune", "text-classification", "--model", str(folder), "--train", "x.csv",
+                 "--output-dir", "run"]) == 2
