@@ -119,8 +119,8 @@ def compare(title: str, task: str, folder: Path, inputs: list, options: dict, ba
         print(f"  export ({quantize or 'fp32'}): {time.process_time() - started:.0f} CPU s", flush=True)
         zoos[f"ONNX Runtime {quantize or 'fp32'}"] = taskzoo.load(task, model=exported, device="cpu", **load_options)
     for variant in ([{}] + ([{"num_beams": options["beams"]}] if options.get("beams") else [])):
-        run = {name: (lambda zoo=zoo: zoo.predict(inputs, batch_size=batch_size, progress=False,
-                                                  max_new_tokens=options["new_tokens"], **variant))
+        run = {name: (lambda zoo=zoo, variant=variant: zoo.predict(
+                   inputs, batch_size=batch_size, progress=False, max_new_tokens=options["new_tokens"], **variant))
                for name, zoo in zoos.items()}
         outputs = {name: side() for name, side in run.items()}  # warm-up
         wall, cpu = {name: [] for name in run}, {name: [] for name in run}

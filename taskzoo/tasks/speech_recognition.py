@@ -23,7 +23,7 @@ from datasets import Audio, Dataset, DatasetDict, Value
 from taskzoo import audio_chunks, generation, metrics, strategies, streaming, whisper_greedy
 from taskzoo import data as data_utils
 from taskzoo.ctc import ctc_tokenizer
-from taskzoo.errors import DataError
+from taskzoo.errors import DataError, ExportError
 from taskzoo.task import Task
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,9 @@ class SpeechRecognition(Task):
 
         if self.is_ctc:
             return super().export_graphs()
+        if self.model.config.model_type != "whisper":  # others' encoders take a mask, which these graphs omit
+            raise ExportError(f"Exporting {self.model.config.model_type!r} speech encoder-decoders is not supported "
+                              "yet; Whisper models export.")
         noise = np.random.default_rng(0).normal(0, 0.1, 2 * self.sampling_rate).astype(np.float32)
         # Whisper's features span its whole window whatever the clip's length, and its encoder takes no mask.
         features = {"input_features": self._inputs([noise, noise[:self.sampling_rate]])["input_features"]}

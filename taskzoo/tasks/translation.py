@@ -407,4 +407,5 @@ def _languages(path, given: dict) -> dict:
     settings_file = Path(path) / SETTINGS_FILE
     saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
     keys = ("src_lang", "tgt_lang", "prefix", "source_lang", "target_lang")
-    return {**{key: saved.get(key) for key in keys}, **{key: value for key, value in given.items() if value is not None}}
+    given = {key: value for key, value in given.items() if value is not None}
+    return {**{key: saved.get(key) for key in keys}, **given}
