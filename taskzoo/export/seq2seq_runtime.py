@@ -4,7 +4,7 @@
 WhisperForConditionalGeneration, ...) that holds no weights: its ``forward`` runs the three graphs of
 ``seq2seq_graphs`` and keeps their keys and values in transformers' ``EncoderDecoderCache``. So the class's own
 ``generate`` drives it, and beam search, length penalty, early stopping, forced first and last tokens, suppressed
-tokens, Whisper's prompt, language detection, timestamps and long-form transcription behave as on the torch model.
+tokens, Whisper's prompt, language detection and timestamps behave as on the torch model.
 Plain greedy decoding takes taskzoo's own loop (``seq2seq_greedy``) where that gives the same tokens faster.
 """
 
