@@ -160,6 +160,13 @@ def test_seq2seq_export_refuses_fine_tuning_in_one_line(exports, task):
         onnx_zoo.finetune(toy_dataset(task, 4))
 
 
+def test_saving_a_translation_export_copies_its_folder(exports, tmp_path):
+    _, onnx_zoo, folder = exports("translation")
+    copy = onnx_zoo.save(tmp_path / "copy")
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in folder.iterdir())
+    assert taskzoo.load("translation", model=copy).predict(SOURCES[:2]) == onnx_zoo.predict(SOURCES[:2])
+
+
 def test_seq2seq_export_writes_json_lines_and_serves(exports, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
@@ -175,3 +182,43 @@ def test_seq2seq_export_writes_json_lines_and_serves(exports, tmp_path):
         answer = client.post("/predict", json={"inputs": SOURCES[:2], "parameters": {"num_beams": 2}})
         assert answer.status_code == 200, answer.text
         assert answer.json() == torch_zoo.predict(SOURCES[:2], num_beams=2)
+
+
+def _random_family(family: str, folder, tokenizer_folder):
+    """A T5 or BART translator of the kit's vocabulary, its weights drawn wide so that rows differ."""
+    from transformers import (AutoTokenizer, BartConfig, BartForConditionalGeneration, GenerationConfig, T5Config,
+                              T5ForConditionalGeneration)
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    pad, end, size = tokenizer.pad_token_id, tokenizer.eos_token_id, len(tokenizer)
+    torch.manual_seed(0)
+    if family == "t5":
+        model = T5ForConditionalGeneration(T5Config(
+            vocab_size=size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, pad_token_id=pad,
+            eos_token_id=end, decoder_start_token_id=pad))
+    else:
+        model = BartForConditionalGeneration(BartConfig(
+            vocab_size=size, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+            pad_token_id=pad, eos_token_id=end, bos_token_id=end, decoder_start_token_id=end))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0, 0.5)
+    model.generation_config = GenerationConfig(decoder_start_token_id=model.config.decoder_start_token_id,
+                                               eos_token_id=end, pad_token_id=pad, forced_eos_token_id=end,
+                                               max_length=12)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_t5_and_bart_exports_translate_exactly_as_torch(family, tiny_model_path, tmp_path):
+    folder = _random_family(family, tmp_path / family, tiny_model_path("translation"))
+    torch_zoo = taskzoo.load("translation", model=folder, device="cpu")
+    onnx_zoo = taskzoo.load("translation", model=torch_zoo.export(tmp_path / f"{family}-onnx"))
+    for options in ({}, {"num_beams": 3}):
+        theirs = torch_zoo.predict(SOURCES, **options)
+        assert onnx_zoo.predict(SOURCES, **options) == theirs and len(set(texts(theirs))) >= 3

@@ -68,6 +68,8 @@ class Translation(Task):
 
     @library_bars_hidden()
     def save(self, path):
+        if self.exported:  # an ONNX export: its folder, copied
+            return super().save(path)
         path = Path(path)
         self.model_to_save().save_pretrained(path)
         self.processor.save_pretrained(path)
