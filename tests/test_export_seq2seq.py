@@ -129,14 +129,20 @@ def test_int8_translation_export_mostly_agrees_with_torch(exports):
 
 
 @pytest.mark.slow
-def test_int8_whisper_export_transcribes(exports, clips):
+def test_int8_whisper_export_transcribes_and_mostly_picks_torchs_next_token(exports, clips):
     torch_zoo, onnx_zoo, folder = exports(ASR, "int8")
     info = json.loads((folder / "taskzoo.json").read_text())
     assert info["quantize"] == "int8" and info["graphs"]["decoder"]["quantized"]["int8_nodes"] > 0
-    ours = onnx_zoo.predict(clips, max_new_tokens=8)
-    assert all(set(output) == {"text"} for output in ours)
-    # These wide random weights magnify int8's error: a third of identical transcripts is all that is asked.
-    assert sum(a == b for a, b in zip(ours, torch_zoo.predict(clips, max_new_tokens=8))) >= len(clips) // 3
+    assert all(set(output) == {"text"} for output in onnx_zoo.predict(clips, max_new_tokens=8))
+    # Next-token choices given the same prefixes (free-running transcripts part at their first difference, and
+    # these wide random weights magnify int8's error: 62% of choices agree here, against 0.3% by chance).
+    features = torch_zoo._inputs([torch_zoo._audio(clip) for clip in clips])["input_features"]
+    prefixes = torch.randint(0, 290, (len(clips), 12), generator=torch.Generator().manual_seed(0))
+    prefixes[:, 0] = torch_zoo.model.generation_config.decoder_start_token_id
+    with torch.no_grad():
+        theirs = torch_zoo.model(input_features=features, decoder_input_ids=prefixes).logits.argmax(-1)
+    ours = onnx_zoo.model(input_features=features, decoder_input_ids=prefixes).logits.argmax(-1)
+    assert (ours == theirs).float().mean() >= 0.5
 
 
 def test_translation_export_evaluates_as_torch(exports):
