@@ -23,7 +23,7 @@ from datasets import Audio, Dataset, DatasetDict, Value
 from taskzoo import audio_chunks, generation, metrics, strategies, streaming, whisper_greedy
 from taskzoo import data as data_utils
 from taskzoo.ctc import ctc_tokenizer
-from taskzoo.errors import DataError
+from taskzoo.errors import DataError, ExportError
 from taskzoo.task import Task
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,39 @@ class SpeechRecognition(Task):
         head = not any(key.startswith("lm_head") for key in info["missing_keys"])
         return cls(model, processor, language=language, whisper_task=whisper_task, head_trained=head,
                    source=str(path), device=device)
+
+    @classmethod
+    def from_exported(cls, path, sessions, trust_remote_code=False, language=None, whisper_task="transcribe"):
+        import types
+
+        from transformers import AutoConfig, AutoProcessor
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING
+
+        from taskzoo.export import ExportedModel
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if config.is_encoder_decoder:
+            raise ExportError(f"{path} holds an exported encoder-decoder, which this taskzoo cannot run yet.")
+        model = ExportedModel(sessions["model"], config)
+        # How many logit frames a clip of n samples has: the torch model's own formula, which reads its config only.
+        model._get_feat_extract_output_lengths = types.MethodType(
+            MODEL_FOR_CTC_MAPPING[type(config)]._get_feat_extract_output_lengths, model)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return cls(model, processor, language=language, whisper_task=whisper_task, source=str(path), device="cpu")
+
+    def export_graphs(self):
+        """CTC models: one graph, waveform (and mask) -> per-frame logits, any number of samples; windows, stitching
+        and decoding stay in Python. The convolutional front end stays fp32 in int8, and so does the output layer."""
+        from taskzoo.export import Graph
+
+        if not self.is_ctc:
+            raise ExportError("automatic-speech-recognition exports CTC models (wav2vec2 family); Whisper-style "
+                              "encoder-decoders cannot be exported yet.")
+        model = strategies.exportable(self.model, merged=True)
+        noise = np.random.default_rng(0).normal(0, 0.1, self.sampling_rate).astype(np.float32)
+        inputs = self._inputs([noise, noise[: self.sampling_rate * 3 // 5]])
+        axes = {0: "batch", 1: "samples"}
+        return [Graph("model", model, inputs, ["logits"], {name: axes for name in inputs}, keep_fp32=("lm_head",))]
 
     @property
     def feature_extractor(self):
