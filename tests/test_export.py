@@ -183,6 +183,20 @@ def test_export_serves_and_writes_json_lines(task, exported, tmp_path):
                  plain(onnx_zoo.predict([onnx_zoo.input_of(row) for row in rows], **options)), 1e-5)
 
 
+def test_detr_export_takes_images_of_any_size(tiny_model_path, tmp_path):
+    """DETR's processor keeps each image's aspect ratio and pads the batch: its graph's height and width vary."""
+    from PIL import Image
+
+    torch_zoo = untied(taskzoo.load("object-detection", model=tiny_model_path("object-detection", "detr"),
+                                    device="cpu"), tmp_path / "detr")
+    onnx_zoo = taskzoo.load("object-detection", model=torch_zoo.export(tmp_path / "detr_onnx"))
+    assert onnx_zoo.exported["graphs"]["model"]["inputs"] == ["pixel_values", "pixel_mask"]
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+              for height, width in [(64, 64), (50, 90), (120, 40)]]
+    assert_close(onnx_zoo.predict(images, threshold=0.0), torch_zoo.predict(images, threshold=0.0), 1e-4)
+
+
 def test_saving_an_export_copies_its_folder(exported, tmp_path):
     _, onnx_zoo, folder = exported("text-classification")
     copy = onnx_zoo.save(tmp_path / "copy")
