@@ -69,7 +69,7 @@ class ImageClassification(Task):
         from taskzoo.export import Graph
         from taskzoo.export.optimizing import fusions_for
 
-        model = self.model_to_save()
+        model = strategies.exportable(self.model)  # adapters merged: one plain graph
         pixels = self._pixels([Image.new("RGB", (64, 48), (90, 120, 150)), Image.new("RGB", (40, 40))])
         return [Graph("model", model, {"pixel_values": pixels}, ["logits"], {"pixel_values": {0: "batch"}},
                       keep_fp32=("classifier",), **fusions_for(model.config))]

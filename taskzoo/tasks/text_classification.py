@@ -61,7 +61,7 @@ class TextClassification(Task):
         from taskzoo.export import Graph
         from taskzoo.export.optimizing import fusions_for
 
-        model = self.model_to_save()
+        model = strategies.exportable(self.model)  # adapters merged: one plain graph
         batch = self._tokenize(["A first sentence to trace the model with.", "A second one."],
                                ["Its pair.", "And the second pair, longer."])  # pairs: segment ids too, if any
         axes = {0: "batch", 1: "sequence"}
