@@ -56,7 +56,7 @@ def compare(title: str, sides: dict, inputs: list, batch_size: int, rounds: int,
     times = {name: [] for name in sides}
     for order in rotations(list(sides), rounds):
         for name in order:
-            times[name].append(timed(lambda: sides[name].predict(inputs, batch_size=batch_size, progress=False)))
+            times[name].append(timed(lambda zoo=sides[name]: zoo.predict(inputs, batch_size=batch_size, progress=False)))
     print(f"\n{title}, batch_size={batch_size}, {torch.get_num_threads()} thread(s), medians of {rounds} rounds")
     print(f"{'side':<11} | {'wall s':>7} | {'inputs/s':>8} | {'speed-up':>8} | {'CPU s':>7} | {'CPU speed-up':>12} | "
           "agreement with torch")

@@ -13,9 +13,9 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime, onnxscript) is not installed")
 
-import taskzoo  # noqa: E402
-from taskzoo.errors import ExportError  # noqa: E402
-from taskzoo.testing import toy_dataset  # noqa: E402
+import taskzoo
+from taskzoo.errors import ExportError
+from taskzoo.testing import toy_dataset
 
 TASKS = ["text-classification", "sentence-similarity", "image-classification", "image-segmentation",
          "object-detection", "automatic-speech-recognition"]

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime, onnxscript) is not installed")
 
-import taskzoo  # noqa: E402
+import taskzoo
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ DATA = Path(__file__).resolve().parent / "data"
 
 def readme_reviews(folder: Path) -> tuple[Path, Path]:
     """The README's train.csv (30 reviews) and dev.csv (12), written into ``folder`` from its shell block."""
-    files = dict(re.findall(r"cat > (\w+\.csv) <<'EOF'\n(.*?)\nEOF", (ROOT / "README.md").read_text(), re.S))
+    files = dict(re.findall(r"cat > (\w+\.csv) <<'EOF'\n(.*?)\nEOF", (ROOT / "README.md").read_text(), re.DOTALL))
     for name, text in files.items():
         (folder / name).write_text(text + "\n")
     return folder / "train.csv", folder / "dev.csv"

@@ -94,11 +94,9 @@ class ObjectDetection(Task):
 
     @classmethod
     def from_exported(cls, path, sessions, trust_remote_code=False):
-        from transformers import AutoConfig
+        from taskzoo.export import exported_model
 
-        from taskzoo.export import ExportedModel
-
-        model = ExportedModel(sessions["model"], AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+        model = exported_model(path, sessions, trust_remote_code)
         return cls(model, load_image_processor(path, trust_remote_code), source=str(path), device="cpu")
 
     def export_graphs(self):

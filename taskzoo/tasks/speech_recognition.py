@@ -83,18 +83,17 @@ class SpeechRecognition(Task):
     def from_exported(cls, path, sessions, trust_remote_code=False, language=None, whisper_task="transcribe"):
         import types
 
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoProcessor
         from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING
 
-        from taskzoo.export import ExportedModel
+        from taskzoo.export import exported_model
 
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if config.is_encoder_decoder:
+        model = exported_model(path, sessions, trust_remote_code)
+        if model.config.is_encoder_decoder:
             raise ExportError(f"{path} holds an exported encoder-decoder, which this taskzoo cannot run yet.")
-        model = ExportedModel(sessions["model"], config)
         # How many logit frames a clip of n samples has: the torch model's own formula, which reads its config only.
         model._get_feat_extract_output_lengths = types.MethodType(
-            MODEL_FOR_CTC_MAPPING[type(config)]._get_feat_extract_output_lengths, model)
+            MODEL_FOR_CTC_MAPPING[type(model.config)]._get_feat_extract_output_lengths, model)
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
         return cls(model, processor, language=language, whisper_task=whisper_task, source=str(path), device="cpu")
 

@@ -48,11 +48,11 @@ class TextClassification(Task):
 
     @classmethod
     def from_exported(cls, path, sessions, trust_remote_code=False):
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        from taskzoo.export import ExportedModel
+        from taskzoo.export import exported_model
 
-        model = ExportedModel(sessions["model"], AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+        model = exported_model(path, sessions, trust_remote_code)
         return cls(model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code), source=str(path),
                    device="cpu")
 
