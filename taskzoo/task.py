@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from taskzoo import data as data_utils
 from taskzoo import strategies, streaming
 from taskzoo.batching import PreparedBatches, halving_on_oom
-from taskzoo.errors import DataError, ExportError, warn_at_caller
+from taskzoo.errors import DataError, warn_at_caller
+from taskzoo.export.hooks import Exportable
 from taskzoo.models import library_bars_hidden
 
 
@@ -64,14 +65,13 @@ def check_device(device: str | torch.device | None) -> None:
         raise ValueError(f"device={str(device)!r}, but torch sees no Apple GPU (MPS) here; use 'cpu'.")
 
 
-class Task:
+class Task(Exportable):  # export() and its hooks: taskzoo/export/hooks.py
     name: ClassVar[str]
     primary_metric: ClassVar[str]
     greater_is_better: ClassVar[bool] = True
     required_columns: ClassVar[tuple[str, ...]] = ()
     default_batch_size: ClassVar[int] = 8
     default_learning_rate: ClassVar[float] = 5e-5
-    exported: dict | None = None  # an ONNX export's taskzoo.json where the model is one (see taskzoo/export/)
 
     def __init__(self, model: torch.nn.Module, processor: Any = None, *, source: str | None = None,
                  device: str | torch.device | None = None):
@@ -100,35 +100,6 @@ class Task:
         self.model_to_save().save_pretrained(path)
         self.processor.save_pretrained(path)
         return Path(path)
-
-    # ------------------------------------------------------------------------------------- export
-    def export(self, path: str | os.PathLike, format: str = "onnx", quantize: str | None = None) -> Path:
-        """Export the model for inference with ONNX Runtime into the folder ``path``: the graph(s), the processor,
-        the labels and taskzoo.json; ``quantize="int8"`` stores the weights of the matrix products as int8.
-        ``taskzoo.load(task, model=path)`` predicts and evaluates with it as with this task. See docs/export.md."""
-        from taskzoo.export import export_task
-
-        return export_task(self, path, format=format, quantize=quantize)
-
-    def export_graphs(self) -> list:
-        """What export() traces: a list of :class:`taskzoo.export.Graph`. Default: none (a clear error)."""
-        raise ExportError(f"{self.name} cannot be exported to ONNX yet; predict with the torch model.")
-
-    def save_export_files(self, path: Path) -> None:
-        """What an export holds beside its graphs: the processor and the config (labels). A task may also write
-        settings into path/taskzoo.json, which the export keeps."""
-        self.processor.save_pretrained(path)
-        self.model.config.save_pretrained(path)
-
-    @classmethod
-    def from_exported(cls, path: Path, sessions: dict, **options) -> Task:
-        """The task around an export: ``sessions`` holds a :class:`taskzoo.export.Session` per graph (the model
-        stands in as :class:`taskzoo.export.ExportedModel`, on the CPU as far as torch is concerned)."""
-        raise ExportError(f"{cls.name} cannot load ONNX exports.")
-
-    def refuse_if_exported(self, what: str) -> None:
-        if self.exported:
-            raise ExportError(f"{self.source} is an ONNX export for inference; {what} the torch model it came from.")
 
     # --------------------------------------------------------------------------------------- data
     def read_path(self, path: str | os.PathLike):

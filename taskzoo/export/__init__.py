@@ -20,8 +20,8 @@ How a task opts in (three methods of :class:`taskzoo.task.Task`):
 - ``save_export_files(path)`` writes what loading needs beside the graphs (default: the processor and config.json;
   a task may add its settings to path/taskzoo.json, which the export keeps);
 - ``from_exported(path, sessions, **options)`` (a classmethod) builds the task: ``sessions`` maps each graph's
-  name to its :class:`Session`; wrap one in :class:`ExportedModel` with the saved config and pass it where the
-  torch model goes. Torch-side tensors stay on the CPU; ONNX Runtime runs on the session's device.
+  name to its :class:`Session`; wrap one in :class:`ExportedModel` with the saved config (``exported_model``
+  does both) and pass it where the torch model goes. Torch-side tensors stay on the CPU; ONNX Runtime runs on the session's device.
 
 An encoder-decoder (translation, Whisper) returns several graphs from ``export_graphs``, say "encoder" and
 "decoder" (the decoder taking and returning the cached keys and values as named inputs and outputs, with dynamic
@@ -33,6 +33,7 @@ the refusals of fine-tuning, serving) is shared.
 from taskzoo.errors import ExportError
 from taskzoo.export.exporting import Graph
 from taskzoo.export.folder import export_task, load_export, read_export
-from taskzoo.export.runtime import ExportedModel, Session
+from taskzoo.export.runtime import ExportedModel, Session, exported_model
 
-__all__ = ["ExportError", "ExportedModel", "Graph", "Session", "export_task", "load_export", "read_export"]
+__all__ = ["ExportError", "ExportedModel", "Graph", "Session", "export_task", "exported_model", "load_export",
+           "read_export"]

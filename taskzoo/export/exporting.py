@@ -82,12 +82,25 @@ def export_graph(graph: Graph, folder: Path) -> str:
         try:
             with torch.no_grad(), _quiet(), _attention(graph):
                 (_dynamo if exporter == "dynamo" else _torchscript)(module, args, names, graph, path)
+            _check_dynamic(path, graph)
             return exporter
         except Exception as error:  # noqa: BLE001 - the next exporter may manage; all failures are reported
             first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
             errors.append(f"{exporter}: {type(error).__name__}: {first}")
             logger.info("Exporting %s with the %s exporter failed: %s", graph.name, exporter, first)
     raise RuntimeError(f"Could not export graph {graph.name!r} of the model to ONNX ({'; '.join(errors)}).")
+
+
+def _check_dynamic(path: Path, graph: Graph) -> None:
+    """An axis meant to vary that the trace fixed (model code that reads a size as a Python number) would make the
+    graph refuse other sizes at run time: refused here, so that the next exporter is tried."""
+    import onnx
+
+    for node in onnx.load(str(path), load_external_data=False).graph.input:
+        dims = node.type.tensor_type.shape.dim
+        fixed = [axis for axis in graph.dynamic.get(node.name, {}) if dims[axis].HasField("dim_value")]
+        if fixed:
+            raise ValueError(f"the trace fixed axes {fixed} of input {node.name!r} to {[dims[a].dim_value for a in fixed]}")
 
 
 def _dynamo(module, args, names, graph: Graph, path: Path) -> None:

@@ -17,6 +17,8 @@ VNNI against saturation, at no measured cost in accuracy or speed. What stays fp
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 from taskzoo.export.exporting import Graph
@@ -32,14 +34,27 @@ def quantize(source: Path, target: Path, graph: Graph) -> dict:
     nodes = onnx.load(str(source), load_external_data=False).graph.node
     kept = [node.name for node in nodes if node.op_type in graph.quantize_ops
             and any(part in _module_path(node) for part in graph.keep_fp32)]
-    quantize_dynamic(str(source), str(target), op_types_to_quantize=list(graph.quantize_ops),
-                     weight_type=QuantType.QInt8, per_channel=SETTINGS["per_channel"],
-                     reduce_range=SETTINGS["reduce_range"], nodes_to_exclude=kept,
-                     # Types that shape inference cannot see through ONNX Runtime's fused (contrib) operators
-                     # are floats; only weights (constant B) are quantized, never a product of two activations.
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+    with _root_warnings_hidden():  # it advises its pre-processing script on every call: noise for a user
+        quantize_dynamic(str(source), str(target), op_types_to_quantize=list(graph.quantize_ops),
+                         weight_type=QuantType.QInt8, per_channel=SETTINGS["per_channel"],
+                         reduce_range=SETTINGS["reduce_range"], nodes_to_exclude=kept,
+                         # Types that shape inference cannot see through ONNX Runtime's fused (contrib) operators
+                         # are floats; only weights (constant B) are quantized, never a product of two activations.
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
     counts = _count(onnx.load(str(target), load_external_data=False).graph.node)
     return {**SETTINGS, "operators": list(graph.quantize_ops), "kept_fp32": kept, "int8_nodes": counts}
+
+
+@contextlib.contextmanager
+def _root_warnings_hidden():
+    """onnxruntime.quantization warns through the root logger, where a user's own warnings go too."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _module_path(node) -> str:

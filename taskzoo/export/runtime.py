@@ -128,3 +128,10 @@ class ExportedModel(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.session.path.name}, {self.session.provider}"
+
+
+def exported_model(path, sessions: dict, trust_remote_code: bool = False, graph: str = "model") -> ExportedModel:
+    """The stand-in most tasks' ``from_exported`` want: the graph ``graph`` with the config saved beside it."""
+    from transformers import AutoConfig
+
+    return ExportedModel(sessions[graph], AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))

@@ -48,11 +48,11 @@ class TextClassification(Task):
 
     @classmethod
     def from_exported(cls, path, sessions, trust_remote_code=False):
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        from taskzoo.export import ExportedModel
+        from taskzoo.export import exported_model
 
-        model = ExportedModel(sessions["model"], AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+        model = exported_model(path, sessions, trust_remote_code)
         return cls(model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code), source=str(path),
                    device="cpu")
 
@@ -61,7 +61,7 @@ class TextClassification(Task):
         from taskzoo.export import Graph
         from taskzoo.export.optimizing import fusions_for
 
-        model = self.model_to_save()
+        model = strategies.exportable(self.model)  # adapters merged: one plain graph
         batch = self._tokenize(["A first sentence to trace the model with.", "A second one."],
                                ["Its pair.", "And the second pair, longer."])  # pairs: segment ids too, if any
         axes = {0: "batch", 1: "sequence"}

@@ -19,7 +19,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from taskzoo import data as data_utils
-from taskzoo import generation, metrics, streaming
+from taskzoo import generation, metrics, strategies, streaming
 from taskzoo.errors import DataError
 from taskzoo.models import library_bars_hidden
 from taskzoo.task import Task
@@ -84,12 +84,14 @@ class Translation(Task):
         from taskzoo.export.seq2seq_graphs import encoder_decoder_graphs
 
         batch = dict(self._tokenize(["A first sentence to trace the model with, longer than the second.", "Two."]))
-        return encoder_decoder_graphs(self.model_to_save(), batch, {name: {0: "batch", 1: "source"} for name in batch})
+        model = strategies.exportable(self.model, merged=True)  # LoRA adapters merged into the traced weights
+        return encoder_decoder_graphs(model, batch, {name: {0: "batch", 1: "source"} for name in batch})
 
     def save_export_files(self, path):
         from taskzoo.export.seq2seq_runtime import save_encoder_decoder_files
 
-        save_encoder_decoder_files(self.model_to_save(), self.processor, path, self._settings())
+        save_encoder_decoder_files(strategies.exportable(self.model, merged=True), self.processor, path,
+                                   self._settings())
 
     @classmethod
     def from_exported(cls, path, sessions, trust_remote_code=False, **languages):
