@@ -101,6 +101,43 @@ def test_fp32_export_predicts_what_torch_predicts(task, exported):
     assert onnx_zoo.exported == info and "ExportedModel" in repr(onnx_zoo.model)
 
 
+def assert_same_schema(ours, theirs, where: str = "output") -> None:
+    """The same structure, keys, lengths, types and image sizes (values may differ)."""
+    from PIL import Image
+
+    assert type(ours) is type(theirs), f"{where}: {type(ours).__name__} vs {type(theirs).__name__}"
+    if isinstance(theirs, dict):
+        assert sorted(ours) == sorted(theirs), f"{where}: {sorted(ours)} vs {sorted(theirs)}"
+        for key in theirs:
+            assert_same_schema(ours[key], theirs[key], f"{where}.{key}")
+    elif isinstance(theirs, (list, tuple)) and where == "output":  # one output per input
+        assert len(ours) == len(theirs), f"{where}: {len(ours)} vs {len(theirs)} items"
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert_same_schema(a, b, f"{where}[{i}]")
+    elif isinstance(theirs, (list, tuple)):  # within one output, how many (segments, say) may differ
+        for i, item in enumerate(ours if theirs else []):
+            assert_same_schema(item, theirs[0], f"{where}[{i}]")
+    elif isinstance(theirs, Image.Image):
+        assert ours.size == theirs.size and ours.mode == theirs.mode, where
+    elif isinstance(theirs, float):
+        assert math.isfinite(ours), f"{where}: {ours}"
+
+
+@pytest.mark.parametrize("task", [task for task in TASKS if task != "text-classification"])  # that one: below
+def test_int8_export_quantizes_and_predicts_in_the_same_schema(task, exported, tmp_path):
+    """Every task's graph quantizes (its matrix products' weights int8, the heads it names kept fp32) and runs;
+    how close int8 stays is measured on a real model in test_export_int8.py, not on these random ones."""
+    torch_zoo, _, _ = exported(task)
+    folder = torch_zoo.export(tmp_path / "int8", quantize="int8")
+    quantized = json.loads((folder / "taskzoo.json").read_text())["graphs"]["model"]["quantized"]
+    assert quantized["int8_nodes"] > 0, quantized
+    if torch_zoo.export_graphs()[0].keep_fp32:
+        assert quantized["kept_fp32"], f"no node of {torch_zoo.export_graphs()[0].keep_fp32} was kept fp32"
+    int8_zoo = taskzoo.load(task, model=folder)
+    inputs, options = inputs_of(task), PARAMETERS.get(task, {})
+    assert_same_schema(int8_zoo.predict(inputs, **options), torch_zoo.predict(inputs, **options))
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_export_evaluates_as_torch_does(task, exported):
     torch_zoo, onnx_zoo, _ = exported(task)

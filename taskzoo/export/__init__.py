@@ -11,7 +11,8 @@ How it is built (one job per module):
 - quantizing.py: int8 by dynamic quantization of the weights, and what stays fp32;
 - runtime.py: :class:`Session` (one graph in ONNX Runtime) and :class:`ExportedModel`, the stand-in for the torch
   model: ``model(**inputs)`` returns a ModelOutput of torch tensors, so a task's predict code runs unchanged;
-- folder.py: writing the folder and taskzoo.json, recognising and loading it.
+- folder.py: writing the folder and taskzoo.json, recognising and loading it;
+- hooks.py: ``Task.export`` and the hooks below (``Task`` inherits them from :class:`hooks.Exportable`).
 
 How a task opts in (three methods of :class:`taskzoo.task.Task`):
 
