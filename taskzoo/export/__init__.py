@@ -24,11 +24,12 @@ How a task opts in (three methods of :class:`taskzoo.task.Task`):
   name to its :class:`Session`; wrap one in :class:`ExportedModel` with the saved config (``exported_model``
   does both) and pass it where the torch model goes. Torch-side tensors stay on the CPU; ONNX Runtime runs on the session's device.
 
-An encoder-decoder (translation, Whisper) returns several graphs from ``export_graphs``, say "encoder" and
-"decoder" (the decoder taking and returning the cached keys and values as named inputs and outputs, with dynamic
-axes for their lengths), and in ``from_exported`` drives them from its own generation loop with
-``Session.run(inputs) -> {output name: numpy array}``; everything else here (folder, taskzoo.json, loading,
-the refusals of fine-tuning, serving) is shared.
+An encoder-decoder (translation, Whisper) returns three graphs from ``encoder_decoder_graphs``
+(seq2seq_graphs.py: encoder, cross-attention keys and values, one decoder step with the past keys and values as
+named inputs and outputs), and ``from_exported`` passes ``encoder_decoder_model`` (seq2seq_runtime.py: the
+checkpoint's own transformers class over the sessions, so its ``generate`` runs beam search, Whisper's prompt and
+timestamps as on the torch model; plain greedy decoding takes seq2seq_greedy.py's loop) where the torch model goes;
+everything else here (folder, taskzoo.json, loading, the refusals of fine-tuning, serving) is shared.
 """
 
 from taskzoo.errors import ExportError
