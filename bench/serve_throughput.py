@@ -8,6 +8,9 @@ roofline (the model's counted GFLOP per request times requests/s, against this m
 the servers' threads), then checks that both servers answered every sentence alike.
 
     python bench/serve_throughput.py [--requests 256] [--clients 1 8 32] [--max-wait-ms 5] [--repeats 2] [--threads 1 2]
+        [--export fp32|int8]
+
+--export serves the same classifier exported to ONNX Runtime (docs/export.md) instead of the torch model.
 
 The load comes from a separate process with a minimal client (raw HTTP/1.1 on keep-alive connections, one
 per simulated client, on asyncio), so that the clients cost the server as little CPU as possible; on a small
@@ -144,8 +147,9 @@ def peak_at(threads: int, precision: str) -> float:
 
 
 def report(results: dict, answers: dict, texts: list[str], threads: int, flops: float, args) -> None:
-    print(f"\n{args.requests} requests of one sentence each, all-MiniLM-L6-v2 + 2-label head, {threads or 'all'} "
-          f"torch thread(s) per server, mixed_precision={args.precision}; "
+    model = f"all-MiniLM-L6-v2 + 2-label head{f' (ONNX {args.export} export)' if args.export else ''}"
+    print(f"\n{args.requests} requests of one sentence each, {model}, {threads or 'all'} torch thread(s) per "
+          f"server, mixed_precision={args.precision}; "
           f"batched server: --max-batch-size {args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}")
     print(f"{'clients':>7} | {'server':<13} | {'requests/s':>10} | {'p50 ms':>8} | {'p99 ms':>8} | speed-up | "
           "server CPU ms/request | inputs/call | model GFLOP/s | of the matmul peak")
@@ -176,12 +180,21 @@ def main():
                         help="predict's mixed_precision, sent by every request to both servers")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="torch threads of each server, one table per value (0: all cores)")
+    parser.add_argument("--export", choices=["fp32", "int8"],
+                        help="serve the classifier's ONNX export (fp32 or int8) instead of the torch model")
     args = parser.parse_args()
+    if args.export and args.precision != "no":
+        parser.error("--precision is for the torch model; an ONNX export runs as it was exported")
     print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 
     texts = mixed_length_sentences(args.requests, seed=1)
     model = minilm_classifier()
     flops = model_flops_per_request(model, texts)
+    if args.export:
+        import taskzoo
+
+        zoo = taskzoo.load("text-classification", model=model, device="cpu")
+        model = zoo.export(f"{model}-onnx-{args.export}", quantize={"fp32": None}.get(args.export, args.export))
     print(f"the model's work: {flops / 1e9:.2f} GFLOP per request on average (counted, each sentence alone)")
     with multiprocessing.get_context("spawn").Pool(1) as client_process:
         for threads in args.threads:

@@ -31,7 +31,7 @@ def load(task: str, model: str | os.PathLike | None = None, *, revision: str | N
     """Load a task with a model, ready to predict, evaluate, fine-tune and save.
 
     Args:
-        task: A task name or alias (see ``taskzoo.tasks()``), such as ``"text-classification"``.
+        task: A task name or alias (see ``taskzoo.task_names()``), such as ``"text-classification"``.
         model: A local folder, a packaged-model name (``"all-MiniLM-L6-v2"``) or a hub id (the local cache is
             looked in first). None: the task's default checkpoint, pinned to its revision.
         revision: The hub revision (branch, tag or commit) of ``model``.
@@ -48,16 +48,23 @@ def load(task: str, model: str | os.PathLike | None = None, *, revision: str | N
         UnknownTaskError: ``task`` is neither a registered name nor an alias.
         ModelNotFoundError: ``model`` was found nowhere, or holds a kind of model the task cannot load.
         ValueError: ``device`` is not one torch can use here, or an option has a bad value.
+
+    A folder that ``zoo.export`` wrote runs with ONNX Runtime (docs/export.md).
     """
     from taskzoo.accelerators import check_device
+    from taskzoo.export import load_export, read_export
 
     entry = get_task(task)
-    check_device(device)
     if model is None:
         model, revision = entry.default_model, revision or entry.default_revision
+    if not (os.path.isdir(model) and read_export(model)):  # an ONNX export's device is ONNX Runtime's to check
+        check_device(device)
     path = resolve_model(model, revision)
     task_class = entry.load_class()
     options = renamed(options, task_class.renamed_options, "load()")
+    exported = read_export(path)
+    if exported is not None:  # see taskzoo/export/
+        return load_export(task_class, path, exported, device, trust_remote_code=trust_remote_code, **options)
     wrong = wrong_model(path, task_class)  # an image model for a text task, say: told before the loaders fail
     if wrong:
         raise ModelNotFoundError(wrong)

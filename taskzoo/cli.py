@@ -1,4 +1,4 @@
-"""The command line: taskzoo tasks | predict | finetune | evaluate | tiny-model | demo | serve.
+"""The command line: taskzoo tasks | predict | finetune | evaluate | export | tiny-model | demo | serve.
 
 Outputs are JSON (one line per input for predict), so they pipe into other tools; messages go to
 standard error. Fine-tuning runs unchanged under `accelerate launch -m taskzoo.cli finetune ...`.
@@ -231,6 +231,13 @@ def _accelerate_on(device: str | None) -> str | None:
     return device
 
 
+def cmd_export(args) -> None:
+    import taskzoo
+
+    zoo = taskzoo.load(args.task, args.model, device="cpu")
+    print(zoo.export(args.output, format=args.format, quantize=args.quantize))
+
+
 def cmd_tiny_model(args) -> None:
     from taskzoo.testing import tiny_model
 
@@ -330,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="rename a column, e.g. review=text")
     evaluate.add_argument("--metric", action="append", metavar="PATH_OR_NAME", help=METRIC_HELP)
     evaluate.set_defaults(run=cmd_evaluate)
+
+    export = commands.add_parser("export", help="export a model to ONNX (fp32 or int8) for ONNX Runtime; "
+                                 "predict, evaluate and serve load the folder as they load a model")
+    _add_task_and_model(export, "export")
+    export.add_argument("--output", required=True, help="the folder to write")
+    export.add_argument("--quantize", choices=["int8"], help="int8 weights for the matrix products (default: fp32)")
+    export.add_argument("--format", default="onnx", choices=["onnx"])
+    export.set_defaults(run=cmd_export)
 
     tiny = commands.add_parser("tiny-model", help="save the testing kit's tiny random model for a task")
     tiny.add_argument("task", help="the task whose tiny model to build: a task name or alias, e.g. "

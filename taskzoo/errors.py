@@ -21,6 +21,10 @@ class TrainingError(TaskzooError, RuntimeError):
     """Fine-tuning cannot go on (for example: the loss became NaN)."""
 
 
+class ExportError(TaskzooError, ValueError):
+    """A model that cannot be exported, or an exported model (ONNX) asked to do what only the torch one can."""
+
+
 class LaunchError(TaskzooError, RuntimeError):
     """The processes were launched in a way that would make them work against each other."""
 

@@ -24,6 +24,7 @@ import torch
 from taskzoo import data as data_utils, strategies, streaming
 from taskzoo.accelerators import default_device
 from taskzoo.errors import warn_at_caller
+from taskzoo.export.hooks import Exportable
 from taskzoo.models import library_bars_hidden
 from taskzoo.predict_batches import predict_in_batches
 from taskzoo.predict_options import check_options
@@ -31,7 +32,7 @@ from taskzoo.task_facts import TaskFacts
 from taskzoo.truncation import OutputLimitWarnings
 
 
-class Task(TaskFacts, OutputLimitWarnings, ABC):
+class Task(Exportable, TaskFacts, OutputLimitWarnings, ABC):  # export() and its hooks: taskzoo/export/hooks.py
     name: ClassVar[str]
     primary_metric: ClassVar[str]
     greater_is_better: ClassVar[bool] = True
@@ -109,6 +110,10 @@ class Task(TaskFacts, OutputLimitWarnings, ABC):
         Returns:
             ``path``, as a Path.
         """
+        if self.exported:  # an export is saved as it is: its folder, copied
+            from taskzoo.export.folder import copy_export
+
+            return copy_export(self.source, path)
         self.model_to_save().save_pretrained(path)
         self.processor.save_pretrained(path)
         return Path(path)
@@ -244,6 +249,8 @@ class Task(TaskFacts, OutputLimitWarnings, ABC):
         """The autocast context for predict's opt-in mixed precision ("no" leaves it off)."""
         if mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16'; got {mixed_precision!r}.")
+        if mixed_precision != "no":
+            self.refuse_if_exported(f"mixed_precision={mixed_precision!r} is for")
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if mixed_precision == "bf16"
                               else torch.float16, enabled=mixed_precision != "no")
 
@@ -252,6 +259,8 @@ class Task(TaskFacts, OutputLimitWarnings, ABC):
         see :func:`taskzoo.compiling.compiled`)."""
         from taskzoo.compiling import compiled
 
+        if enabled:  # ONNX Runtime already runs an optimized graph
+            self.refuse_if_exported("compile=True is for")
         return compiled(self, enabled)
 
     def check_batch_size(self, batch_size: int | None) -> int:
@@ -314,6 +323,7 @@ class Task(TaskFacts, OutputLimitWarnings, ABC):
         """
         from taskzoo.training import finetune_task
 
+        self.refuse_if_exported("fine-tune")
         return finetune_task(self, train, eval, columns, config)
 
     # ---------------------------------------------------------------------------- training (optional)

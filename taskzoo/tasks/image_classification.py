@@ -53,6 +53,25 @@ class ImageClassification(Task):
             path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
         return cls(model, processor, new_weights=info["missing_keys"], source=str(path), device=device)
 
+    @classmethod
+    def from_exported(cls, path, sessions, trust_remote_code=False):
+        from taskzoo.export import exported_model
+
+        model = exported_model(path, sessions, trust_remote_code)
+        return cls(model, load_image_processor(path, trust_remote_code), source=str(path), device="cpu")
+
+    def export_graphs(self):
+        """One graph: pixel values (at the processor's size) -> logits; the head stays fp32 in int8."""
+        from PIL import Image
+
+        from taskzoo.export import Graph
+        from taskzoo.export.optimizing import fusions_for
+
+        model = strategies.exportable(self.model)  # adapters merged: one plain graph
+        pixels = self._pixels([Image.new("RGB", (64, 48), (90, 120, 150)), Image.new("RGB", (40, 40))])
+        return [Graph("model", model, {"pixel_values": pixels}, ["logits"], {"pixel_values": {0: "batch"}},
+                      keep_fp32=("classifier",), **fusions_for(model.config))]
+
     @property
     def labels(self) -> list[str]:
         return heads.model_labels(self.model)

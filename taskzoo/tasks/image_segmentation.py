@@ -116,6 +116,27 @@ class ImageSegmentation(Task):
         """Whether the model is a universal-segmentation one (Mask2Former, MaskFormer, OneFormer)."""
         return universal.is_universal(self.model)
 
+    @classmethod
+    def from_exported(cls, path, sessions, trust_remote_code=False, reduce_labels=False):
+        from taskzoo.export import exported_model
+
+        model = exported_model(path, sessions, trust_remote_code)
+        return cls(model, load_image_processor(path, trust_remote_code), reduce_labels=reduce_labels,
+                   source=str(path), device="cpu")
+
+    def export_graphs(self):
+        """One graph: pixel values (at the processor's size) -> logits at the model's output size; the upsampling
+        to each image's own size and the argmax stay in predict."""
+        from PIL import Image
+
+        from taskzoo.export import Graph
+        from taskzoo.export.optimizing import fusions_for
+
+        model = strategies.exportable(self.model, merged=True)
+        pixels, _ = self.preprocess_batch([Image.new("RGB", (64, 48), (90, 120, 150)), Image.new("RGB", (40, 40))])
+        return [Graph("model", model, {"pixel_values": pixels}, ["logits"], {"pixel_values": {0: "batch"}},
+                      **fusions_for(model.config))]
+
     @property
     def labels(self) -> list[str]:
         config = self.model.config

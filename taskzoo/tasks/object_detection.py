@@ -99,6 +99,31 @@ class ObjectDetection(Task):
             path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
         return cls(model, processor, new_weights=info["missing_keys"], source=str(path), device=device)
 
+    @classmethod
+    def from_exported(cls, path, sessions, trust_remote_code=False):
+        from taskzoo.export import exported_model
+
+        model = exported_model(path, sessions, trust_remote_code)
+        return cls(model, load_image_processor(path, trust_remote_code), source=str(path), device="cpu")
+
+    def export_graphs(self):
+        """One graph: pixel values (and mask) -> class logits and boxes; thresholds, box scaling to each image and
+        the labels stay in Python (the processor's post-processing). Height and width vary where the processor
+        keeps each image's aspect ratio (DETR), and are the processor's fixed size elsewhere (RT-DETR)."""
+        from PIL import Image
+
+        from taskzoo.export import Graph
+
+        model = strategies.exportable(self.model, merged=True)
+        inputs = encode(self.processor, [Image.new("RGB", (64, 48), (90, 120, 150)), Image.new("RGB", (48, 64))],
+                        pixel_mask=self.reads_mask)
+        size = getattr(self.processor, "size", None)
+        fixed = bool(getattr(size, "height", None) or (isinstance(size, dict) and size.get("height")))
+        axes = {"pixel_values": {0: "batch", **({} if fixed else {2: "height", 3: "width"})},
+                "pixel_mask": {0: "batch", **({} if fixed else {1: "height", 2: "width"})}}
+        return [Graph("model", model, inputs, ["logits", "pred_boxes"], {name: axes[name] for name in inputs},
+                      keep_fp32=("class_embed", "bbox_embed"))]
+
     @property
     def labels(self) -> list[str]:
         return heads.model_labels(self.model)
@@ -123,6 +148,8 @@ class ObjectDetection(Task):
     @property
     def reads_mask(self) -> bool:
         """DETR-like models are told where padding starts; others (YOLOS) see the padded image."""
+        if self.exported:  # the graph's inputs tell
+            return "pixel_mask" in self.model.input_names
         model = self.model.get_base_model() if strategies.is_peft(self.model) else self.model
         return "pixel_mask" in inspect.signature(model.forward).parameters
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
 import os
 import random
@@ -22,7 +23,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from taskzoo import metrics, strategies, streaming
-from taskzoo.errors import DataError
+from taskzoo.errors import DataError, ExportError
 from taskzoo.models import library_bars_hidden, model_inputs
 from taskzoo.predict_batches import PreparedBatches, halving_on_oom, plan_batches
 from taskzoo.predict_options import check_options
@@ -77,8 +78,42 @@ class SentenceSimilarity(Task):
 
     @library_bars_hidden()
     def save(self, path):
+        if self.exported:
+            return super().save(path)
         self.model_to_save().save(str(path))
         return Path(path)
+
+    # --------------------------------------------------------------------------------------- export
+    def export_graphs(self):
+        """One graph: token ids -> the sentence embedding, every module (transformer, pooling, normalising, ...)
+        inside it, as ``encode`` runs them."""
+        from taskzoo.export import Graph
+        from taskzoo.export.optimizing import fusions_for
+
+        model = self.model_to_save()
+        transformer = model[0].auto_model if hasattr(model[0], "auto_model") else None
+        if transformer is None or not callable(getattr(model.tokenizer, "pad", None)):
+            raise ExportError("sentence-similarity exports models whose first module is a transformers model with "
+                              f"its tokenizer; {type(model[0]).__name__} is not.")
+        features = self.model.preprocess(["A first sentence to trace the model with.", "A second one."])
+        inputs = {key: value for key, value in features.items() if isinstance(value, torch.Tensor)}
+        axes = {0: "batch", 1: "sequence"}
+        return [Graph("model", _SentenceEmbedding(model, self._feature_extras), inputs, ["sentence_embedding"],
+                      dict.fromkeys(inputs, axes), **fusions_for(transformer.config))]
+
+    def save_export_files(self, path):
+        self.model.tokenizer.save_pretrained(path)
+        self.model[0].auto_model.config.save_pretrained(path)  # (and a folder with a config.json is a model)
+        (Path(path) / "taskzoo.json").write_text(json.dumps({"max_seq_length": self.model.max_seq_length}))
+
+    @classmethod
+    def from_exported(cls, path, sessions, trust_remote_code=False, loss="cosine"):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        settings = json.loads((Path(path) / "taskzoo.json").read_text())
+        model = _ExportedSentenceEncoder(sessions["model"], tokenizer, settings["max_seq_length"])
+        return cls(model, loss=loss, source=str(path), device="cpu")
 
     # ----------------------------------------------------------------------------------------- data
     def prepared(self, stream, training: bool):
@@ -321,3 +356,32 @@ class SentenceSimilarity(Task):
             rows.append({"sentence1": sentence(first), "sentence2": sentence(second),
                          "score": 1.0 if first == second else 0.0})
         return Dataset.from_list(rows)
+
+
+class _SentenceEmbedding(torch.nn.Module):
+    """A sentence-transformers model as the export traces it: keyword tensors in, the sentence embedding out."""
+
+    def __init__(self, model, extras: dict):
+        super().__init__()
+        self.model, self.extras = model, extras
+
+    def forward(self, **features):
+        return {"sentence_embedding": self.model({**self.extras, **features})["sentence_embedding"]}
+
+
+class _ExportedSentenceEncoder(torch.nn.Module):
+    """The exported graph in the sentence-transformers model's place: what predict, evaluate and the collate use
+    of it (``tokenizer``, ``max_seq_length``, ``preprocess``, ``model(features)["sentence_embedding"]``)."""
+
+    def __init__(self, session, tokenizer, max_seq_length: int):
+        from taskzoo.export import ExportedModel
+
+        super().__init__()
+        self.graph, self.tokenizer, self.max_seq_length = ExportedModel(session), tokenizer, max_seq_length
+
+    def preprocess(self, sentences: list[str]) -> dict:
+        return dict(self.tokenizer(sentences, padding=True, truncation="longest_first", max_length=self.max_seq_length,
+                                   return_tensors="pt"))
+
+    def forward(self, features: dict) -> dict:
+        return {"sentence_embedding": self.graph(**features).sentence_embedding}

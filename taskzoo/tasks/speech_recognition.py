@@ -22,7 +22,7 @@ from datasets import Audio, Dataset, Value
 
 from taskzoo import audio_chunks, data as data_utils, metrics, speech_seq2seq, strategies, streaming
 from taskzoo.ctc import ctc_tokenizer
-from taskzoo.errors import DataError
+from taskzoo.errors import DataError, ExportError
 from taskzoo.task import Task
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,57 @@ class SpeechRecognition(Task):
         new = [key for key in info["missing_keys"] if key.startswith("lm_head")]  # the CTC output layer
         return cls(model, processor, language=language, whisper_task=whisper_task, new_weights=new,
                    source=str(path), device=device)
+
+    @classmethod
+    def from_exported(cls, path, sessions, trust_remote_code=False, language=None, whisper_task="transcribe"):
+        import types
+
+        from transformers import AutoProcessor
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING
+
+        from taskzoo.export import exported_model
+        from taskzoo.export.seq2seq_runtime import encoder_decoder_model
+
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if "decoder" in sessions:  # Whisper: see taskzoo/export/seq2seq_runtime.py
+            return cls(encoder_decoder_model(path, sessions, trust_remote_code), processor, language=language,
+                       whisper_task=whisper_task, source=str(path), device="cpu")
+        model = exported_model(path, sessions, trust_remote_code)
+        # How many logit frames a clip of n samples has: the torch model's own formula, which reads its config only.
+        model._get_feat_extract_output_lengths = types.MethodType(
+            MODEL_FOR_CTC_MAPPING[type(model.config)]._get_feat_extract_output_lengths, model)
+        return cls(model, processor, language=language, whisper_task=whisper_task, source=str(path), device="cpu")
+
+    def export_graphs(self):
+        """CTC models: one graph, waveform (and mask) -> per-frame logits, any number of samples; windows, stitching
+        and decoding stay in Python. The convolutional front end stays fp32 in int8, and so does the output layer.
+        Whisper: an encoder, its cross-attention keys and values, and a decoder with cached keys and values (see
+        taskzoo/export/seq2seq_graphs.py)."""
+        from taskzoo.export import Graph
+        from taskzoo.export.seq2seq_graphs import encoder_decoder_graphs
+
+        if not self.is_ctc:
+            if self.model.config.model_type != "whisper":  # others' encoders take a mask, which these graphs omit
+                raise ExportError(f"Exporting {self.model.config.model_type!r} speech encoder-decoders is not "
+                                  "supported yet; CTC and Whisper models export.")
+            noise = np.random.default_rng(0).normal(0, 0.1, 2 * self.sampling_rate).astype(np.float32)
+            # Whisper's features span its whole window whatever the clip's length, and its encoder takes no mask.
+            features = {"input_features": self._inputs([noise, noise[:self.sampling_rate]])["input_features"]}
+            return encoder_decoder_graphs(strategies.exportable(self.model, merged=True), features,
+                                          {"input_features": {0: "batch"}})
+        model = strategies.exportable(self.model, merged=True)
+        noise = np.random.default_rng(0).normal(0, 0.1, self.sampling_rate).astype(np.float32)
+        inputs = self._inputs([noise, noise[: self.sampling_rate * 3 // 5]])
+        axes = {0: "batch", 1: "samples"}
+        return [Graph("model", model, inputs, ["logits"], dict.fromkeys(inputs, axes), keep_fp32=("lm_head",))]
+
+    def save_export_files(self, path):
+        from taskzoo.export.seq2seq_runtime import save_encoder_decoder_files
+
+        if self.is_ctc:
+            return super().save_export_files(path)
+        save_encoder_decoder_files(strategies.exportable(self.model, merged=True), self.processor, path,
+                                   {"task": self.name})
 
     @property
     def feature_extractor(self):

@@ -49,6 +49,28 @@ class TextClassification(Task):
             path, trust_remote_code=trust_remote_code, output_loading_info=True, **model_kwargs)
         return cls(model, tokenizer, new_weights=info["missing_keys"], source=str(path), device=device)
 
+    @classmethod
+    def from_exported(cls, path, sessions, trust_remote_code=False):
+        from transformers import AutoTokenizer
+
+        from taskzoo.export import exported_model
+
+        model = exported_model(path, sessions, trust_remote_code)
+        return cls(model, AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code), source=str(path),
+                   device="cpu")
+
+    def export_graphs(self):
+        """One graph: token ids (and mask, and segment ids for pairs) -> logits; the head stays fp32 in int8."""
+        from taskzoo.export import Graph
+        from taskzoo.export.optimizing import fusions_for
+
+        model = strategies.exportable(self.model)  # adapters merged: one plain graph
+        batch = self._tokenize(["A first sentence to trace the model with.", "A second one."],
+                               ["Its pair.", "And the second pair, longer."])  # pairs: segment ids too, if any
+        axes = {0: "batch", 1: "sequence"}
+        return [Graph("model", model, dict(batch), ["logits"], dict.fromkeys(batch, axes),
+                      keep_fp32=("classifier", "pooler"), **fusions_for(model.config))]
+
     @property
     def labels(self) -> list[str]:
         return heads.model_labels(self.model)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from taskzoo import data as data_utils, generation, metrics, streaming
+from taskzoo import data as data_utils, generation, metrics, strategies, streaming
 from taskzoo.errors import DataError
 from taskzoo.models import library_bars_hidden
 from taskzoo.task import Task
@@ -63,12 +63,8 @@ class Translation(Task):
                         source_key=None, target_key=None, **model_kwargs):
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        settings_file = Path(path) / SETTINGS_FILE
-        saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
-        saved = {cls.renamed_options.get(key, key): value for key, value in saved.items()}  # (older folders)
-        given = dict(src_lang=src_lang, tgt_lang=tgt_lang, prefix=prefix, source_key=source_key,
-                     target_key=target_key)  # what the caller passes wins over what was saved
-        languages = {key: saved.get(key) if value is None else value for key, value in given.items()}
+        languages = _languages(path, cls.renamed_options, dict(src_lang=src_lang, tgt_lang=tgt_lang, prefix=prefix,
+                                                               source_key=source_key, target_key=target_key))
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model, info = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=trust_remote_code,
                                                             output_loading_info=True, **model_kwargs)
@@ -76,13 +72,40 @@ class Translation(Task):
 
     @library_bars_hidden()
     def save(self, path):
+        if self.exported:  # an ONNX export: its folder, copied
+            return super().save(path)
         path = Path(path)
         self.model_to_save().save_pretrained(path)
         self.processor.save_pretrained(path)
-        settings = {"task": self.name, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang,
-                    "prefix": self.prefix_option, "source_key": self.source_key, "target_key": self.target_key}
-        (path / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        (path / SETTINGS_FILE).write_text(json.dumps(self._settings(), indent=2) + "\n")
         return path
+
+    def _settings(self) -> dict:
+        return {"task": self.name, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang, "prefix": self.prefix_option,
+                "source_key": self.source_key, "target_key": self.target_key}
+
+    def export_graphs(self):  # an encoder-decoder: see taskzoo/export/seq2seq_graphs.py
+        from taskzoo.export.seq2seq_graphs import encoder_decoder_graphs
+
+        batch = dict(self._tokenize(["A first sentence to trace the model with, longer than the second.", "Two."]))
+        model = strategies.exportable(self.model, merged=True)  # LoRA adapters merged into the traced weights
+        return encoder_decoder_graphs(model, batch, {name: {0: "batch", 1: "source"} for name in batch})
+
+    def save_export_files(self, path):
+        from taskzoo.export.seq2seq_runtime import save_encoder_decoder_files
+
+        save_encoder_decoder_files(strategies.exportable(self.model, merged=True), self.processor, path,
+                                   self._settings())
+
+    @classmethod
+    def from_exported(cls, path, sessions, trust_remote_code=False, **languages):
+        from transformers import AutoTokenizer
+
+        from taskzoo.export.seq2seq_runtime import encoder_decoder_model
+
+        return cls(encoder_decoder_model(path, sessions, trust_remote_code),
+                   AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code),
+                   **_languages(path, languages), source=str(path), device="cpu")
 
     def head_modules(self) -> list[str]:
         # None: lm_head shares its weights with the embeddings, so LoRA adapts the body's linear layers alone
@@ -387,3 +410,14 @@ class Translation(Task):
             (subject, subject_t), (verb, verb_t), (obj, obj_t) = noun_phrase(), pick("verb"), noun_phrase()
             rows.append({"source": " ".join([*subject, verb, *obj]), "target": " ".join([*subject_t, verb_t, *obj_t])})
         return Dataset.from_list(rows)
+
+
+def _languages(path, renamed_options: dict, given: dict) -> dict:
+    """The language settings given (those not None: what the caller passes wins) over those saved in taskzoo.json
+    (a folder saved under older names too)."""
+    settings_file = Path(path) / SETTINGS_FILE
+    saved = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+    saved = {renamed_options.get(key, key): value for key, value in saved.items()}
+    keys = ("src_lang", "tgt_lang", "prefix", "source_key", "target_key")
+    given = {key: value for key, value in given.items() if value is not None}
+    return {**{key: saved.get(key) for key in keys}, **given}
