@@ -131,8 +131,9 @@ def test_int8_export_quantizes_and_predicts_in_the_same_schema(task, exported, t
     folder = torch_zoo.export(tmp_path / "int8", quantize="int8")
     quantized = json.loads((folder / "taskzoo.json").read_text())["graphs"]["model"]["quantized"]
     assert quantized["int8_nodes"] > 0, quantized
-    if torch_zoo.export_graphs()[0].keep_fp32:
+    if task in ("object-detection", "automatic-speech-recognition"):  # heads applied to every query / frame: MatMul
         assert quantized["kept_fp32"], f"no node of {torch_zoo.export_graphs()[0].keep_fp32} was kept fp32"
+    # (A head on one vector per input, as the classifiers have, is a Gemm, which int8 leaves fp32 anyway.)
     int8_zoo = taskzoo.load(task, model=folder)
     inputs, options = inputs_of(task), PARAMETERS.get(task, {})
     assert_same_schema(int8_zoo.predict(inputs, **options), torch_zoo.predict(inputs, **options))

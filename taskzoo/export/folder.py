@@ -84,7 +84,7 @@ def _export_graphs(graphs: list, path: Path, quantize: str | None) -> dict:
                      "exporter": exporter, "opset": OPSETS[exporter],
                      "optimized": optimizing.optimize(raw, optimized, graph), "quantized": None}
             if quantize == "int8" and graph.quantize_ops:
-                entry["quantized"] = quantizing.quantize(optimized, path / graph.file, graph)
+                entry["quantized"] = quantizing.quantize(optimized, path / graph.file, graph, traced=raw)
             else:
                 shutil.copyfile(optimized, path / graph.file)
             described[graph.name] = entry

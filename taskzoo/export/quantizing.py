@@ -26,14 +26,21 @@ from taskzoo.export.exporting import Graph
 SETTINGS = {"weight_type": "QInt8", "per_channel": True, "reduce_range": True}
 
 
-def quantize(source: Path, target: Path, graph: Graph) -> dict:
-    """Write the int8 version of ``source`` to ``target``; returns what was done, for taskzoo.json."""
+def quantize(source: Path, target: Path, graph: Graph, traced: Path | None = None) -> dict:
+    """Write the int8 version of ``source`` to ``target``; returns what was done, for taskzoo.json. ``traced``, the
+    graph as exported before optimizing, tells which nodes came from the modules in ``keep_fp32`` where the
+    optimized graph has lost the dynamo exporter's module scopes (ONNX Runtime keeps node names, not metadata)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    def inside(node) -> bool:
+        return any(part in _module_path(node) for part in graph.keep_fp32)
+
+    traced_nodes = onnx.load(str(traced), load_external_data=False).graph.node if traced else []
+    from_kept_modules = {node.name for node in traced_nodes if inside(node)}
     nodes = onnx.load(str(source), load_external_data=False).graph.node
     kept = [node.name for node in nodes if node.op_type in graph.quantize_ops
-            and any(part in _module_path(node) for part in graph.keep_fp32)]
+            and (inside(node) or node.name in from_kept_modules)]
     with _root_warnings_hidden():  # it advises its pre-processing script on every call: noise for a user
         quantize_dynamic(str(source), str(target), op_types_to_quantize=list(graph.quantize_ops),
                          weight_type=QuantType.QInt8, per_channel=SETTINGS["per_channel"],
