@@ -105,7 +105,7 @@ class Translation(Task):
 
         return cls(encoder_decoder_model(path, sessions, trust_remote_code),
                    AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code),
-                   **_languages(path, languages), source=str(path), device="cpu")
+                   **_languages(path, cls.renamed_options, languages), source=str(path), device="cpu")
 
     def head_modules(self) -> list[str]:
         # None: lm_head shares its weights with the embeddings, so LoRA adapts the body's linear layers alone
