@@ -11,7 +11,7 @@ Each `taskzoo` process spends seconds importing torch and transformers. So the d
 `taskzoo ...` line of a shell block to the function the installed command calls (taskzoo.cli.main), in this
 process, with the same arguments, folder and printed output; a heredoc (`cat > FILE <<'EOF'`) is written as bash
 would, and any other line runs in bash. A block with other shell syntax (`if`, pipes into taskzoo) runs in bash
-whole. The slow run (`-m slow`) runs every page's shell blocks in bash, each command its own process.
+whole. The slow run (`-m slow`) runs those pages again with their shell blocks in bash, each command a process.
 """
 
 import contextlib
