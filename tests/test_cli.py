@@ -1,4 +1,6 @@
-"""The command line, run as a user runs it: in a subprocess."""
+"""The command line, run as a user runs it: in a subprocess. Where a test checks what a command does rather than
+how its process starts and reports (console output, exit codes, import cost), it calls the function the installed
+`taskzoo` command calls, taskzoo.cli.main, in this process: a process of its own spends seconds importing torch."""
 
 import json
 import subprocess
@@ -13,6 +15,19 @@ from taskzoo.testing import toy_dataset
 def taskzoo_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "taskzoo.cli", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=300)
+
+
+def taskzoo_main(*args, capsys) -> tuple[int, str, str]:
+    """`taskzoo ARGS` through taskzoo.cli.main in this process: (exit code, stdout, stderr)."""
+    from taskzoo.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(map(str, args)))
+    except SystemExit as exited:  # argparse's refusals
+        code = exited.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def test_tasks_lists_names_aliases_and_pinned_revisions():
@@ -69,7 +84,7 @@ def test_unknown_task_is_a_short_error_not_a_traceback():
     assert "Did you mean 'text-classification'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_finetune_evaluate_predict_round_trip(tiny_model_path, tmp_path):
+def test_finetune_evaluate_predict_round_trip(tiny_model_path, tmp_path, capsys):
     train, held_out = tmp_path / "train.csv", tmp_path / "eval.jsonl"
     for path, size, seed in [(train, 256, 0), (held_out, 32, 1)]:
         rows = toy_dataset("text-classification", size, seed=seed)
@@ -90,16 +105,16 @@ def test_finetune_evaluate_predict_round_trip(tiny_model_path, tmp_path):
     assert "loss" in evaluations[-1]
     assert "Loading weights" not in tuned.stderr and "Writing model shards" not in tuned.stderr
 
-    scored = taskzoo_cli("evaluate", "text-classification", "--model", tmp_path / "run" / "best",
-                         "--data", held_out, "--columns", "review=text")
-    assert scored.returncode == 0, scored.stderr
-    assert json.loads(scored.stdout)["accuracy"] == pytest.approx(summary["best_metric"])
+    code, out, err = taskzoo_main("evaluate", "text-classification", "--model", tmp_path / "run" / "best",
+                                  "--data", held_out, "--columns", "review=text", capsys=capsys)
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == pytest.approx(summary["best_metric"])
 
     (tmp_path / "inputs.txt").write_text("a great lovely film\nawful boring plot\n")
-    predicted = taskzoo_cli("predict", "text-classification", "--model", tmp_path / "run" / "best",
-                            "--input-file", tmp_path / "inputs.txt", "--set", "top_k=2", "--output",
-                            tmp_path / "out.jsonl")
-    assert predicted.returncode == 0, predicted.stderr
+    code, _, err = taskzoo_main("predict", "text-classification", "--model", tmp_path / "run" / "best",
+                                "--input-file", tmp_path / "inputs.txt", "--set", "top_k=2", "--output",
+                                tmp_path / "out.jsonl", capsys=capsys)
+    assert code == 0, err
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [line["output"][0]["label"] for line in lines] == ["positive", "negative"]
     assert lines[0]["input"] == "a great lovely film" and len(lines[0]["output"]) == 2
@@ -128,27 +143,20 @@ def test_finetune_and_evaluate_print_only_their_json_result_on_standard_output(t
     assert json.loads(scored.stdout) == pytest.approx(summary["final_metrics"], abs=1e-6)
 
 
-def test_predict_pairs_as_json(tiny_model_path):
-    result = taskzoo_cli("predict", "sentence-similarity", "--model", tiny_model_path("sentence-similarity"),
-                         '["a cat", "a dog"]')
-    assert result.returncode == 0, result.stderr
-    assert -1 <= json.loads(result.stdout)["output"]["score"] <= 1
+def test_predict_pairs_as_json(tiny_model_path, capsys):
+    code, out, err = taskzoo_main("predict", "sentence-similarity", "--model", tiny_model_path("sentence-similarity"),
+                                  '["a cat", "a dog"]', capsys=capsys)
+    assert code == 0, err
+    assert -1 <= json.loads(out)["output"]["score"] <= 1
 
 
-def test_missing_column_error_from_the_cli(tiny_model_path, tmp_path):
-    Dataset.from_list([{"review": "x", "label": 0}]).to_csv(tmp_path / "d.csv")
-    result = taskzoo_cli("evaluate", "text-classification", "--model", tiny_model_path("text-classification"),
-                         "--data", tmp_path / "d.csv")
-    assert result.returncode == 2
-    assert "no column 'text'" in result.stderr and "['review', 'label']" in result.stderr
-
-
-def test_demo_runs_offline_and_prints_the_table(tmp_path):
-    # Two quick tasks: the command, its table and its report folder. The tour of every task is the slow test below;
-    # tests/test_demo.py checks the long tasks' learning on the demo's own settings.
-    result = taskzoo_cli("demo", "text-classification", "sentence-similarity", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert_every_task_learned(result.stdout, ["text-classification", "sentence-similarity"])
+def test_demo_runs_offline_and_prints_the_table(tmp_path, monkeypatch, capsys):
+    # Two quick tasks: the command, its table and its report folder. The tour of every task, in a process of its
+    # own, is the slow test below; tests/test_demo.py checks the long tasks' learning on the demo's own settings.
+    monkeypatch.chdir(tmp_path)
+    code, out, err = taskzoo_main("demo", "text-classification", "sentence-similarity", capsys=capsys)
+    assert code == 0, err
+    assert_every_task_learned(out, ["text-classification", "sentence-similarity"])
     assert (tmp_path / "taskzoo-demo" / "index.html").is_file()
 
 
@@ -173,22 +181,23 @@ def assert_every_task_learned(output: str, names: list[str]) -> None:
         assert (after < before) if lower_is_better else (after > before), (name, row)
 
 
-def test_predict_resume_skips_finished_inputs(tiny_model_path, tmp_path):
+def test_predict_resume_skips_finished_inputs(tiny_model_path, tmp_path, capsys):
+    # A killed process's torn file, resumed (tests/test_batch_predict.py kills a real one)
     model = tiny_model_path("text-classification")
     (tmp_path / "in.txt").write_text("".join(f"good film number {i}\n" for i in range(300)))
-    full = taskzoo_cli("predict", "text-classification", "--model", model, "--input-file", tmp_path / "in.txt",
-                       "--output", tmp_path / "full.jsonl")
-    assert full.returncode == 0, full.stderr
+    code, _, err = taskzoo_main("predict", "text-classification", "--model", model, "--input-file",
+                                tmp_path / "in.txt", "--output", tmp_path / "full.jsonl", capsys=capsys)
+    assert code == 0, err
     lines = (tmp_path / "full.jsonl").read_text().splitlines()
     # An interrupted run: 260 results written, the last one torn in half by the kill.
     partial = tmp_path / "partial.jsonl"
     partial.write_text("\n".join(lines[:259]) + "\n" + lines[259][:20])
-    resumed = taskzoo_cli("predict", "text-classification", "--model", model, "--input-file",
-                          tmp_path / "in.txt", "--output", partial, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "259 of 300 inputs already" in resumed.stderr
+    code, _, err = taskzoo_main("predict", "text-classification", "--model", model, "--input-file",
+                                tmp_path / "in.txt", "--output", partial, "--resume", capsys=capsys)
+    assert code == 0, err
+    assert "259 of 300 inputs already" in err
     assert partial.read_text().splitlines() == lines
-    assert taskzoo_cli("predict", "text-classification", "--model", model, "x", "--resume").returncode != 0
+    assert taskzoo_main("predict", "text-classification", "--model", model, "x", "--resume", capsys=capsys)[0] != 0
 
 
 @pytest.fixture(scope="module")

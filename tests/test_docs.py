@@ -6,11 +6,20 @@ virtual environment: here the environment running the tests plays that part (its
 so `taskzoo` and `python` are its own), and set-up commands (`python3 -m venv`, activating it,
 `pip install`) are left out of the lines that hold them. A block that cannot run here (it needs the network,
 GPUs or a hub dataset) is marked in the page, just above it, with `<!-- docs-test: skip, REASON -->`.
+
+Each `taskzoo` process spends seconds importing torch and transformers. So the default run gives each
+`taskzoo ...` line of a shell block to the function the installed command calls (taskzoo.cli.main), in this
+process, with the same arguments, folder and printed output; a heredoc (`cat > FILE <<'EOF'`) is written as bash
+would, and any other line runs in bash. A block with other shell syntax (`if`, pipes into taskzoo) runs in bash
+whole. The slow run (`-m slow`) runs those pages again with their shell blocks in bash, each command a process.
 """
 
+import contextlib
+import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +60,88 @@ def run_shell(script: str, folder: Path, where: str) -> str:
     return done.stdout
 
 
+HEREDOC = re.compile(r"^cat > (\S+) <<'?(\w+)'?$")
+SHELL_SYNTAX = re.compile(r"^(if|then|else|elif|fi|for|while|do|done|case|esac)\b|[|;&<>`$]")
+
+
+def logical_lines(script: str) -> list[str]:
+    """The script's lines with backslash continuations joined; heredoc bodies stay as they are."""
+    lines, pending = [], ""
+    for line in script.splitlines():
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        lines.append(pending + line)
+        pending = ""
+    return lines
+
+
+def in_process_steps(script: str) -> list[tuple[str, object]] | None:
+    """("file", (name, text)), ("taskzoo", argv) or ("bash", line) for each command of the script, or None where
+    it holds shell syntax this reading does not follow (the block then runs in bash)."""
+    steps, lines = [], iter(logical_lines(without_setup(script)))
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if heredoc := HEREDOC.match(line.strip()):
+            body = []
+            for text in lines:
+                if text == heredoc[2]:
+                    break
+                body.append(text + "\n")
+            steps.append(("file", (heredoc[1], "".join(body))))
+            continue
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:  # a quote left open: a shell construct of its own
+            return None
+        if words[:1] == ["taskzoo"] and not SHELL_SYNTAX.search(" ".join(words[1:]).replace("'", "")):
+            steps.append(("taskzoo", words[1:]))
+        elif words and words[0] != "taskzoo" and not SHELL_SYNTAX.search(line.split("#")[0]):
+            steps.append(("bash", line))
+        else:
+            return None
+    return steps
+
+
+def run_taskzoo_in_process(argv: list[str], where: str) -> str:
+    """`taskzoo ARGV` as the installed command runs it (taskzoo.cli.main), in this process; its printed output.
+    The environment variables a command sets (e.g. for --device) are put back afterwards."""
+    from taskzoo.cli import main
+
+    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exit_:  # argparse's errors and --help
+                code = exit_.code or 0
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    if code != 0:
+        raise AssertionError(f"{where}: `taskzoo {shlex.join(argv)}` failed (exit {code}):\n{err.getvalue()[-3000:]}")
+    assert "Traceback" not in err.getvalue(), f"{where} printed a traceback:\n{err.getvalue()[-3000:]}"
+    return out.getvalue()
+
+
+def run_shell_in_process(script: str, folder: Path, where: str) -> str:
+    """The script's commands in order in ``folder`` (the current folder): `taskzoo` lines in this process, the
+    others in bash; the whole script in bash where it holds other shell syntax."""
+    steps = in_process_steps(script)
+    if steps is None:
+        return run_shell(script, folder, where)
+    printed = []
+    for kind, step in steps:
+        if kind == "file":
+            (folder / step[0]).write_text(step[1])
+        elif kind == "taskzoo":
+            printed.append(run_taskzoo_in_process(step, where))
+        else:
+            printed.append(run_shell(step, folder, where))
+    return "".join(printed)
+
+
 def packaged_models_missing(text: str) -> list[str]:
     """The packaged models a page uses whose package is not installed (the page is skipped then)."""
     return [name for name in PACKAGED_MODELS if name in text.lower() and packaged_model_path(name) is None]
@@ -69,8 +160,19 @@ def readme_cli_learns(outputs: list[str]) -> None:
 CHECKS = {"README.md": readme_cli_learns}
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
-def test_examples_run(page, tmp_path, monkeypatch):
+def runs_taskzoo_in_shell(page: Path) -> bool:
+    return any(language != "python" and not skip and "taskzoo " in code for language, code, skip in blocks(page))
+
+
+# Every page in the default run, shell blocks' `taskzoo` lines in this process; pages whose shell blocks run
+# `taskzoo` again in the slow run, each command its own process as a reader's shell runs it.
+CASES = [pytest.param(page, False, id=str(page.relative_to(ROOT))) for page in PAGES if blocks(page)] + [
+    pytest.param(page, True, id=f"{page.relative_to(ROOT)}-processes", marks=pytest.mark.slow)
+    for page in PAGES if blocks(page) and runs_taskzoo_in_shell(page)]
+
+
+@pytest.mark.parametrize("page, processes", CASES)
+def test_examples_run(page, processes, tmp_path, monkeypatch):
     text = page.read_text()
     if missing := packaged_models_missing(text):
         pytest.skip(f"{page.name} uses {missing}, whose package is not installed")
@@ -83,7 +185,7 @@ def test_examples_run(page, tmp_path, monkeypatch):
             assert re.match(r"skip, \S", skip), f"{where}: a skipped block says why (docs-test: skip, REASON)"
             continue
         if language != "python":
-            outputs.append(run_shell(code, tmp_path, where))
+            outputs.append((run_shell if processes else run_shell_in_process)(code, tmp_path, where))
             continue
         try:
             exec(compile(code, f"{page.name} block {number}", "exec"), namespace)

@@ -88,6 +88,24 @@ def cli(*args, **kwargs):
                           timeout=300, **kwargs)
 
 
+def cli_here(*args):
+    """`taskzoo ARGS` through taskzoo.cli.main, the function the installed command calls, in this process (a
+    process of its own spends seconds importing torch): an object with returncode and stderr, as cli() gives."""
+    import contextlib
+    import io
+    import types
+
+    from taskzoo.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(list(map(str, args)))
+        except SystemExit as exited:  # argparse's refusals
+            code = exited.code
+    return types.SimpleNamespace(returncode=code, stderr=err.getvalue())
+
+
 def test_the_command_line_refuses_an_unfinished_run_with_the_two_commands(tiny_model_path, tmp_path):
     model, train, run = tiny_model_path("text-classification"), toy_dataset("text-classification", 48), tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
@@ -95,14 +113,14 @@ def test_the_command_line_refuses_an_unfinished_run_with_the_two_commands(tiny_m
     train.to_csv(tmp_path / "train.csv")
     command = ["finetune", "text-classification", "--model", model, "--train", tmp_path / "train.csv",
                "--output-dir", run, "--max-steps", "12", "--set", "checkpoint_every=3"]
-    refused = cli(*command)
+    refused = cli_here(*command)
     assert refused.returncode == 2
     line = shlex.join(["taskzoo", *map(str, command)])
     assert refused.stderr == (f"taskzoo finetune: error: --output-dir {run} holds an unfinished run: its last "
                               f"checkpoint is {run / 'checkpoints' / 'step-3'} (step 3 of 12). Resume it, or start "
                               f"over (deleting its checkpoints):\n  {line} --resume\n  {line} --overwrite\n")
     assert [p.name for p in checkpoint_folders(run)] == ["step-3"]
-    both = cli(*command, "--resume", "--overwrite")
+    both = cli_here(*command, "--resume", "--overwrite")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
@@ -152,6 +170,7 @@ def test_predict_refuses_to_replace_an_output_file_unless_told(tiny_model_path, 
     assert refused.stderr == (f"taskzoo predict: error: --output {output} already exists: pass --resume to continue "
                               "it, or --overwrite to replace it.\n")
     assert output.read_text() == "precious\n"
-    replaced = cli("predict", "text-classification", "--model", model, "a good film", "--output", output, "--overwrite")
+    replaced = cli_here("predict", "text-classification", "--model", model, "a good film", "--output", output,
+                        "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert [json.loads(line)["input"] for line in output.read_text().splitlines()] == ["a good film"]

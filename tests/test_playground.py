@@ -1,7 +1,9 @@
-"""The playground page in a real browser: Playwright drives Debian's Chromium against a real `taskzoo serve`.
+"""The playground page in a real browser: Playwright drives Debian's Chromium against the server's app.
 
 Each test opens the page, types or uploads, submits, and reads what the page shows, comparing it with what
-the Python API predicts for the same input.
+the Python API predicts for the same input. The API docs test runs a real `taskzoo serve` process; the others
+serve the same app (taskzoo.serving.create_app) from a thread of this process, as taskzoo.serve does, which
+spares each a process that spends seconds importing torch (tests/test_serve_process.py runs the command).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -37,24 +41,47 @@ def browser():
         browser.close()
 
 
+def serve_in_a_thread(zoo, **options):
+    """The server's app for ``zoo`` on a free port, run by uvicorn in a thread of this process: (its address, the
+    uvicorn server, the thread)."""
+    import uvicorn
+
+    from taskzoo.serving import create_app
+    from taskzoo.serving.process import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(zoo, **options), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
 @pytest.fixture
 def open_page(browser, tiny_model_path):
-    """open_page(task) -> (the page, loaded and showing its form; the task loaded in this process)."""
+    """open_page(task, **create_app options) -> (the page, loaded and showing its form; the task loaded again,
+    apart from the one served)."""
     servers, pages = [], []
 
-    def open_(task, *flags):
-        server = Server(task, tiny_model_path(task), *flags)
-        servers.append(server)
+    def open_(task, **options):
+        url, server, thread = serve_in_a_thread(taskzoo.load(task, model=tiny_model_path(task), device="cpu"),
+                                                **options)
+        servers.append((server, thread))
         page = browser.new_page()
         pages.append(page)
-        page.goto(server.url + "/")
+        page.goto(url + "/")
         page.wait_for_selector("#form:not([hidden]), #key-box:not([hidden])", timeout=30_000)
         return page, taskzoo.load(task, model=tiny_model_path(task), device="cpu")
     yield open_
     for page in pages:
         page.close()
-    for server in servers:
-        server.stop()
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(30)
 
 
 def run(page) -> None:
@@ -96,7 +123,7 @@ def test_api_docs_page_renders_the_predict_operation(browser, tiny_model_path):
 
 
 def test_text_classification_shows_labels_with_score_bars(open_page):
-    page, zoo = open_page("text-classification", "--api-key", "s3cret")
+    page, zoo = open_page("text-classification", api_key="s3cret")
     # The server wants a key: the page asks for it before it shows the form.
     assert page.is_visible("#key-box") and page.is_hidden("#form")
     page.fill("#api-key", "s3cret")
@@ -155,7 +182,7 @@ def test_text_to_image_shows_the_generated_image(open_page):
     expected = zoo.predict("a blue circle on a white background", seed=7, num_inference_steps=2,
                            guidance_scale=7.5)["image"]
     assert shown.shape == (expected.height, expected.width, 3)
-    assert np.abs(shown - np.asarray(expected, dtype=np.int16)).max() <= 2  # two processes, same seed
+    assert np.abs(shown - np.asarray(expected, dtype=np.int16)).max() <= 2  # two loads, same seed
     assert page.evaluate("document.getElementById('generated').naturalWidth") == expected.width
 
 

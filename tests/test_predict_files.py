@@ -232,6 +232,7 @@ def wait_for_lines(process, paths, deadline_s=400) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # two processes over 6000 rows; a torn file's resume: test_resume_continues_a_torn_file_...
 def test_resume_after_sigkill_completes_without_duplicates_or_gaps(classifier, big_csv, tmp_path):
     table, _, straight = big_csv
     output = tmp_path / "out.jsonl"

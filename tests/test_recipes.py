@@ -1,8 +1,13 @@
-"""Every recipe runs as a user runs it — a subprocess with --model, --dataset and --max-steps — on the tiny
-model and toy data, and writes a loadable model and a metrics line."""
+"""Every recipe runs as a user runs it — a script with --model, --dataset and --max-steps — on the tiny
+model and toy data, and writes a loadable model and a metrics line. The default run runs each script in this
+process (runpy, its own argv and folder: a process of its own spends seconds importing torch and transformers);
+the slow run runs each in a subprocess, and the tests of a recipe's errors below always do."""
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import shlex
 import subprocess
 import sys
@@ -102,15 +107,34 @@ CASES = {
 }
 
 
+def run_in_process(script: Path, args: list, folder: Path, monkeypatch) -> str:
+    """``python SCRIPT ARGS`` in ``folder``, run in this process as __main__; what it printed."""
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "argv", [str(script), *map(str, args)])
+    monkeypatch.syspath_prepend(str(RECIPES))
+    monkeypatch.delitem(sys.modules, "_common", raising=False)  # read afresh: it names the script from argv
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        runpy.run_path(str(script), run_name="__main__")
+    return printed.getvalue()
+
+
+@pytest.mark.parametrize("processes", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["in-process", "subprocess"])
 @pytest.mark.parametrize("task", sorted(CASES))
-def test_recipe_runs_on_the_tiny_model(task, tiny_model_path, tmp_path):
+def test_recipe_runs_on_the_tiny_model(task, processes, tiny_model_path, tmp_path, monkeypatch):
     script, extra, write = CASES[task]
     dataset = write(task, tmp_path / "data")
-    run = subprocess.run([sys.executable, RECIPES / script, "--model", tiny_model_path(task), "--dataset", dataset,
-                          "--max-steps", "3", "--batch-size", "4", "--output-dir", tmp_path / "out", *extra],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout.strip().splitlines()[-1])
+    args = ["--model", tiny_model_path(task), "--dataset", dataset, "--max-steps", "3", "--batch-size", "4",
+            "--output-dir", tmp_path / "out", *extra]
+    if processes:
+        run = subprocess.run([sys.executable, RECIPES / script, *args], capture_output=True, text=True, timeout=600,
+                             cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        printed = run.stdout
+    else:
+        printed = run_in_process(RECIPES / script, args, tmp_path, monkeypatch)
+    report = json.loads(printed.strip().splitlines()[-1])
     assert report["steps"] == 3
     primary = taskzoo.load(task, model=tiny_model_path(task)).primary_metric
     assert primary in report["metrics"]

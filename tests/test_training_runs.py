@@ -23,6 +23,7 @@ def weights(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
+@pytest.mark.slow  # three processes; in the default run: the in-process resume tests below and test_interrupt_resume.py
 def test_resume_after_sigkill_gives_the_same_weights(tiny_model_path, tmp_path):
     model = tiny_model_path("text-classification")
     straight = subprocess.run([sys.executable, SCRIPT, model, tmp_path / "straight"], capture_output=True,
@@ -51,6 +52,7 @@ def test_resume_after_sigkill_gives_the_same_weights(tiny_model_path, tmp_path):
     assert len(list((killed / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints
 
 
+@pytest.mark.slow  # the streaming two-process run below checks the same (identical ranks, each sample once)
 def test_two_processes_end_identical_and_count_each_eval_sample_once(tiny_model_path, tmp_path):
     model = tiny_model_path("text-classification")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -201,6 +203,7 @@ def run_script(model, output_dir, *options, nproc: int = 1, env: dict | None = N
                           timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
+@pytest.mark.slow  # three processes; the same run interrupted in this process is the next test
 def test_a_default_streaming_run_resumes_after_sigkill_with_the_same_weights(tiny_model_path, tmp_path):
     """No checkpoint_every: checkpoints come with the evaluations (steps 8, 16) and epoch ends (12); the kill
     lands 4 batches into the second pass, which the stream's saved position continues."""
@@ -228,6 +231,47 @@ def test_a_default_streaming_run_resumes_after_sigkill_with_the_same_weights(tin
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_a_streaming_run_interrupted_in_its_second_pass_resumes_to_the_same_weights(tiny_model_path, tmp_path):
+    """The run above, in this process: a Ctrl-C instead of SIGKILL (4 batches into the second pass, after the
+    checkpoints at the epoch end, 12, and the evaluation at 16); resumed, the stream continues from its saved
+    position and the weights equal a straight run's."""
+    from datasets import Dataset, load_dataset
+
+    from taskzoo.checkpoints import checkpoint_folders
+    from taskzoo.errors import TrainingInterrupted
+
+    model, rows = tiny_model_path("text-classification"), toy_dataset("text-classification", 96, seed=0)
+    names, files = rows.features["label"].names, [str(tmp_path / f"part{i}.jsonl") for i in range(4)]
+    rows = Dataset.from_dict({"text": rows["text"], "label": [names[i] for i in rows["label"]]})
+    for i, file in enumerate(files):  # four shards, read as a stream, as finetune_tiny.py --stream does
+        rows.shard(4, i, contiguous=True).to_json(file)
+    options = dict(eval=toy_dataset("text-classification", 16, seed=1), max_steps=24, batch_size=8,
+                   learning_rate=3e-3, eval_every=8, log_every=2, progress=False, plot=False)
+
+    def stream():
+        return load_dataset("json", data_files=files, split="train", streaming=True)
+
+    taskzoo.load("text-classification", model=model, device="cpu").finetune(
+        stream(), output_dir=str(tmp_path / "straight"), **options)
+    zoo, steps = taskzoo.load("text-classification", model=model, device="cpu"), []
+
+    def ctrl_c(_):
+        steps.append(None)
+        if len(steps) == 21:
+            raise KeyboardInterrupt
+
+    zoo.on_optimizer_step = ctrl_c
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 20 of 24"):
+        zoo.finetune(stream(), output_dir=str(tmp_path / "run"), **options)
+    assert [p.name for p in checkpoint_folders(tmp_path / "run")] == ["step-12", "step-16"]
+    resumed = taskzoo.load("text-classification", model=model, device="cpu").finetune(
+        stream(), output_dir=str(tmp_path / "run"), resume_from="latest", **options)
+    assert [r["step"] for r in resumed.history if "loss" in r] == list(range(2, 25, 2))  # from 16, no repeats
+    expected = weights(tmp_path / "straight" / "last")
+    for name, value in weights(tmp_path / "run" / "last").items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_two_processes_stream_their_own_shards_and_end_identical(tiny_model_path, tmp_path):
     model = tiny_model_path("text-classification")
     launched = run_script(model, tmp_path / "ddp", "--stream", "--record", "--checkpoint-every", "default",
@@ -253,6 +297,7 @@ def test_two_processes_stream_their_own_shards_and_end_identical(tiny_model_path
     assert steps == [2, 4, 6, 8, 9]
 
 
+@pytest.mark.slow  # two processes; new_accelerator's refusal is tested in this process below
 def test_processes_launched_without_a_distributed_accelerator_are_refused(tiny_model_path, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     launched = subprocess.run(
