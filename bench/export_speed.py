@@ -154,7 +154,7 @@ def main():
                 sides_of("image-classification", vit_base(folder / "vit"), folder), images, 8, args.rounds,
                 labels_agree)
     if "wav2vec2" in args.models:
-        from taskzoo.data import load_audio
+        from taskzoo.audio import load_audio
 
         clips = [load_audio(path, 16000) for path, _ in spoken_clips(args.clips, folder)]
         compare(f"automatic-speech-recognition: {len(clips)} clips, {sum(map(len, clips)) / 16000:.0f} s of speech, "

@@ -21,8 +21,8 @@ from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCT
 
 import taskzoo
 from common import compare_with_pipeline, cpu_line, flops_per_input, spoken_clips
+from taskzoo.audio import load_audio
 from taskzoo.ctc import ctc_tokenizer
-from taskzoo.data import load_audio
 from taskzoo.demo import quiet_libraries
 from taskzoo.metrics import character_error_rate
 

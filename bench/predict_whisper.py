@@ -50,7 +50,7 @@ from transformers import (
 import taskzoo
 from common import compare_with_pipeline, cpu_line, matmul_peak, mixed_length_sentences, rotations
 from taskzoo import speech_seq2seq
-from taskzoo.data import load_audio
+from taskzoo.audio import load_audio
 from taskzoo.demo import quiet_libraries
 from taskzoo.testing.speech import whisper_tokenizer
 

@@ -88,7 +88,7 @@ def demo_task(name: str, folder: Path, pictures: Path | None = None, progress: b
 def sample_text(sample, row: dict) -> str:
     """The predict() input as the demo shows it. An audio file (in a temporary folder, gone by the time anyone
     reads the line) is shown by its length and, where the row has one, its transcript."""
-    from taskzoo.data import load_audio
+    from taskzoo.audio import load_audio
     from taskzoo.predict_files import AUDIO_SUFFIXES
 
     is_file = isinstance(sample, (str, os.PathLike)) and Path(sample).suffix.lower() in AUDIO_SUFFIXES

@@ -29,10 +29,10 @@ from taskzoo.models import library_bars_hidden
 from taskzoo.predict_batches import predict_in_batches
 from taskzoo.predict_options import check_options
 from taskzoo.task_facts import TaskFacts
-from taskzoo.truncation import OutputLimitWarnings
+from taskzoo.task_warnings import TaskWarnings
 
 
-class Task(Exportable, TaskFacts, OutputLimitWarnings, ABC):  # export() and its hooks: taskzoo/export/hooks.py
+class Task(Exportable, TaskFacts, TaskWarnings, ABC):  # export() and its hooks: taskzoo/export/hooks.py
     name: ClassVar[str]
     primary_metric: ClassVar[str]
     greater_is_better: ClassVar[bool] = True
@@ -117,17 +117,6 @@ class Task(Exportable, TaskFacts, OutputLimitWarnings, ABC):  # export() and its
         self.model_to_save().save_pretrained(path)
         self.processor.save_pretrained(path)
         return Path(path)
-
-    def warn_if_untrained(self) -> None:
-        """Once per loaded model, at its first predict or evaluate: a newly initialised head answers at random."""
-        if not self.head_trained and not self.__dict__.get("_warned_untrained"):
-            self._warned_untrained = True
-            warn_at_caller(self.untrained_message())
-
-    def untrained_message(self) -> str:
-        names = ", ".join(self.new_weights[:3]) + (" and more" if len(self.new_weights) > 3 else "") or "its weights"
-        return (f"{self.name}: {self.source} holds no trained head for this task ({names} were newly initialised), "
-                "so its outputs are random: fine-tune it first.")
 
     # ------------------------------------------------------------------------------ data (optional)
     def read_path(self, path: str | os.PathLike):

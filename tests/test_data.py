@@ -4,7 +4,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 import taskzoo
-from taskzoo import data
+from taskzoo import audio, data
 from taskzoo.errors import DataError
 
 ROWS = [{"review": "good film", "sentiment": "positive"}, {"review": "bad film", "sentiment": "negative"}]
@@ -93,9 +93,9 @@ def test_audio_is_decoded_downmixed_and_resampled(tmp_path):
     seconds = np.arange(rate) / rate
     stereo = np.stack([np.sin(2 * np.pi * 440 * seconds)] * 2, axis=1).astype(np.float32)
     soundfile.write(tmp_path / "tone.wav", stereo, rate)
-    waveform = data.load_audio(str(tmp_path / "tone.wav"), 16000)
+    waveform = audio.load_audio(str(tmp_path / "tone.wav"), 16000)
     assert waveform.ndim == 1 and abs(len(waveform) - 16000) <= 1
-    assert data.load_audio({"array": stereo[:, 0], "sampling_rate": rate}, 16000).shape == waveform.shape
+    assert audio.load_audio({"array": stereo[:, 0], "sampling_rate": rate}, 16000).shape == waveform.shape
     (tmp_path / "fake.wav").write_text("not audio")
     with pytest.raises(DataError, match="fake.wav"):
-        data.load_audio(str(tmp_path / "fake.wav"), 16000)
+        audio.load_audio(str(tmp_path / "fake.wav"), 16000)

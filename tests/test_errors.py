@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import taskzoo
-from taskzoo import data
+from taskzoo import audio, data
 from taskzoo.errors import DataError, ExistingRunError, ModelNotFoundError, TrainingError, UnknownTaskError
 from taskzoo.testing import toy_dataset
 
@@ -186,10 +186,10 @@ CASES = {
     "Bounding box that is not four numbers": (lambda m, t: bad_boxes(m, [[1, 2, 3]]), DataError,
                                               r"Row 0: objects.bbox holds \[1, 2, 3\], not \[x, y, width, height\]"),
     "Empty audio file": (lambda m, t: (t.joinpath("empty.wav").write_bytes(b""),
-                                       data.load_audio(str(t / "empty.wav"), 16000)),
+                                       audio.load_audio(str(t / "empty.wav"), 16000)),
                          DataError, r"Audio .*empty.wav could not be decoded"),
     "File that is not audio": (lambda m, t: (t.joinpath("notes.wav").write_text("not audio"),
-                                             data.load_audio(str(t / "notes.wav"), 16000)),
+                                             audio.load_audio(str(t / "notes.wav"), 16000)),
                                DataError, r"Audio .*notes.wav could not be decoded \(not audio, or corrupted\)"),
     "Silent audio with a transcript": (
         lambda m, t: silent_clip(m, t), DataError,

@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime, onnxscript) is not installed")
 
 import taskzoo
+from taskzoo.audio import load_audio
 from taskzoo.errors import ExportError
 from taskzoo.tasks.speech_recognition import SpeechRecognition
 from taskzoo.tasks.translation import Translation
@@ -96,10 +97,9 @@ def test_whisper_export_transcribes_exactly_as_torch(exports, clips, options):
 
 
 def test_whisper_export_chunks_long_audio_and_gives_timestamps_as_torch(exports, clips):
-    from taskzoo import data as data_utils
 
     torch_zoo, onnx_zoo, _ = exports(ASR)
-    long = np.concatenate([data_utils.load_audio(clip, 16000) for clip in clips] * 4)  # about 35 s
+    long = np.concatenate([load_audio(clip, 16000) for clip in clips] * 4)  # about 35 s
     options = dict(chunk_length_s=10, max_new_tokens=8, return_timestamps=True)
     theirs = torch_zoo.predict(long, **options)
     assert onnx_zoo.predict(long, **options) == theirs and theirs["chunks"] and theirs["text"]

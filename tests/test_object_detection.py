@@ -8,8 +8,9 @@ from PIL import Image
 
 import taskzoo
 from taskzoo import metrics
+from taskzoo.detection_data import write_coco
 from taskzoo.errors import DataError
-from taskzoo.tasks.object_detection import ObjectDetection, decode, encode, write_coco
+from taskzoo.tasks.object_detection import ObjectDetection, decode, encode
 from taskzoo.testing import toy_dataset
 
 TASK = "object-detection"

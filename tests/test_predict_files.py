@@ -116,7 +116,7 @@ def test_image_folder_csv_of_relative_paths_and_dataset(tiny_model_path, tmp_pat
 
 
 def test_coco_json_and_audio_folder(tiny_model_path, tmp_path):
-    from taskzoo.tasks.object_detection import read_coco, write_coco
+    from taskzoo.detection_data import read_coco, write_coco
 
     detector = taskzoo.load("object-detection", model=tiny_model_path("object-detection"), device="cpu")
     coco = write_coco(toy_dataset("object-detection", 3, seed=0), tmp_path / "coco" / "annotations.json")

@@ -71,7 +71,7 @@ def write_image_mask_folders(task: str, folder: Path) -> Path:
 
 def write_coco_splits(task: str, folder: Path) -> Path:
     """train.json and validation.json in COCO format, their images in images/."""
-    from taskzoo.tasks.object_detection import write_coco
+    from taskzoo.detection_data import write_coco
 
     write_coco(toy_dataset(task, 16, seed=0), folder / "train.json")
     write_coco(toy_dataset(task, 8, seed=1), folder / "validation.json")

@@ -8,8 +8,8 @@ from datasets import Audio, Dataset
 
 import taskzoo
 from taskzoo import metrics
+from taskzoo.audio import load_audio
 from taskzoo.ctc import ctc_tokenizer
-from taskzoo.data import load_audio
 from taskzoo.errors import DataError
 from taskzoo.tasks.speech_recognition import SpeechRecognition
 from taskzoo.testing import toy_dataset

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from taskzoo import data as data_utils
+from taskzoo.audio import load_audio
 from taskzoo.predict_options import check_options
 
 # predict() options that are the server's to set (it batches), not a request's.
@@ -190,7 +191,7 @@ def decode_audio(raw: bytes, where: str, limits: Limits):
     if info is not None:
         check_audio_seconds(info.frames / info.samplerate, where, limits)
     rate = info.samplerate if info is not None else 16_000  # decoded at its own rate; the task resamples
-    return data_utils.load_audio(io.BytesIO(raw), rate), rate
+    return load_audio(io.BytesIO(raw), rate), rate
 
 
 def decode_audio_array(value: dict, where: str, limits: Limits):

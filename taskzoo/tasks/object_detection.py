@@ -18,18 +18,23 @@ Box conventions, since every library picks another:
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
+from datasets import Dataset, DatasetDict, Image, List, Value
 
 from taskzoo import data as data_utils, heads, metrics, strategies, streaming
+from taskzoo.detection_data import (
+    category_feature,
+    detection_features,
+    label_names,
+    looks_like_coco,
+    read_coco,
+    unpack_objects,
+)
 from taskzoo.drawing import visualize
 from taskzoo.errors import DataError, TaskzooWarning
 from taskzoo.models import load_image_processor
@@ -160,12 +165,12 @@ class ObjectDetection(Task):
         ``{"file_name", "objects": {"bbox": [[x, y, w, h]], "category": [...]}}``."""
         path = Path(path)
         if path.is_file() and path.suffix.lower() == ".json":
-            return read_coco(path) if _looks_like_coco(path) else data_utils.read_table(path)
+            return read_coco(path) if looks_like_coco(path) else data_utils.read_table(path)
         if path.is_dir():
-            here = [file for file in sorted(path.glob("*.json")) if _looks_like_coco(file)]
+            here = [file for file in sorted(path.glob("*.json")) if looks_like_coco(file)]
             if here:
                 return read_coco(here[0]) if len(here) == 1 else DatasetDict({f.stem: read_coco(f) for f in here})
-            splits = {sub.name: [f for f in sorted(sub.glob("*.json")) if _looks_like_coco(f)]
+            splits = {sub.name: [f for f in sorted(sub.glob("*.json")) if looks_like_coco(f)]
                       for sub in sorted(path.iterdir()) if sub.is_dir()}
             if any(len(files) == 1 for files in splits.values()):
                 return DatasetDict({name: read_coco(files[0]) for name, files in splits.items() if len(files) == 1})
@@ -174,15 +179,15 @@ class ObjectDetection(Task):
 
     def prepare_for_training(self, dataset) -> None:
         given = self.training_options.get("labels")
-        if given is None and streaming.is_stream(dataset) and not hasattr(_category_feature(dataset.features or {}),
+        if given is None and streaming.is_stream(dataset) and not hasattr(category_feature(dataset.features or {}),
                                                                           "names"):
             if self.head_trained:
                 return  # keep the model's labels; a category outside them is refused as the stream is read
             raise DataError("The model has no trained detection head, and a stream cannot be scanned for its "
                             "categories: pass their names with labels=[...].")
-        names = [str(name) for name in given] if given is not None else _label_names(dataset)
+        names = [str(name) for name in given] if given is not None else label_names(dataset)
         if names is None:  # integer categories: keep the model's names when they fit
-            count = max((c for objects in dataset["objects"] for c in _unpack(objects)[1]), default=-1) + 1
+            count = max((c for objects in dataset["objects"] for c in unpack_objects(objects)[1]), default=-1) + 1
             if self.head_trained and count <= len(self.labels):
                 return
             names = [f"LABEL_{i}" for i in range(max(count, 1))]
@@ -196,14 +201,14 @@ class ObjectDetection(Task):
     def prepare(self, dataset, training: bool):
         """Check every box; clip those that cross the image border and drop those with no area left (one
         warning counting both); categories -> the model's label ids. Keeps the columns image and objects."""
-        names, label2id = _label_names(dataset), {name: i for i, name in enumerate(self.labels)}
+        names, label2id = label_names(dataset), {name: i for i, name in enumerate(self.labels)}
         if isinstance(dataset.features["image"], Image):  # sizes come from the file headers; collate decodes
             dataset = dataset.cast_column("image", Image(decode=False))
         cleaned, unknown, total, clipped, dropped, first = [], set(), 0, 0, 0, None
         for row, example in enumerate(dataset.select_columns(["image", "objects"])):
             width, height = data_utils.image_size(example["image"])
             kept = {"bbox": [], "category": []}
-            for box, category in zip(*_unpack(example["objects"], row)):
+            for box, category in zip(*unpack_objects(example["objects"], row)):
                 total, inside = total + 1, _clip(box, width, height, row)
                 if inside is None:
                     dropped += 1
@@ -295,7 +300,7 @@ class ObjectDetection(Task):
         """64x64 noisy images with one or two filled rectangles, red or blue, that do not touch."""
         from taskzoo.testing import detection
 
-        return detection.toy_rectangles(n, seed, _features(list(detection.TOY_COLOURS)))
+        return detection.toy_rectangles(n, seed, detection_features(list(detection.TOY_COLOURS)))
 
 
 # ------------------------------------------------------------------------------------------ data helpers
@@ -323,102 +328,3 @@ def _clip(box, width: int, height: int, row: int) -> list[float] | None:
     x0, x1 = min(max(x0, 0), width), min(max(x1, 0), width)
     y0, y1 = min(max(y0, 0), height), min(max(y1, 0), height)
     return [x0, y0, x1 - x0, y1 - y0] if x1 > x0 and y1 > y0 else None
-
-
-def _unpack(objects, row: int = 0) -> tuple[list, list]:
-    """(bboxes, categories) from an ``objects`` value: a dict of lists, or a list of per-object dicts."""
-    if isinstance(objects, list):
-        objects = {"bbox": [o.get("bbox") for o in objects], "category": [o.get("category") for o in objects]}
-    if not isinstance(objects, Mapping) or "bbox" not in objects or "category" not in objects:
-        raise DataError(f"Row {row}: objects must be {{'bbox': [[x, y, width, height], ...], 'category': [...]}}; "
-                        f"got {objects!r:.120}.")
-    boxes, categories = objects["bbox"] or [], objects["category"] or []
-    if len(boxes) != len(categories):
-        raise DataError(f"Row {row}: objects has {len(boxes)} bbox but {len(categories)} category values.")
-    return boxes, categories
-
-
-def _label_names(dataset) -> list[str] | None:
-    """The category names: from a ClassLabel, or the sorted strings; None for plain integers."""
-    category = _category_feature(dataset.features)
-    if hasattr(category, "names"):
-        return list(category.names)
-    values = {c for objects in dataset["objects"] for c in _unpack(objects)[1]}
-    if values and all(isinstance(v, str) for v in values):
-        return sorted(values)
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        raise DataError(f"objects.category must hold strings or integers; found {sorted(map(repr, values))[:5]}.")
-    return None
-
-
-def _category_feature(features):  # objects.category's feature (a ClassLabel holds the names), or None
-    feature = features.get("objects")
-    feature = getattr(feature, "feature", feature)  # Sequence({...}) in older datasets
-    return getattr(feature.get("category"), "feature", None) if isinstance(feature, Mapping) else None
-
-
-def _features(names: list[str]) -> Features:
-    return Features({"image": Image(), "objects": {"bbox": List(List(Value("float64"))),
-                                                   "category": List(ClassLabel(names=names))}})
-
-
-def _looks_like_coco(path: Path) -> bool:
-    """A COCO json names its "images" near the start (after info and licenses): no need to parse it all."""
-    with open(path, encoding="utf-8", errors="ignore") as handle:
-        head = handle.read(1 << 20)
-    return head.lstrip().startswith("{") and '"images"' in head
-
-
-def read_coco(path: str | os.PathLike) -> Dataset:
-    """A COCO detection json -> rows of ``image`` (path) and ``objects`` (bbox xywh, category a ClassLabel of
-    the category names, in id order). Image files are looked for beside the json, in images/ beside it, and in
-    COCO's own layout (annotations/instances_val2017.json -> val2017/). Crowd regions are skipped."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is not valid JSON: {error}") from error
-    missing = [key for key in ("images", "annotations", "categories") if key not in record]
-    if missing:
-        raise DataError(f"{path} is not a COCO detection file: it has no {missing[0]!r} list.")
-    categories = sorted(record["categories"], key=lambda category: category["id"])
-    index = {category["id"]: number for number, category in enumerate(categories)}
-    objects = {image["id"]: {"bbox": [], "category": []} for image in record["images"]}
-    for annotation in record["annotations"]:
-        if annotation.get("iscrowd"):
-            continue
-        if annotation["image_id"] not in objects or annotation["category_id"] not in index:
-            raise DataError(f"{path}: annotation {annotation.get('id')} names image {annotation['image_id']} and "
-                            f"category {annotation['category_id']}, one of which is not listed.")
-        objects[annotation["image_id"]]["bbox"].append(annotation["bbox"])
-        objects[annotation["image_id"]]["category"].append(index[annotation["category_id"]])
-    folders = [path.parent, path.parent / "images", path.parent.parent / path.stem.removeprefix("instances_")]
-    files = []
-    for image in record["images"]:
-        found = [folder / image["file_name"] for folder in folders if (folder / image["file_name"]).exists()]
-        if not found:
-            raise DataError(f"{path}: image file {image['file_name']!r} is in none of {list(map(str, folders))}.")
-        files.append(str(found[0]))
-    return Dataset.from_dict({"image": files, "objects": [objects[image["id"]] for image in record["images"]]},
-                             features=_features([category["name"] for category in categories]))
-
-
-def write_coco(dataset, path: str | os.PathLike) -> Path:
-    """Write a dataset with ``image`` and ``objects`` as a COCO json at ``path``, its images as PNG files in
-    images/ beside it. Returns the json's path."""
-    path = Path(path)
-    (path.parent / "images").mkdir(parents=True, exist_ok=True)
-    names = _label_names(dataset) or [str(i) for i in range(1 + max(
-        (c for objects in dataset["objects"] for c in _unpack(objects)[1]), default=0))]
-    images, annotations = [], []
-    for number, row in enumerate(dataset, 1):
-        image, file_name = data_utils.load_image(row["image"]), f"images/{path.stem}-{number:05d}.png"
-        image.save(path.parent / file_name)
-        images.append({"id": number, "file_name": file_name, "width": image.width, "height": image.height})
-        for box, category in zip(*_unpack(row["objects"])):
-            index = names.index(category) if isinstance(category, str) else category
-            annotations.append({"id": len(annotations) + 1, "image_id": number, "category_id": index + 1,
-                                "bbox": list(box), "area": box[2] * box[3], "iscrowd": 0})
-    categories = [{"id": number, "name": name} for number, name in enumerate(names, 1)]
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return path

@@ -3,7 +3,7 @@
 Two kinds of model, told apart by their config: encoder-decoders (AutoModelForSpeechSeq2Seq: Whisper,
 Speech2Text, Moonshine, ...; text generated token by token, see ``taskzoo/speech_seq2seq.py``) and CTC
 models of the wav2vec2 family (AutoModelForCTC, one character distribution per 20 ms frame). Audio is
-decoded with soundfile and resampled with scipy (``taskzoo.data.load_audio``). Inputs longer than the
+decoded with soundfile and resampled with scipy (``taskzoo.audio.load_audio``). Inputs longer than the
 model's window are split into overlapping windows and stitched (``taskzoo/audio_chunks.py``).
 Fine-tuning a CTC model whose vocabulary does not cover the transcripts (a bare wav2vec2 encoder, say)
 builds a character vocabulary from the training transcripts and a new output layer.
@@ -21,6 +21,7 @@ import torch
 from datasets import Audio, Dataset, Value
 
 from taskzoo import audio_chunks, data as data_utils, metrics, speech_seq2seq, strategies, streaming
+from taskzoo.audio import audio_length, check_transcribed_audio, load_audio
 from taskzoo.ctc import ctc_tokenizer
 from taskzoo.errors import DataError, ExportError
 from taskzoo.task import Task
@@ -219,7 +220,7 @@ class SpeechRecognition(Task):
             value = io.BytesIO(value)
         elif isinstance(value, (np.ndarray, torch.Tensor)):  # a bare array: at sampling_rate, or the model's
             value = (np.asarray(value), sampling_rate or self.sampling_rate)
-        return data_utils.load_audio(value, self.sampling_rate)
+        return load_audio(value, self.sampling_rate)
 
     def _inputs(self, audio: list[np.ndarray]) -> dict:
         """Model inputs for a batch of 16 kHz (the model's rate) waveforms."""
@@ -238,7 +239,7 @@ class SpeechRecognition(Task):
         texts = [row["text"] for row in examples]
         audio = [self._audio(row["audio"]) for row in examples]
         for row, waveform, text in zip(examples, audio, texts):  # predict, by contrast, accepts silence
-            data_utils.check_transcribed_audio(waveform, text, row["audio"])
+            check_transcribed_audio(waveform, text, row["audio"])
         return {"inputs": self._inputs(audio), "labels": self._labels(texts), "text": texts,
                 "lengths": torch.tensor([len(a) for a in audio])}
 
@@ -317,17 +318,15 @@ class SpeechRecognition(Task):
         return row["audio"]
 
     def input_length(self, item) -> int:
-        return data_utils.audio_length(item)
+        return audio_length(item)
 
     def predict(self, inputs, batch_size=None, progress=None, **options):
         """Transcribe audio: a path (wav, flac, ogg, ...), a ``{"array", "sampling_rate"}`` dict, an
-        ``(array, sampling_rate)`` tuple, or an array at ``sampling_rate`` (default: the model's).
-
-        Options: ``chunk_length_s`` / ``stride_length_s`` for long audio; ``return_timestamps`` (adds ``chunks``)
-        for CTC and Whisper models; ``language`` for multilingual Whisper and Speech2Text models, ``whisper_task`` for
-        Whisper; for encoder-decoders ``max_new_tokens`` and other ``generate`` options (``num_beams``, ...).
-        ``batch_size`` also batches the windows of long inputs.
-        """
+        ``(array, sampling_rate)`` tuple, or an array at ``sampling_rate`` (default: the model's). Options:
+        ``chunk_length_s`` / ``stride_length_s`` for long audio (``batch_size`` also batches their windows);
+        ``return_timestamps`` (adds ``chunks``) for CTC and Whisper models; ``language`` for multilingual Whisper
+        and Speech2Text models, ``whisper_task`` for Whisper; for encoder-decoders ``max_new_tokens`` and other
+        ``generate`` options (``num_beams``, ...)."""
         window_batch = batch_size or self.default_batch_size
         return super().predict(inputs, batch_size=batch_size, progress=progress, window_batch=window_batch,
                                **options)
@@ -379,16 +378,11 @@ class SpeechRecognition(Task):
     # ---------------------------------------------------------------------------------- testing kit
     @staticmethod
     def tiny_model(path: str | os.PathLike, family: str = "wav2vec2") -> Path:
-        """A tiny random model for the toy vocabulary, saved at ``path``: wav2vec2 CTC (``family="wav2vec2"``,
-        the default; ``"ctc"`` names it too), Whisper (``"whisper"``, its 30 s window and prompt), Speech2Text
-        (``"speech2text"``, filterbanks in) or Moonshine (``"moonshine"``, the waveform in)."""
-        from taskzoo.testing import speech, speech_seq2seq
+        """A tiny random model for the toy vocabulary at ``path``: wav2vec2 CTC ("wav2vec2", the default, or "ctc"),
+        Whisper ("whisper"), Speech2Text ("speech2text", filterbanks in) or Moonshine ("moonshine", waveform in)."""
+        from taskzoo.testing.speech_seq2seq import tiny_speech_model
 
-        builders = {"wav2vec2": speech.tiny_ctc, "ctc": speech.tiny_ctc, "whisper": speech.tiny_whisper,
-                    "speech2text": speech_seq2seq.tiny_speech2text, "moonshine": speech_seq2seq.tiny_moonshine}
-        if family not in builders:
-            raise ValueError(f"family must be one of {', '.join(map(repr, builders))}; got {family!r}.")
-        return builders[family](Path(path))
+        return tiny_speech_model(Path(path), family)
 
     @staticmethod
     def toy_dataset(n: int = 64, seed: int = 0) -> Dataset:

@@ -82,15 +82,14 @@ class TextToImage(Task):
         self.family = family_of(pipeline)
         for part in self.family.frozen().values():
             part.requires_grad_(False)
-        # No processor: the pipeline holds its tokenizers (one to three).
-        super().__init__(Denoiser(self.family.module, save_with=self._save_gathered), None, **kwargs)
-        self.pipeline = pipeline.to(self.device)  # around the same modules: fine-tuning shows in predict
+        super().__init__(Denoiser(self.family.module, save_with=self._save_gathered), processor=None, **kwargs)
+        self.pipeline = pipeline.to(self.device)  # its tokenizers, and the trained modules: predict shows training
         pipeline.set_progress_bar_config(disable=True)
         self.base_model = base_model  # the pipeline folder a LoRA applies to, and frozen parts reload from
         self.resolution = self._check_size(self.family.native_size() if resolution is None else resolution,
                                            "resolution")
         self.clip, self.clip_inference_steps = clip, clip_inference_steps
-        self.training_options, self._ema, self._validation_prompts = dict(self.finetune_options), None, []
+        self._ema, self._validation_prompts = None, []
         self._cast, self._mixed = {}, None  # while fine-tuning in mixed precision: cast part -> own dtype; the dtype
 
     @property
@@ -233,11 +232,9 @@ class TextToImage(Task):
                              "restore are the live ones, not the average.")
         try:
             result = super().finetune(train, eval=eval, columns=columns, **config)
-        except BaseException:
-            self._ema = None
-            raise
-        if self._ema is not None:  # from here on the model is the average, as evaluated and saved
-            self._ema.copy_to()
+            if self._ema is not None:  # from here on the model is the average, as evaluated and saved
+                self._ema.copy_to()
+        finally:
             self._ema = None
         return result
 
@@ -351,8 +348,8 @@ class TextToImage(Task):
     def _check_size(self, value, name: str) -> int:
         multiple, scale = max(8, self.family.size_multiple()), self.pipeline.vae_scale_factor  # the pipelines check % 8
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
-            patches = f", and its denoiser reads {multiple // scale} x {multiple // scale} latent patches" \
-                if multiple > max(8, scale) else ""
+            side = multiple // scale
+            patches = f", and its denoiser reads {side} x {side} latent patches" if multiple > max(8, scale) else ""
             raise ValueError(f"{name} must be a positive multiple of {multiple} (this pipeline's VAE scales by "
                              f"{scale}{patches}); got {value!r}.")
         return value

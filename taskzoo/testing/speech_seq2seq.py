@@ -126,3 +126,14 @@ def band_envelopes(encoder) -> None:
                     split = 2 * channel + (sign < 0)
                     encoder.conv2.weight[split, channel, encoder.conv2.kernel_size[0] // 2] = sign
                     encoder.conv3.weight[band, split, :] = 1 / encoder.conv3.kernel_size[0]
+
+
+def tiny_speech_model(path: Path, family: str) -> Path:
+    """The kit's tiny speech model of ``family``: "wav2vec2" (or "ctc"), "whisper", "speech2text", "moonshine"."""
+    from taskzoo.testing import speech
+
+    builders = {"wav2vec2": speech.tiny_ctc, "ctc": speech.tiny_ctc, "whisper": speech.tiny_whisper,
+                "speech2text": tiny_speech2text, "moonshine": tiny_moonshine}
+    if family not in builders:
+        raise ValueError(f"family must be one of {', '.join(map(repr, builders))}; got {family!r}.")
+    return builders[family](path)

@@ -1,13 +1,25 @@
-"""One warning per call about inputs cut to the model's maximum length and outputs stopped at the length limit,
-instead of one per input: tasks count them as they go, and predict, evaluate and finetune warn once at the end."""
+"""The warnings a task gives once rather than once per input: a newly initialised head (once per loaded model,
+at its first predict or evaluate), and inputs cut to the model's maximum length or outputs stopped at the
+length limit (tasks count them as they go; predict, evaluate and finetune warn once at the end of the call)."""
 
 from __future__ import annotations
 
 from taskzoo.errors import warn_at_caller
 
 
-class OutputLimitWarnings:
-    """Mixed into :class:`taskzoo.task.Task` (it needs only ``self.name``)."""
+class TaskWarnings:
+    """Mixed into :class:`taskzoo.task.Task` (it reads ``name``, ``source``, ``head_trained``, ``new_weights``)."""
+
+    def warn_if_untrained(self) -> None:
+        """Once per loaded model, at its first predict or evaluate: a newly initialised head answers at random."""
+        if not self.head_trained and not self.__dict__.get("_warned_untrained"):
+            self._warned_untrained = True
+            warn_at_caller(self.untrained_message())
+
+    def untrained_message(self) -> str:
+        names = ", ".join(self.new_weights[:3]) + (" and more" if len(self.new_weights) > 3 else "") or "its weights"
+        return (f"{self.name}: {self.source} holds no trained head for this task ({names} were newly initialised), "
+                "so its outputs are random: fine-tune it first.")
 
     def count_truncated(self, count: int) -> None:
         """Tasks call this when they cut inputs to the model's maximum length."""
