@@ -395,3 +395,61 @@ def side_peak_memory(side: str) -> float:
     if finished.returncode or not found:
         raise RuntimeError(f"measuring the memory of {side} failed:\n{finished.stderr[-2000:]}")
     return float(found[-1])
+
+
+# openai/whisper-tiny and openai/whisper-base; the rest are WhisperConfig's defaults (80 mel bins, ...)
+WHISPER_SIZES = {
+    "tiny": dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6,
+                 decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536),
+    "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+                 decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048),
+}
+
+
+def whisper_folder(folder: Path, size: str) -> Path:
+    """A random Whisper of that size with a 51865-token multilingual tokenizer, saved as a normal HF folder."""
+    import random
+
+    import torch
+    from tokenizers import pre_tokenizers
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    from taskzoo.testing.speech import whisper_tokenizer
+
+    rng = random.Random(0)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab, tokens, merges = {c: i for i, c in enumerate(alphabet)}, list(alphabet), []
+    while len(vocab) < 50257:  # byte-level merges of random pieces: decodes any id, as GPT-2's vocabulary does
+        a, b = rng.choice(tokens), rng.choice(alphabet)
+        if a + b not in vocab and len(a) < 8:
+            vocab[a + b] = len(vocab)
+            tokens.append(a + b)
+            merges.append((a, b))
+    languages = [f"<|{code}|>" for code in list(LANGUAGES)[:99]]  # whisper-tiny/base know 99 languages
+    special = ["<|startoftranscript|>", *languages, "<|translate|>", "<|transcribe|>", "<|startoflm|>",
+               "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    tokenizer, ids = whisper_tokenizer(vocab, merges, special)
+    end, start, no_timestamps = ids["<|endoftext|>"], ids["<|startoftranscript|>"], ids["<|notimestamps|>"]
+    config = WhisperConfig(vocab_size=51865, num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
+                           pad_token_id=end, bos_token_id=end, eos_token_id=end, decoder_start_token_id=start,
+                           **WHISPER_SIZES[size])
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=start, bos_token_id=end, eos_token_id=end, pad_token_id=end,
+        no_timestamps_token_id=no_timestamps, prev_sot_token_id=ids["<|startofprev|>"],
+        lang_to_id={t: ids[t] for t in languages}, is_multilingual=True, max_initial_timestamp_index=50,
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        begin_suppress_tokens=[end], max_length=448,
+        suppress_tokens=[end, *range(no_timestamps + 1, 51865)])  # no timestamps, no early end: equal work per row
+    model.save_pretrained(folder)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(
+        folder)
+    return folder

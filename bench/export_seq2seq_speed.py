@@ -29,19 +29,12 @@ from pathlib import Path
 import torch
 
 import taskzoo
-from common import cpu_line, mixed_length_sentences, rotations, spoken_clips
+from common import WHISPER_SIZES, cpu_line, mixed_length_sentences, rotations, spoken_clips, whisper_folder
 from taskzoo.demo import quiet_libraries
 
 MARIAN = dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8, decoder_attention_heads=8,
               encoder_ffn_dim=2048, decoder_ffn_dim=2048, max_position_embeddings=512, activation_function="swish",
               scale_embedding=True, share_encoder_decoder_embeddings=True)  # Helsinki-NLP/opus-mt-en-de
-WHISPER = {  # openai/whisper-tiny and openai/whisper-base
-    "tiny": dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6,
-                 decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536),
-    "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
-                 decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048)}
-
-
 def marian_folder(folder: Path, new_tokens: int) -> Path:
     """opus-mt-en-de's architecture; a word-level tokenizer of its vocabulary size that knows the bench's words."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -66,52 +59,6 @@ def marian_folder(folder: Path, new_tokens: int) -> Path:
                                                num_beams=1, min_new_tokens=new_tokens)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return folder
-
-
-def whisper_folder(folder: Path, size: str) -> Path:
-    """Whisper's architecture and 51865-token vocabulary (filler tokens beside the kit's byte-level BPE)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-    )
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-    from taskzoo.testing.speech import TOY_WORDS, whisper_tokenizer
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator([" " + " ".join(TOY_WORDS)] * 4, trainers.BpeTrainer(
-        vocab_size=300, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    trained = bpe.get_vocab()
-    vocab = dict(sorted(trained.items(), key=lambda item: item[1]))
-    vocab.update({f"Ġfiller{i}": len(vocab) + i for i in range(50257 - len(vocab))})
-    merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge)
-              for merge in __import__("json").loads(bpe.to_str())["model"]["merges"]]
-    languages = [f"<|{code}|>" for code in list(LANGUAGES)[:99]]
-    special = ["<|startoftranscript|>", *languages, "<|translate|>", "<|transcribe|>", "<|startoflm|>",
-               "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-    tokenizer, ids = whisper_tokenizer(vocab, merges, special)
-    end, start, no_timestamps = ids["<|endoftext|>"], ids["<|startoftranscript|>"], ids["<|notimestamps|>"]
-    config = WhisperConfig(vocab_size=51865, num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
-                           pad_token_id=end, bos_token_id=end, eos_token_id=end, decoder_start_token_id=start,
-                           **WHISPER[size])
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=start, bos_token_id=end, eos_token_id=end, pad_token_id=end,
-        no_timestamps_token_id=no_timestamps, prev_sot_token_id=ids["<|startofprev|>"],
-        lang_to_id={t: ids[t] for t in languages}, is_multilingual=True, max_initial_timestamp_index=50,
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
-        begin_suppress_tokens=[end], max_length=448,
-        suppress_tokens=[end, *range(no_timestamps + 1, 51865)])  # equal work: see the docstring
-    model.save_pretrained(folder)
-    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(
-        folder)
     return folder
 
 
@@ -149,7 +96,7 @@ def compare(title: str, task: str, folder: Path, inputs: list, options: dict, ba
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["marian", "whisper"], choices=["marian", "whisper"])
-    parser.add_argument("--whisper-size", default="tiny", choices=sorted(WHISPER))
+    parser.add_argument("--whisper-size", default="tiny", choices=sorted(WHISPER_SIZES))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--inputs", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32)

@@ -30,7 +30,6 @@ rotating order per batch size, and checks that both give equal transcripts.
 
 import argparse
 import copy
-import random
 import statistics
 import subprocess
 import tempfile
@@ -39,65 +38,22 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    GenerationConfig,
-    WhisperConfig,
-    WhisperFeatureExtractor,
-    WhisperForConditionalGeneration,
-    WhisperProcessor,
     pipeline,
 )
 
 import taskzoo
-from common import compare_with_pipeline, cpu_line, matmul_peak, mixed_length_sentences, rotations
+from common import (
+    WHISPER_SIZES,
+    compare_with_pipeline,
+    cpu_line,
+    matmul_peak,
+    mixed_length_sentences,
+    rotations,
+    whisper_folder,
+)
 from taskzoo import speech_seq2seq
 from taskzoo.audio import load_audio
 from taskzoo.demo import quiet_libraries
-from taskzoo.testing.speech import whisper_tokenizer
-
-SIZES = {  # openai/whisper-tiny and openai/whisper-base; the rest are WhisperConfig's defaults (80 mel bins, ...)
-    "tiny": dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6,
-                 decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536),
-    "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
-                 decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048),
-}
-
-
-def whisper_folder(size: str) -> Path:
-    """A random Whisper of that size with a 51865-token multilingual tokenizer, saved as a normal HF folder."""
-    from tokenizers import pre_tokenizers
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-    rng = random.Random(0)
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab, tokens, merges = {c: i for i, c in enumerate(alphabet)}, list(alphabet), []
-    while len(vocab) < 50257:  # byte-level merges of random pieces: decodes any id, as GPT-2's vocabulary does
-        a, b = rng.choice(tokens), rng.choice(alphabet)
-        if a + b not in vocab and len(a) < 8:
-            vocab[a + b] = len(vocab)
-            tokens.append(a + b)
-            merges.append((a, b))
-    languages = [f"<|{code}|>" for code in list(LANGUAGES)[:99]]  # whisper-tiny/base know 99 languages
-    special = ["<|startoftranscript|>", *languages, "<|translate|>", "<|transcribe|>", "<|startoflm|>",
-               "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-    tokenizer, ids = whisper_tokenizer(vocab, merges, special)
-    end, start, no_timestamps = ids["<|endoftext|>"], ids["<|startoftranscript|>"], ids["<|notimestamps|>"]
-    config = WhisperConfig(vocab_size=51865, num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
-                           pad_token_id=end, bos_token_id=end, eos_token_id=end, decoder_start_token_id=start,
-                           **SIZES[size])
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=start, bos_token_id=end, eos_token_id=end, pad_token_id=end,
-        no_timestamps_token_id=no_timestamps, prev_sot_token_id=ids["<|startofprev|>"],
-        lang_to_id={t: ids[t] for t in languages}, is_multilingual=True, max_initial_timestamp_index=50,
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
-        begin_suppress_tokens=[end], max_length=448,
-        suppress_tokens=[end, *range(no_timestamps + 1, 51865)])  # equal work: see the docstring
-    folder = Path(tempfile.mkdtemp(prefix=f"bench-whisper-{size}-"))
-    model.save_pretrained(folder)
-    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(
-        folder)
-    return folder
 
 
 def whisper_flops(zoo, clip, new_tokens: int) -> tuple[float, float]:
@@ -188,7 +144,7 @@ def print_profile(name: str, run, model, feature_extractor, flops: tuple[float, 
 
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+parser.add_argument("--size", choices=sorted(WHISPER_SIZES), default="tiny")
 parser.add_argument("--clips", type=int, default=16)
 parser.add_argument("--max-new-tokens", type=int, default=32)
 parser.add_argument("--profile", action="store_true", help="where each side's time goes, instead of the race")
@@ -202,7 +158,7 @@ if args.uneven:
     torch.set_num_threads(1)  # CPU time of one thread: comparable on a busy machine
     args.max_new_tokens = max(args.max_new_tokens, 64)
 
-folder = whisper_folder(args.size)
+folder = whisper_folder(Path(tempfile.mkdtemp(prefix=f"bench-whisper-{args.size}-")), args.size)
 clips = []
 for i, sentence in enumerate(mixed_length_sentences(args.clips, seed=3)):
     path = folder / f"{i:03d}.wav"
