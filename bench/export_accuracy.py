@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import taskzoo
+from common import cpu_line
 from taskzoo.demo import quiet_libraries
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="the fine-tuning's seed")
     args = parser.parse_args()
     quiet_libraries()
+    print(cpu_line(), flush=True)  # accuracy barely depends on it, int8 kernels do a little
     folder = Path(tempfile.mkdtemp(prefix="bench-export-accuracy-"))
     similarity(folder)
     classifier(folder, args.seed)

@@ -237,6 +237,7 @@ def test_greater_is_better_from_names():
     assert greater_is_better("f1_cat") and greater_is_better("center_accuracy") and greater_is_better("clip_score")
 
 
+@pytest.mark.slow  # two processes; the default run covers the gathered evaluation with a streamed two-process run
 def test_two_processes_score_your_metric_once_over_every_example(tiny_model_path, tmp_path):
     write_metric(tmp_path / "metric", "labels")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}

@@ -21,6 +21,14 @@ TASKS = ["text-classification", "sentence-similarity", "image-classification", "
          "object-detection", "automatic-speech-recognition"]
 PARAMETERS = {"text-classification": {"top_k": 2}, "image-classification": {"top_k": 3},
               "object-detection": {"threshold": 0.0}}
+# Exporting these takes 15-20 s each (RT-DETR falls back to the TorchScript exporter; wav2vec2's convolutions):
+# their exports run with -m slow, which keeps the default test run within its time.
+SLOW_TO_EXPORT = {"object-detection", "automatic-speech-recognition"}
+
+
+def tasks(exclude: tuple[str, ...] = ()) -> list:
+    return [pytest.param(task, marks=pytest.mark.slow) if task in SLOW_TO_EXPORT else task
+            for task in TASKS if task not in exclude]
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +94,7 @@ def assert_close(ours, theirs, tolerance: float, where: str = "output") -> None:
 # ----------------------------------------------------------------------------------------- every task
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", tasks())
 def test_fp32_export_predicts_what_torch_predicts(task, exported):
     torch_zoo, onnx_zoo, folder = exported(task)
     inputs, options = inputs_of(task), PARAMETERS.get(task, {})
@@ -123,7 +131,7 @@ def assert_same_schema(ours, theirs, where: str = "output") -> None:
         assert math.isfinite(ours), f"{where}: {ours}"
 
 
-@pytest.mark.parametrize("task", [task for task in TASKS if task != "text-classification"])  # that one: below
+@pytest.mark.parametrize("task", tasks(exclude=("text-classification",)))  # that one: below
 def test_int8_export_quantizes_and_predicts_in_the_same_schema(task, exported, tmp_path):
     """Every task's graph quantizes (its matrix products' weights int8, the heads it names kept fp32) and runs;
     how close int8 stays is measured on a real model in test_export_int8.py, not on these random ones."""
@@ -139,7 +147,7 @@ def test_int8_export_quantizes_and_predicts_in_the_same_schema(task, exported, t
     assert_same_schema(int8_zoo.predict(inputs, **options), torch_zoo.predict(inputs, **options))
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", tasks())
 def test_export_evaluates_as_torch_does(task, exported):
     torch_zoo, onnx_zoo, _ = exported(task)
     data = toy_dataset(task, 8, seed=4)
@@ -149,7 +157,7 @@ def test_export_evaluates_as_torch_does(task, exported):
         assert math.isclose(ours[key], theirs[key], abs_tol=1e-4), (key, ours[key], theirs[key])
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", tasks())
 def test_export_refuses_fine_tuning_and_torch_only_options_in_one_line(task, exported):
     _, onnx_zoo, folder = exported(task)
     with pytest.raises(ExportError, match=r"is an ONNX export for inference; fine-tune the torch model it came from"):
@@ -197,7 +205,7 @@ def plain(value):
     return value
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", tasks())
 def test_export_serves_and_writes_json_lines(task, exported, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
@@ -221,6 +229,7 @@ def test_export_serves_and_writes_json_lines(task, exported, tmp_path):
                  plain(onnx_zoo.predict([onnx_zoo.input_of(row) for row in rows], **options)), 1e-5)
 
 
+@pytest.mark.slow  # a second detector export (see SLOW_TO_EXPORT)
 def test_detr_export_takes_images_of_any_size(tiny_model_path, tmp_path):
     """DETR's processor keeps each image's aspect ratio and pads the batch: its graph's height and width vary."""
     from PIL import Image

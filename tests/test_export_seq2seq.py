@@ -118,6 +118,7 @@ def test_export_folder_holds_encoder_cross_attention_and_decoder_graphs(exports)
     assert json.loads((exports("translation")[2] / "taskzoo.json").read_text())["src_lang"] is None
 
 
+@pytest.mark.slow  # a third export of the session (~19 s)
 def test_int8_translation_export_mostly_agrees_with_torch(exports):
     torch_zoo, onnx_zoo, folder = exports("translation", "int8")
     sources = [row["source"] for row in toy_dataset("translation", 48, seed=7)]
