@@ -120,6 +120,7 @@ def test_finetune_evaluate_predict_round_trip(tiny_model_path, tmp_path, capsys)
     assert lines[0]["input"] == "a great lovely film" and len(lines[0]["output"]) == 2
 
 
+@pytest.mark.slow  # the default run parses all of finetune's and evaluate's stdout in the round-trip test
 def test_finetune_and_evaluate_print_only_their_json_result_on_standard_output(tiny_model_path, tmp_path):
     """`taskzoo finetune ... > result.json` gives a JSON file: the progress bar, the run's log lines
     (checkpoints, the run's size) and the evaluation lines all go to standard error."""

@@ -166,7 +166,13 @@ def runs_taskzoo_in_shell(page: Path) -> bool:
 
 # Every page in the default run, shell blocks' `taskzoo` lines in this process; pages whose shell blocks run
 # `taskzoo` again in the slow run, each command its own process as a reader's shell runs it.
-CASES = [pytest.param(page, False, id=str(page.relative_to(ROOT))) for page in PAGES if blocks(page)] + [
+# Pages whose examples repeat what a test file checks at a fraction of the time (several exports; a segmenter and a
+# LoRA pipeline trained as tests/test_image_segmentation.py and tests/test_text_to_image.py train theirs) run with
+# -m slow only, which keeps the default run within its time.
+SLOW_PAGES = {"docs/export.md", "docs/tasks/image-segmentation.md", "docs/tasks/text-to-image.md"}
+CASES = [pytest.param(page, False, id=str(page.relative_to(ROOT)),
+                      marks=[pytest.mark.slow] if str(page.relative_to(ROOT)) in SLOW_PAGES else [])
+         for page in PAGES if blocks(page)] + [
     pytest.param(page, True, id=f"{page.relative_to(ROOT)}-processes", marks=pytest.mark.slow)
     for page in PAGES if blocks(page) and runs_taskzoo_in_shell(page)]
 

@@ -98,6 +98,7 @@ def detr_path(tmp_path_factory):
     return ObjectDetection.tiny_model(tmp_path_factory.mktemp("tiny_detr"), family="detr")
 
 
+@pytest.mark.slow  # tests/test_contract.py runs the DETR family's contract in the default run
 def test_the_original_detr_family_fine_tunes_and_predicts(detr_path):
     """DETR (softmax with a no-object class, padded batches read through pixel_mask) keeps working beside the
     RT-DETR of the testing kit (sigmoid scores, fixed-size inputs)."""
