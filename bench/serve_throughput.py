@@ -33,6 +33,7 @@ import urllib.request
 from urllib.parse import urlsplit
 
 from common import cpu_line, flops_per_input, matmul_peak, minilm_classifier, mixed_length_sentences
+from taskzoo.demo import quiet_libraries
 from taskzoo.serving.process import ServerProcess
 
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.I)
@@ -185,6 +186,7 @@ def main():
     args = parser.parse_args()
     if args.export and args.precision != "no":
         parser.error("--precision is for the torch model; an ONNX export runs as it was exported")
+    quiet_libraries()  # the untrained head's load table is noise here
     print(cpu_line(), flush=True)  # the figures below depend on it (bf16 and int8 above all)
 
     texts = mixed_length_sentences(args.requests, seed=1)

@@ -270,16 +270,14 @@ def plot_history(records: list[dict], metric: str, path: Path) -> Path | None:
     """A PNG of the training loss and the evaluation metric per step (needs matplotlib). A chart of a single
     point (a run that evaluated once) shows it as a dot labelled with its value."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     charts = history_charts(records, metric)
-    figure, axes = plt.subplots(1, len(charts), figsize=(5 * len(charts), 3.5), squeeze=False)
-    for axis, (title, points) in zip(axes[0], charts):
+    # matplotlib's object API, not pyplot: no global figure state (and pyplot's import) at the end of every run.
+    figure = Figure(figsize=(5 * len(charts), 3.5))
+    for axis, (title, points) in zip(figure.subplots(1, len(charts), squeeze=False)[0], charts):
         if len(points) == 1:
             (step, value), = points
             axis.plot([step], [value], marker="o")
@@ -292,7 +290,9 @@ def plot_history(records: list[dict], metric: str, path: Path) -> Path | None:
         axis.set_xlabel("optimizer step")
         axis.set_title(title)
         axis.grid(alpha=0.3)
-    figure.tight_layout()
+    # Fixed margins that fit a title, tick labels and the axis label at this size: tight_layout measures every
+    # text to find the same, and took a third of the chart's time.
+    figure.subplots_adjust(left=0.8 / figure.get_figwidth(), right=1 - 0.2 / figure.get_figwidth(),
+                           bottom=0.15, top=0.9, wspace=0.9 / 5)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path

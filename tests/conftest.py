@@ -66,6 +66,24 @@ def trained_classifier(tiny_model_path):
 
 
 @pytest.fixture(scope="session")
+def trained_translator(tiny_model_path):
+    """The tiny Marian fine-tuned once, with the demo's settings, on toy data (test_translation.py, and the
+    translation export of test_export_seq2seq.py, which only reads it)."""
+    import taskzoo
+    from taskzoo.tasks.translation import Translation
+    from taskzoo.testing import toy_dataset
+
+    zoo = taskzoo.load("translation", model=tiny_model_path("translation"), device="cpu")
+    held_out = toy_dataset("translation", 64, seed=1)
+    before = zoo.evaluate(held_out)
+    settings = dict(Translation.demo_config)
+    train = toy_dataset("translation", settings.pop("train_size"), seed=0)
+    settings.pop("eval_size")
+    result = zoo.finetune(train, eval=held_out, progress=False, save_checkpoints=False, plot=False, **settings)
+    return zoo, before, result, held_out
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """demo_run(task) -> the row of `taskzoo demo`'s own run of that task (the fine-tuned task in
     row["task_model"], its pictures in row["folder"]), run once per session."""

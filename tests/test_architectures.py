@@ -17,7 +17,7 @@ def test_upernet_learns_with_the_default_strategy(tiny_model_path):
     held_out = toy_dataset(SEGMENTATION, 32, seed=1)
     before = zoo.evaluate(held_out)["mean_iou"]
     zoo.finetune(toy_dataset(SEGMENTATION, 128, seed=0), epochs=4, learning_rate=5e-3, batch_size=16, progress=False,
-                 save_checkpoints=False)  # strategy="full", the default
+                 save_checkpoints=False, plot=False)  # strategy="full", the default
     after = zoo.evaluate(held_out)["mean_iou"]
     assert after > 0.25 and after > 3 * before
 
@@ -30,7 +30,7 @@ def test_upernet_freeze_and_lora_tell_the_backbone_from_the_heads(tiny_model_pat
     data = toy_dataset(SEGMENTATION, 8)
     backbone = {k: v.clone() for k, v in zoo.model.backbone.state_dict().items()}
     heads = {k: v.clone() for k, v in zoo.model.decode_head.state_dict().items()}
-    run = dict(max_steps=2, batch_size=4, learning_rate=1e-2, progress=False, save_checkpoints=False)
+    run = dict(max_steps=2, batch_size=4, learning_rate=1e-2, progress=False, save_checkpoints=False, plot=False)
     zoo.finetune(data, strategy="freeze", **run)
     assert count_parameters(zoo.model)[0] == sum(p.numel() for name in ("decode_head", "auxiliary_head")
                                                  for p in zoo.model.get_submodule(name).parameters())
@@ -52,7 +52,7 @@ def test_upernet_new_label_set_save_and_reload(tiny_model_path, tmp_path):
     zoo = taskzoo.load(SEGMENTATION, model=tiny_model_path(SEGMENTATION, "upernet"), device="cpu")
     names = ["ground", "square", "circle", "triangle", "star"]
     zoo.finetune(toy_dataset(SEGMENTATION, 8), labels=names, max_steps=2, batch_size=4, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     assert zoo.labels == names
     assert zoo.model.decode_head.classifier.out_channels == zoo.model.auxiliary_head.classifier.out_channels == 5
     image = Image.new("RGB", (80, 48), (40, 200, 40))  # not the model's size: masks come back at this size
@@ -88,7 +88,7 @@ def test_fsmt_learns_and_saves_for_plain_transformers(tiny_model_path, tmp_path)
     held_out = toy_dataset(TRANSLATION, 64, seed=1)
     assert zoo.evaluate(held_out)["bleu"] < 5
     zoo.finetune(toy_dataset(TRANSLATION, 1024, seed=0), epochs=3, learning_rate=1e-2, batch_size=32, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     assert zoo.evaluate(held_out)["bleu"] >= 50
     texts = ["the red cat sees a dog", "a bird eats the green tree"]
     outputs = zoo.predict(texts)
@@ -116,7 +116,7 @@ def test_modernbert_classifier_learns_and_saves_for_plain_transformers(tiny_mode
     assert "token_type_ids" not in zoo.processor("good film")
     held_out = toy_dataset(task, 64, seed=1)
     zoo.finetune(toy_dataset(task, 256, seed=0), epochs=3, learning_rate=3e-3, batch_size=16, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     assert zoo.evaluate(held_out)["accuracy"] >= 0.9
     zoo.save(tmp_path / "saved")
     model, tokenizer = (auto.from_pretrained(tmp_path / "saved") for auto in
@@ -133,7 +133,7 @@ def test_rt_detr_freeze_trains_its_nested_heads_only(tiny_model_path):
     assert {"model.enc_score_head", "model.decoder.class_embed.0", "model.decoder.bbox_embed.0"} <= set(heads)
     start = {name: p.clone() for name, p in zoo.model.named_parameters()}
     zoo.finetune(toy_dataset("object-detection", 4), strategy="freeze", max_steps=1, batch_size=4,
-                 learning_rate=1e-2, progress=False, save_checkpoints=False)
+                 learning_rate=1e-2, progress=False, save_checkpoints=False, plot=False)
     changed = {name for name, p in zoo.model.named_parameters() if not torch.equal(p, start[name])}
     in_head = {name for name in start if any(name.startswith(head + ".") for head in heads)}
     assert changed and changed <= in_head and {n for n in start if "decoder.class_embed" in n} <= changed
@@ -149,5 +149,5 @@ def test_t5_translates_behind_its_config_prefix_and_learns(tiny_model_path):
     held_out = toy_dataset(TRANSLATION, 64, seed=1)
     assert zoo.evaluate(held_out)["bleu"] < 5
     zoo.finetune(toy_dataset(TRANSLATION, 1024, seed=0), epochs=3, learning_rate=1e-2, batch_size=32, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     assert zoo.evaluate(held_out)["bleu"] >= 30

@@ -1,7 +1,7 @@
 """predict(compile=True): the same outputs as eager predict, and never stale weights after fine-tuning.
 
-Compiling takes seconds even for tiny models, so the fast tests use one batch of the quickest ones
-(image-classification, text-classification); the other tasks' compile targets run in the slow set.
+Compiling takes seconds even for tiny models, so the fast test compiles the quickest one (text-classification)
+for one batch shape, before and after fine-tuning; the other tasks' compile targets run in the slow set.
 """
 
 import pytest
@@ -18,7 +18,8 @@ def labels(outputs):
     return [[guess["label"] for guess in ranked] for ranked in outputs]
 
 
-def test_compiled_predict_matches_eager_and_follows_finetuning(tiny_model_path):
+@pytest.mark.slow  # the text-classification test below covers the same two properties in half the time
+def test_compiled_image_classification_matches_eager_and_follows_finetuning(tiny_model_path):
     zoo = taskzoo.load("image-classification", model=tiny_model_path("image-classification"), device="cpu")
     images = [zoo.input_of(row) for row in toy_dataset("image-classification", 12, seed=3)]
     eager = zoo.predict(images, batch_size=4)
@@ -27,8 +28,6 @@ def test_compiled_predict_matches_eager_and_follows_finetuning(tiny_model_path):
     assert scores(compiled) == pytest.approx(scores(eager), abs=1e-4)
     assert zoo.model.__class__.__name__ == "ViTForImageClassification"  # the eager model is put back
 
-    # Freezing folds the weights into the compiled code: after fine-tuning (same module, new weights)
-    # compile=True must predict with the new weights, not the ones it compiled.
     zoo.finetune(toy_dataset("image-classification", 64), epochs=1, batch_size=16, learning_rate=3e-3,
                  progress=False, save_checkpoints=False)
     tuned = zoo.predict(images, batch_size=4)
@@ -36,8 +35,9 @@ def test_compiled_predict_matches_eager_and_follows_finetuning(tiny_model_path):
     assert scores(zoo.predict(images, batch_size=4, compile=True)) == pytest.approx(scores(tuned), abs=1e-4)
 
 
-def test_compiled_text_classification_matches_eager(tiny_model_path):
-    """The task docs/benchmarks.md quotes compile speed-ups for, in the fast set: one batch, one compilation."""
+def test_compiled_text_classification_matches_eager_and_follows_finetuning(tiny_model_path):
+    """The task docs/benchmarks.md quotes compile speed-ups for: one batch shape, compiled before and after
+    fine-tuning."""
     zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
     texts = ["a good film", "an awful plot", "good good plot", "the film was bad"]
     eager = zoo.predict(texts, batch_size=4, top_k=2)
@@ -46,6 +46,14 @@ def test_compiled_text_classification_matches_eager(tiny_model_path):
     assert scores(compiled) == pytest.approx(scores(eager), abs=1e-4)
     assert type(zoo.model).__name__ == "BertForSequenceClassification"  # the eager model is put back
     assert type(zoo._compiled[1]).__name__ == "OptimizedModule"  # and the compiled one kept for the next call
+
+    # Freezing folds the weights into the compiled code: after fine-tuning (same module, new weights)
+    # compile=True must predict with the new weights, not the ones it compiled.
+    zoo.finetune(toy_dataset("text-classification", 64), epochs=1, batch_size=16, learning_rate=3e-3,
+                 progress=False, save_checkpoints=False)
+    tuned = zoo.predict(texts, batch_size=4, top_k=2)
+    assert scores(tuned) != scores(eager)
+    assert scores(zoo.predict(texts, batch_size=4, top_k=2, compile=True)) == pytest.approx(scores(tuned), abs=1e-4)
 
 
 @pytest.mark.slow

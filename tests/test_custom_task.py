@@ -122,7 +122,7 @@ def photos(tmp_path_factory):
     held_out = toy_dataset("product-photos", 48, seed=1)
     before = zoo.evaluate(held_out)
     zoo.finetune(toy_dataset("product-photos", 192), epochs=4, learning_rate=3e-3, batch_size=16, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     return zoo, before, held_out
 
 
@@ -281,7 +281,7 @@ def test_training_options_are_each_models_own(questions):
     with pytest.raises(TypeError):
         Task.finetune_options["lora_rank"] = 4  # the class defaults are read-only
     zoo.finetune(toy_dataset("is-question", 16), max_steps=1, cache_features=False, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     assert zoo.training_options["cache_features"] is False and other.training_options["cache_features"] is True
 
 

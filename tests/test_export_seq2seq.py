@@ -16,8 +16,8 @@ import taskzoo
 from taskzoo.audio import load_audio
 from taskzoo.errors import ExportError
 from taskzoo.tasks.speech_recognition import SpeechRecognition
-from taskzoo.tasks.translation import Translation
 from taskzoo.testing import toy_dataset
+from taskzoo.testing.speech import widen_whisper
 
 ASR = "automatic-speech-recognition"
 # Sources of 2 to 12 words: their translations end at different steps of one batch.
@@ -26,13 +26,9 @@ SOURCES = ["the dog sees the cat", "a bird eats the green tree and the red cat s
 
 
 @pytest.fixture(scope="session")
-def translator(tiny_model_path):
-    """The tiny Marian fine-tuned briefly on toy data, so that its translations differ from row to row."""
-    zoo = taskzoo.load("translation", model=tiny_model_path("translation"), device="cpu")
-    settings = {**Translation.demo_config, "train_size": 512, "epochs": 2}
-    zoo.finetune(toy_dataset("translation", settings.pop("train_size"), seed=0), progress=False,
-                 save_checkpoints=False, **{k: v for k, v in settings.items() if k != "eval_size"})
-    return zoo
+def translator(trained_translator):
+    """The tiny Marian fine-tuned on toy data (conftest.py), so that its translations differ from row to row."""
+    return trained_translator[0]
 
 
 @pytest.fixture(scope="session")
@@ -42,14 +38,7 @@ def whisper(tmp_path_factory):
     trained Whisper, and training one takes minutes)."""
     zoo = taskzoo.load(ASR, model=SpeechRecognition.tiny_model(tmp_path_factory.mktemp("whisper"), family="whisper"),
                        device="cpu")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for parameter in zoo.model.parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0, 1.0)
-        zoo.model.model.decoder.embed_tokens.weight[zoo.model.generation_config.eos_token_id] *= 4
-    config = zoo.model.generation_config
-    config.suppress_tokens = list(range(config.no_timestamps_token_id + 1, zoo.model.config.vocab_size))
+    widen_whisper(zoo.model, suppress_timestamps=True)
     return zoo
 
 

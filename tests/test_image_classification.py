@@ -22,7 +22,7 @@ def trained(tiny_model_path):
     held_out = toy_dataset(TASK, 64, seed=1)
     before = zoo.evaluate(held_out)
     result = zoo.finetune(toy_dataset(TASK, 256, seed=0), eval=held_out, epochs=4, learning_rate=3e-3,
-                          batch_size=16, progress=False, save_checkpoints=False)
+                          batch_size=16, progress=False, save_checkpoints=False, plot=False)
     return zoo, before, result, held_out
 
 
@@ -151,7 +151,7 @@ def test_a_new_label_set_gets_a_head_of_the_right_size(trained, tmp_path):
     zoo = taskzoo.load(TASK, model=tmp_path / "pretrained", device="cpu")
     names = ["a", "b", "c", "d", "e", "f"]
     rows = [{"image": row["image"], "label": names[i % 6]} for i, row in enumerate(toy_dataset(TASK, 24))]
-    zoo.finetune(rows, max_steps=1, progress=False, save_checkpoints=False)
+    zoo.finetune(rows, max_steps=1, progress=False, save_checkpoints=False, plot=False)
     assert zoo.labels == names and zoo.model.classifier.out_features == 6
     assert set(zoo.evaluate(rows)) == {"accuracy", "macro_f1", "top5_accuracy"}
     zoo.save(tmp_path / "six")
@@ -197,7 +197,7 @@ def test_freeze_trains_the_head_from_cached_features(trained, tmp_path):
     body = {k: v.clone() for k, v in zoo.model.vit.state_dict().items()}
     body_rows = rows_through(zoo.model.vit)
     zoo.finetune(relabelled(128, 0), epochs=3, learning_rate=5e-2, batch_size=16, strategy="freeze",
-                 progress=False, save_checkpoints=False)
+                 progress=False, save_checkpoints=False, plot=False)
     assert sum(body_rows) == 128  # one pass to fill the cache, not one per epoch
     assert zoo.cached_head == "classifier"
     trainable, total = count_parameters(zoo.model)
@@ -206,7 +206,7 @@ def test_freeze_trains_the_head_from_cached_features(trained, tmp_path):
     assert zoo.evaluate(relabelled(64, 1))["accuracy"] >= 0.9
     body_rows.clear()
     zoo.finetune(relabelled(32, 0), epochs=2, batch_size=16, strategy="freeze", cache_features=False,
-                 progress=False, save_checkpoints=False)
+                 progress=False, save_checkpoints=False, plot=False)
     assert sum(body_rows) == 2 * 32  # without the cache, the body runs every epoch
 
 
@@ -217,7 +217,7 @@ def test_convnext_family_fine_tunes_and_predicts(tmp_path):
     zoo = taskzoo.load(TASK, model=path, device="cpu")
     held_out = toy_dataset(TASK, 32, seed=1)
     zoo.finetune(toy_dataset(TASK, 256), epochs=3, learning_rate=3e-3, batch_size=16, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     assert zoo.evaluate(held_out)["accuracy"] >= 0.9
     assert len(zoo.predict(Image.new("LA", (50, 70)))) == 4
 

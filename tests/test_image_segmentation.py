@@ -20,7 +20,7 @@ def trained(tiny_model_path):
     held_out = toy_dataset(TASK, 48, seed=1)
     before = zoo.evaluate(held_out)
     result = zoo.finetune(toy_dataset(TASK, 192, seed=0), eval=held_out, epochs=8, learning_rate=5e-3,
-                          batch_size=16, progress=False, save_checkpoints=False)
+                          batch_size=16, progress=False, save_checkpoints=False, plot=False)
     return zoo, before, result, held_out
 
 
@@ -136,7 +136,7 @@ def test_a_new_label_set_gets_a_new_head_and_freeze_trains_only_it(trained, tmp_
     encoder = {k: v.clone() for k, v in zoo.model.segformer.state_dict().items()}
     names = ["ground", "square", "circle", "triangle", "star"]
     zoo.finetune(with_masks(toy_dataset(TASK, 16), lambda m: np.where(m == 3, 4, m)), labels=names, max_steps=2,
-                 strategy="freeze", batch_size=8, progress=False, save_checkpoints=False)
+                 strategy="freeze", batch_size=8, progress=False, save_checkpoints=False, plot=False)
     assert zoo.labels == names and zoo.model.decode_head.classifier.out_channels == 5
     assert all(torch.equal(v, encoder[k]) for k, v in zoo.model.segformer.state_dict().items())
     zoo.save(tmp_path / "five")

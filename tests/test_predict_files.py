@@ -57,24 +57,45 @@ def classifier(tiny_model_path):
 
 
 @pytest.fixture(scope="module")
-def big_csv(tmp_path_factory, classifier):
-    """A CSV of ROWS texts with ids, and its straight 1-process CLI run: the reference for the others."""
-    folder = tmp_path_factory.mktemp("big")
-    texts = [f"{'a good' if i % 3 else 'an awful'} film, number {i}" + " indeed" * (i % 7) for i in range(ROWS)]
-    with open(folder / "reviews.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([("id", "text"), *((f"k{i}", text) for i, text in enumerate(texts))])
-    straight = taskzoo_cli("text-classification", "--model", classifier[0], "--data", folder / "reviews.csv",
-                           "--output", folder / "straight.jsonl", "--batch-size", "16")
-    assert straight.returncode == 0, straight.stderr
-    return folder / "reviews.csv", texts, read_lines(folder / "straight.jsonl")
+def csv_run(tmp_path_factory, classifier):
+    """csv_run(rows) -> a CSV of that many texts with ids, and its straight 1-process CLI run (in this process):
+    the reference for the others. Each size is written and predicted once per module."""
+    runs = {}
+
+    def get(rows: int):
+        if rows not in runs:
+            folder = tmp_path_factory.mktemp(f"rows{rows}")
+            texts = [f"{'a good' if i % 3 else 'an awful'} film, number {i}" + " indeed" * (i % 7) for i in range(rows)]
+            with open(folder / "reviews.csv", "w", newline="") as handle:
+                csv.writer(handle).writerows([("id", "text"), *((f"k{i}", text) for i, text in enumerate(texts))])
+            from taskzoo.cli import main
+
+            assert main(["predict", "text-classification", "--model", str(classifier[0]), "--data",
+                         str(folder / "reviews.csv"), "--output", str(folder / "straight.jsonl"),
+                         "--batch-size", "16"]) == 0
+            runs[rows] = folder / "reviews.csv", texts, read_lines(folder / "straight.jsonl")
+        return runs[rows]
+    return get
+
+
+@pytest.fixture(scope="module")
+def big_csv(csv_run):
+    """ROWS rows: enough for a run to be killed mid-way."""
+    return csv_run(ROWS)
+
+
+@pytest.fixture(scope="module")
+def small_csv(csv_run):
+    """Three blocks of rows (256 per block): enough for order, ids and a split between two processes."""
+    return csv_run(600)
 
 
 # ------------------------------------------------------------------------------------ one process
-def test_cli_data_gives_one_line_per_row_in_order_with_ids(classifier, big_csv):
+def test_cli_data_gives_one_line_per_row_in_order_with_ids(classifier, small_csv):
     _, zoo = classifier
-    _, texts, lines = big_csv
-    assert [line["index"] for line in lines] == list(range(ROWS))
-    assert [line["id"] for line in lines] == [f"k{i}" for i in range(ROWS)]
+    _, texts, lines = small_csv
+    assert [line["index"] for line in lines] == list(range(len(texts)))
+    assert [line["id"] for line in lines] == [f"k{i}" for i in range(len(texts))]
     assert_same_outputs([line["output"] for line in lines], zoo.predict(texts, batch_size=16))
 
 
@@ -250,8 +271,8 @@ def test_resume_after_sigkill_completes_without_duplicates_or_gaps(classifier, b
     assert read_lines(output) == straight
 
 
-def test_two_processes_write_the_one_process_file(classifier, big_csv, tmp_path):
-    table, _, straight = big_csv
+def test_two_processes_write_the_one_process_file(classifier, small_csv, tmp_path):
+    table, _, straight = small_csv
     launched = taskzoo_cli("text-classification", "--model", classifier[0], "--data", table, "--output",
                            tmp_path / "two.jsonl", "--batch-size", "16", launcher=torchrun(29591), env=CPU_PROCESSES)
     assert launched.returncode == 0, launched.stderr[-3000:]

@@ -52,7 +52,7 @@ def test_cosent_loss_learns_too(tiny_model_path):
     zoo = taskzoo.load("sentence-similarity", model=tiny_model_path("sentence-similarity"), device="cpu",
                        loss="cosent")
     zoo.finetune(toy_dataset("sentence-similarity", 256, seed=0), epochs=2, learning_rate=3e-3,
-                 batch_size=16, progress=False, save_checkpoints=False)
+                 batch_size=16, progress=False, save_checkpoints=False, plot=False)
     assert zoo.evaluate(toy_dataset("sentence-similarity", 64, seed=1))["spearman"] >= 0.6
 
 

@@ -13,6 +13,7 @@ from taskzoo.ctc import ctc_tokenizer
 from taskzoo.errors import DataError
 from taskzoo.tasks.speech_recognition import SpeechRecognition
 from taskzoo.testing import toy_dataset
+from taskzoo.testing.speech import widen_whisper
 
 TASK = "automatic-speech-recognition"
 
@@ -95,7 +96,7 @@ def test_ctc_reaches_wer_at_most_0_1_in_twice_the_demo_steps(tiny_model_path, he
     # 600 steps end at WER 0.03 (training seed 42, the one used here) and 0.01 (seed 0) on an AMD EPYC (AVX2).
     zoo = taskzoo.load(TASK, model=tiny_model_path(TASK), device="cpu")
     zoo.finetune(toy_dataset(TASK, 800, seed=0), epochs=6, learning_rate=1e-2, scheduler="linear", batch_size=8,
-                 progress=False, save_checkpoints=False)
+                 progress=False, save_checkpoints=False, plot=False)
     assert zoo.evaluate(held_out)["wer"] <= 0.1
 
 
@@ -281,7 +282,7 @@ def test_ctc_vocabulary_is_built_from_the_transcripts_for_a_bare_encoder(tmp_pat
     with pytest.raises(ValueError, match="no tokenizer.*fine-tune"):
         zoo.predict(held_out[0]["audio"])
     rows = [{"audio": row["audio"], "text": row["text"].upper() + "!"} for row in held_out.select(range(8))]
-    zoo.finetune(rows, max_steps=2, batch_size=4, progress=False, save_checkpoints=False)
+    zoo.finetune(rows, max_steps=2, batch_size=4, progress=False, save_checkpoints=False, plot=False)
     vocab = zoo.tokenizer.get_vocab()
     assert {"!", "O", "N", "E"} <= set(vocab) and "o" not in vocab
     assert zoo.model.lm_head.out_features == len(vocab) == zoo.model.config.vocab_size
@@ -297,7 +298,7 @@ def test_freeze_feature_encoder_option(tiny_model_path, held_out):
         conv = zoo.model.wav2vec2.feature_extractor.conv_layers[0].conv.weight.detach().clone()
         head = zoo.model.lm_head.weight.detach().clone()
         zoo.finetune(rows, max_steps=1, batch_size=8, learning_rate=1e-2, freeze_feature_encoder=freeze,
-                     progress=False, save_checkpoints=False)
+                     progress=False, save_checkpoints=False, plot=False)
         assert torch.equal(zoo.model.wav2vec2.feature_extractor.conv_layers[0].conv.weight, conv) == freeze
         assert not torch.equal(zoo.model.lm_head.weight, head)
 
@@ -335,7 +336,7 @@ def test_whisper_fine_tunes_saves_and_reloads(whisper_path, held_out, tmp_path):
     tokens = [t for t in batch["labels"][0].tolist() if t != -100]
     assert zoo.tokenizer.decode(tokens[3:-1]) == " " + rows[0]["text"]  # <|en|> <|transcribe|> <|notimestamps|> first
     result = zoo.finetune(rows, eval=rows.select(range(2)), max_steps=3, batch_size=4, learning_rate=3e-3,
-                          log_every=1, progress=False, save_checkpoints=False)
+                          log_every=1, progress=False, save_checkpoints=False, plot=False)
     losses = [r["loss"] for r in result.history if "loss" in r]
     assert losses[-1] < losses[0] and "eval_wer" in result.history[-1]
     # WER is the metric a run keeps the best of, the lowest (the task's own choice: nothing passed here)
@@ -347,26 +348,12 @@ def test_whisper_fine_tunes_saves_and_reloads(whisper_path, held_out, tmp_path):
     assert AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path / "whisper").generation_config.lang_to_id
 
 
-def widen(zoo) -> None:
-    """Draw the tiny Whisper's matrices wide (std 1): unlike the fresh kit model, which repeats one token, it then
-    writes a different transcript for each clip, so outputs can be compared on many different token sequences."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for parameter in zoo.model.parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0, 1.0)
-        # A longer end-token embedding (tied to the output layer): 4 of these 12 clips end within 8 to 13 tokens.
-        zoo.model.model.decoder.embed_tokens.weight[zoo.model.generation_config.eos_token_id] *= 4
-
-
 @pytest.fixture(scope="module")
 def varied_whisper(whisper_path, held_out):
     """The widened tiny Whisper, timestamps suppressed: its transcripts differ clip by clip and end at different
     lengths (the untrained kit model repeats one token)."""
     zoo = taskzoo.load(TASK, model=whisper_path, device="cpu")
-    widen(zoo)
-    config = zoo.model.generation_config
-    config.suppress_tokens = list(range(config.no_timestamps_token_id + 1, zoo.model.config.vocab_size))
+    widen_whisper(zoo.model, suppress_timestamps=True)
     return zoo, list(held_out.select(range(12))["audio"])
 
 
@@ -406,7 +393,7 @@ def test_whisper_segments_run_forward_where_every_output_holds_timestamp_pairs(w
     from taskzoo import speech_seq2seq
 
     zoo = taskzoo.load(TASK, model=whisper_path, device="cpu", language="en")
-    widen(zoo)
+    widen_whisper(zoo.model)
     audio = list(held_out.select(range(6))["audio"])
     features = zoo._inputs([zoo._audio(clip) for clip in audio])
     tokens = speech_seq2seq.generate(zoo, zoo.model, features, speech_seq2seq.generate_options(zoo, max_new_tokens=30))

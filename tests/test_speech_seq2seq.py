@@ -50,7 +50,7 @@ def tuned(kit, held_out):
             zoo = taskzoo.load(TASK, model=kit(family), device="cpu")
             result = zoo.finetune(toy_dataset(TASK, 96, seed=0), eval=held_out.select(range(16)), max_steps=24,
                                   batch_size=8, learning_rate=5e-3, scheduler="constant", log_every=4,
-                                  progress=False, save_checkpoints=False)
+                                  progress=False, save_checkpoints=False, plot=False)
             runs[family] = zoo, result
         return runs[family]
 
@@ -104,7 +104,7 @@ def test_lora_trains_adapters_and_saves_a_plain_model_and_freeze_is_refused(fami
     zoo = taskzoo.load(TASK, model=kit(family), device="cpu")
     before = {name: value.clone() for name, value in zoo.model.state_dict().items()}
     zoo.finetune(toy_dataset(TASK, 16, seed=0), max_steps=3, batch_size=8, learning_rate=1e-2, strategy="lora",
-                 progress=False, save_checkpoints=False)
+                 progress=False, save_checkpoints=False, plot=False)
     trainable, total = strategies.count_parameters(zoo.model)
     assert strategies.is_peft(zoo.model) and 0 < trainable < total / 2  # the adapters, not the whole model
     zoo.save(tmp_path / "saved")  # merged: a plain checkpoint
@@ -116,7 +116,7 @@ def test_lora_trains_adapters_and_saves_a_plain_model_and_freeze_is_refused(fami
     # The output layer is tied to the token embeddings: there is no separate head for "freeze" to train.
     with pytest.raises(ValueError, match="supports strategy 'full' or 'lora'.*got 'freeze'"):
         zoo.finetune(toy_dataset(TASK, 8, seed=0), max_steps=1, strategy="freeze", progress=False,
-                     save_checkpoints=False)
+                     save_checkpoints=False, plot=False)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -149,7 +149,7 @@ WER_AFTER = {"speech2text": 0.7, "moonshine": 0.85}
 def test_fine_tuning_learns_the_toy_words(family, kit, held_out):
     zoo = taskzoo.load(TASK, model=kit(family), device="cpu")
     before = zoo.evaluate(held_out)
-    zoo.finetune(toy_dataset(TASK, 2000, seed=0), progress=False, save_checkpoints=False, **LEARNING)
+    zoo.finetune(toy_dataset(TASK, 2000, seed=0), progress=False, save_checkpoints=False, plot=False, **LEARNING)
     after = zoo.evaluate(held_out)
     assert before["wer"] >= 0.9 and after["wer"] <= WER_AFTER[family] and after["cer"] < before["cer"]
     # A batch pads its clips to the longest: Speech2Text's convolutions and Moonshine's group norm see the

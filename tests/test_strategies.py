@@ -28,7 +28,7 @@ def test_freeze_trains_the_head_only(pretrained_body):
     zoo = taskzoo.load("text-classification", model=pretrained_body, device="cpu")
     body_before = {k: v.clone() for k, v in zoo.model.bert.state_dict().items()}
     zoo.finetune(relabelled(256, 0), epochs=3, learning_rate=5e-2, batch_size=16, strategy="freeze",
-                 progress=False, save_checkpoints=False)
+                 progress=False, save_checkpoints=False, plot=False)
     assert zoo.labels == ["bad", "good"]
     trainable, total = count_parameters(zoo.model)
     assert trainable == sum(p.numel() for p in zoo.model.classifier.parameters()) < total / 100
@@ -44,7 +44,7 @@ def test_lora_trains_adapters_and_head_and_saves_merged_or_alone(pretrained_body
 
     zoo = taskzoo.load("text-classification", model=pretrained_body, device="cpu")
     zoo.finetune(relabelled(256, 0), epochs=3, learning_rate=2e-2, batch_size=16, strategy="lora",
-                 progress=False, save_checkpoints=False)
+                 progress=False, save_checkpoints=False, plot=False)
     assert is_peft(zoo.model)
     trainable, total = count_parameters(zoo.model)
     assert trainable < total / 5
@@ -74,7 +74,7 @@ def test_sentence_similarity_lora_and_freeze(tiny_model_path, tmp_path):
     with pytest.raises(ValueError, match="no head to train alone"):
         zoo.finetune(toy_dataset("sentence-similarity", 16), strategy="freeze")
     zoo.finetune(toy_dataset("sentence-similarity", 32), max_steps=2, strategy="lora", progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     trainable, total = count_parameters(zoo.model)
     assert 0 < trainable < total / 5
     zoo.save(tmp_path / "merged")
@@ -111,7 +111,7 @@ def test_cached_features_train_and_evaluate_the_same_head_as_running_the_body(pr
         # Evaluated every 2 of the 12 steps.
         result = zoo.finetune(relabelled(64, 0), eval=relabelled(32, 1), epochs=3, learning_rate=5e-2,
                               eval_every=2, batch_size=16, strategy="freeze", cache_features=cache,
-                              group_by_length=False, progress=False, save_checkpoints=False)
+                              group_by_length=False, progress=False, save_checkpoints=False, plot=False)
         # The body reads the 64 training and 32 evaluation rows once to fill the cache; without one, the training
         # rows every epoch and the evaluation rows at each of the 6 evaluations.
         assert sum(body_rows) == (64 + 32 if cache else 3 * 64 + 6 * 32)
@@ -132,7 +132,7 @@ def test_no_feature_cache_when_the_body_trains(pretrained_body, strategy):
     zoo.prepare_for_training(relabelled(32, 0))
     body_rows = rows_through(zoo.model.bert)
     result = zoo.finetune(relabelled(32, 0), eval=relabelled(16, 1), epochs=2, batch_size=16, strategy=strategy,
-                          cache_features=True, progress=False, save_checkpoints=False)
+                          cache_features=True, progress=False, save_checkpoints=False, plot=False)
     # The body changes every step, so it runs on every training and every evaluation row, epoch after epoch.
     assert sum(body_rows) == 2 * (32 + 16)
     assert len([record for record in result.history if "eval_accuracy" in record]) == 2
@@ -142,7 +142,7 @@ def test_feature_cache_is_built_anew_for_each_run(pretrained_body):
     """A cache from an earlier run never serves a later one: after the body trained, freeze sees the new body."""
     zoo = taskzoo.load("text-classification", model=pretrained_body, device="cpu")
     options = dict(eval=relabelled(32, 1), epochs=1, batch_size=16, learning_rate=5e-2, progress=False,
-                   save_checkpoints=False)
+                   save_checkpoints=False, plot=False)
     zoo.finetune(relabelled(64, 0), strategy="freeze", **options)
     zoo.finetune(relabelled(64, 0), strategy="full", **{**options, "learning_rate": 1e-3})
     body_rows = rows_through(zoo.model.bert)

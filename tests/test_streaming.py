@@ -43,7 +43,7 @@ def test_json_files_streamed_with_renamed_columns_and_string_labels(tiny_model_p
     zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
     columns = {"review": "text", "stars": "label"}
     zoo.finetune(stream.shuffle(seed=0, buffer_size=256), columns=columns, max_steps=48, batch_size=16,
-                 learning_rate=3e-3, progress=False, save_checkpoints=False)
+                 learning_rate=3e-3, progress=False, save_checkpoints=False, plot=False)
     scores = zoo.evaluate(stream, columns=columns)
     assert scores["accuracy"] > 0.8 and scores == zoo.evaluate(rows)  # every row scored once, labels mapped by name
 
@@ -68,11 +68,11 @@ def test_a_stream_takes_its_label_names_from_labels(tiny_model_path):
     zoo.head_trained = False  # as a backbone without a classification head
     strings = Dataset.from_list([{"text": "good", "label": "positive"}, {"text": "bad", "label": "negative"}])
     with pytest.raises(DataError, match=r"labels=\[\.\.\.\]"):
-        zoo.finetune(strings.to_iterable_dataset(), max_steps=1, progress=False, save_checkpoints=False)
+        zoo.finetune(strings.to_iterable_dataset(), max_steps=1, progress=False, save_checkpoints=False, plot=False)
     zoo.finetune(strings.to_iterable_dataset(), labels=["positive", "negative"], max_steps=1, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     assert zoo.labels == ["positive", "negative"]
-    zoo.finetune(stream, max_steps=1, progress=False, save_checkpoints=False)  # the ClassLabel's names
+    zoo.finetune(stream, max_steps=1, progress=False, save_checkpoints=False, plot=False)  # the ClassLabel's names
     assert zoo.labels == ["negative", "positive"]
 
 

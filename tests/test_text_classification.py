@@ -67,7 +67,7 @@ def test_integer_labels_and_column_mapping(tiny_model_path, tmp_path):
     Dataset.from_list(rows).to_csv(path)
     zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
     zoo.finetune(str(path), columns={"review": "text", "stars": "label"}, max_steps=2, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     assert zoo.labels == ["negative", "positive"]  # integer labels in range keep the model's names
     assert set(zoo.evaluate(str(path), columns={"review": "text", "stars": "label"})) == {"accuracy", "macro_f1"}
 
@@ -77,7 +77,7 @@ def test_minilm_backbone_without_a_head_gets_one_for_the_data_labels(minilm_path
     assert not zoo.head_trained
     rows = [{"text": text, "label": label} for text, label in
             [("I love it", "joy"), ("I hate it", "anger"), ("so scared", "fear")] * 2]
-    zoo.finetune(rows, max_steps=1, batch_size=6, progress=False, save_checkpoints=False)
+    zoo.finetune(rows, max_steps=1, batch_size=6, progress=False, save_checkpoints=False, plot=False)
     assert zoo.labels == ["anger", "fear", "joy"]
     assert {p["label"] for p in zoo.predict(["x", "y"], top_k=3)[0]} == {"anger", "fear", "joy"}
 
@@ -85,7 +85,7 @@ def test_minilm_backbone_without_a_head_gets_one_for_the_data_labels(minilm_path
 def test_integer_labels_beyond_the_head_get_a_new_head(tiny_model_path):
     zoo = taskzoo.load("text-classification", model=tiny_model_path("text-classification"), device="cpu")
     rows = [{"text": f"film {i}", "label": i % 3} for i in range(6)]
-    zoo.finetune(rows, max_steps=1, progress=False, save_checkpoints=False)
+    zoo.finetune(rows, max_steps=1, progress=False, save_checkpoints=False, plot=False)
     assert zoo.labels == ["LABEL_0", "LABEL_1", "LABEL_2"]
 
 
@@ -170,7 +170,7 @@ def test_tiny_model_learns_sentences_whose_words_it_has_never_seen(tiny_model_pa
     train, held_out = reviews(128, seed=0), reviews(64, seed=1)
     assert not {row["text"] for row in train} & {row["text"] for row in held_out}
     assert zoo.evaluate(held_out)["accuracy"] <= 0.65
-    zoo.finetune(train, epochs=8, learning_rate=3e-3, batch_size=16, progress=False, save_checkpoints=False)
+    zoo.finetune(train, epochs=8, learning_rate=3e-3, batch_size=16, progress=False, save_checkpoints=False, plot=False)
     assert zoo.evaluate(held_out)["accuracy"] >= 0.85
 
 

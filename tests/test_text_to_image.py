@@ -150,7 +150,7 @@ def test_lora_trains_only_adapters_and_reloads_to_the_same_images(tiny_model_pat
     base_weights = {name: value.clone() for name, value in zoo.pipeline.unet.state_dict().items()}
     base_images = pixels(zoo.predict(["a red square", "a green triangle"], **FAST))
     zoo.finetune(toy_dataset(TASK, 32, seed=0), strategy="lora", lora_rank=4, lora_alpha=8, epochs=1,
-                 batch_size=8, learning_rate=1e-2, progress=False, save_checkpoints=False)
+                 batch_size=8, learning_rate=1e-2, progress=False, save_checkpoints=False, plot=False)
     weights = {name.replace(".base_layer", ""): value for name, value in zoo.pipeline.unet.state_dict().items()
                if "lora_" not in name}  # peft wraps each adapted layer: to_q.weight -> to_q.base_layer.weight
     assert weights.keys() == base_weights.keys()
@@ -190,7 +190,7 @@ def test_ema_snr_gamma_and_cached_latents_with_v_prediction(tiny_model_path, hel
     before = zoo.evaluate(held_out, batch_size=8)["eval_loss"]
     result = zoo.finetune(toy_dataset(TASK, 32, seed=0), eval=held_out, ema=True, ema_decay=0.9, snr_gamma=5.0,
                           cache_latents=True, epochs=3, batch_size=8, learning_rate=2e-3, progress=False,
-                          save_checkpoints=False, validation_prompts=[])
+                          save_checkpoints=False, plot=False, validation_prompts=[])
     after = zoo.evaluate(held_out, batch_size=8)["eval_loss"]
     assert after < 0.7 * before
     # Evaluation during training used the EMA weights; afterwards they are the model's weights.

@@ -130,7 +130,7 @@ def test_lora_trains_adapters_only_and_diffusers_loads_them(family, base_paths, 
     base_weights = {name: value.clone() for name, value in zoo.family.module.state_dict().items()}
     base_images = pixels(zoo.predict(PROMPTS, **FAST))
     zoo.finetune(toy_dataset(TASK, 16, seed=0), strategy="lora", lora_rank=4, lora_alpha=8, max_steps=3,
-                 batch_size=8, learning_rate=3e-2, progress=False, save_checkpoints=False)
+                 batch_size=8, learning_rate=3e-2, progress=False, save_checkpoints=False, plot=False)
     weights = {name.replace(".base_layer", ""): value for name, value in zoo.family.module.state_dict().items()
                if "lora_" not in name}
     assert weights.keys() == base_weights.keys()
@@ -183,7 +183,7 @@ def test_weights_gathered_from_shards_are_what_is_saved(strategy, base_paths, tm
     zoo = load(base_paths("pixart"))  # the family without a diffusers LoRA loader
     base_images, untrained = pixels(zoo.predict(PROMPTS, **FAST)), copy_of(zoo.model.state_dict())
     zoo.finetune(toy_dataset(TASK, 8), strategy=strategy, max_steps=1, batch_size=8, learning_rate=3e-2,
-                 progress=False, save_checkpoints=False)
+                 progress=False, save_checkpoints=False, plot=False)
     tuned = pixels(zoo.predict(PROMPTS, **FAST))
     assert any(not np.array_equal(a, b) for a, b in zip(tuned, base_images))
     adapters = copy_of(zoo.model.state_dict())  # with lora_B = 0 they change nothing

@@ -5,26 +5,12 @@ import torch
 
 import taskzoo
 from taskzoo.errors import DataError
-from taskzoo.tasks.translation import Translation
 from taskzoo.testing import toy_dataset
 
 TEXTS = ["the red cat sees a dog", "a bird eats the green tree", "the man likes a car",
          "a happy child finds the blue house", "the dog sees the cat"]
 EXPECTED = ["le chat rouge voit un chien", "un oiseau mange le arbre vert", "le homme aime un auto",
             "un enfant heureux trouve le maison bleu", "le chien voit le chat"]
-
-
-@pytest.fixture(scope="module")
-def trained_translator(tiny_model_path):
-    """The tiny Marian fine-tuned once, with the demo's settings, on toy data."""
-    zoo = taskzoo.load("translation", model=tiny_model_path("translation"), device="cpu")
-    held_out = toy_dataset("translation", 64, seed=1)
-    before = zoo.evaluate(held_out)
-    settings = dict(Translation.demo_config)
-    train = toy_dataset("translation", settings.pop("train_size"), seed=0)
-    settings.pop("eval_size")
-    result = zoo.finetune(train, eval=held_out, progress=False, save_checkpoints=False, **settings)
-    return zoo, before, result, held_out
 
 
 def test_finetuning_lifts_bleu_from_near_zero_to_at_least_50(trained_translator):
@@ -131,7 +117,7 @@ def test_strategies_lora_trains_and_saves_a_plain_model_and_freeze_is_refused(ti
     with pytest.raises(ValueError, match="'full' or 'lora'"):
         zoo.finetune(toy_dataset("translation", 8), strategy="freeze", max_steps=1, progress=False)
     zoo.finetune(toy_dataset("translation", 16), eval=toy_dataset("translation", 8, seed=1), strategy="lora",
-                 max_steps=2, progress=False, save_checkpoints=False)
+                 max_steps=2, progress=False, save_checkpoints=False, plot=False)
     assert isinstance(zoo.predict("the cat")["translation_text"], str)
     zoo.save(tmp_path / "merged")
     assert type(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged")).__name__ == "MarianMTModel"

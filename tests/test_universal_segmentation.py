@@ -37,7 +37,7 @@ def trained(family_path):
     before = zoo.evaluate(held_out)
     # 72 steps: mean_iou 0.53 to 0.79 over training seeds 0, 1, 2 and 42 (the default), from 0.02.
     result = zoo.finetune(toy_dataset(TASK, 192, seed=0), epochs=6, learning_rate=5e-3, warmup_ratio=0.1,
-                          batch_size=16, progress=False, save_checkpoints=False)
+                          batch_size=16, progress=False, save_checkpoints=False, plot=False)
     return zoo, before, result, held_out
 
 
@@ -130,7 +130,7 @@ def test_a_new_label_set_gets_a_new_class_predictor_with_its_no_object_class(fam
     data = toy_dataset(TASK, 16)
     masks = [np.where(np.asarray(m) == 3, 4, np.asarray(m)) for m in data["mask"]]
     zoo.finetune(Dataset.from_dict({"image": data["image"], "mask": masks}), labels=names, max_steps=2,
-                 strategy="freeze", batch_size=8, progress=False, save_checkpoints=False)
+                 strategy="freeze", batch_size=8, progress=False, save_checkpoints=False, plot=False)
     assert zoo.labels == names and zoo.model.class_predictor.out_features == len(names) + 1
     assert zoo.model.criterion.empty_weight.tolist() == pytest.approx([1.0] * 5 + [0.1])  # "no object" is last
     assert all(torch.equal(v, backbone[k]) for k, v in zoo.model.model.pixel_level_module.encoder.named_parameters())
@@ -148,14 +148,14 @@ def test_freeze_trains_all_but_the_backbone_and_lora_adapts_the_backbone(family_
     assert "model.pixel_level_module.decoder" in zoo.head_modules() and "model.transformer_module" in zoo.head_modules()
     start = {name: p.clone() for name, p in zoo.model.named_parameters()}
     zoo.finetune(data, max_steps=2, strategy="freeze", batch_size=8, learning_rate=1e-2, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     changed = {name for name, p in zoo.model.named_parameters() if not torch.equal(p, start[name])}
     assert changed and not any(name.startswith(universal.BODY) for name in changed)
     assert all(p.requires_grad == (not name.startswith(universal.BODY)) for name, p in zoo.model.named_parameters())
 
     zoo = taskzoo.load(TASK, model=family_path(family), device="cpu")
     zoo.finetune(data, max_steps=2, strategy="lora", batch_size=8, learning_rate=1e-2, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     assert strategies.is_peft(zoo.model)
     merged = dict(strategies.exportable(zoo.model).named_parameters())
     assert any(not torch.equal(merged[name], start[name]) for name in start if name.startswith(universal.BODY))
@@ -196,7 +196,7 @@ def test_maskformer_and_oneformer_predict_evaluate_train_and_round_trip(family_p
     segments = zoo.predict(data[0]["image"].resize((80, 48)))
     assert segments and all(s["mask"].size == (80, 48) and set(s) == {"label", "score", "mask"} for s in segments)
     result = zoo.finetune(data, max_steps=6, learning_rate=3e-3, batch_size=8, progress=False,
-                          save_checkpoints=False, log_every=1)
+                          save_checkpoints=False, plot=False, log_every=1)
     losses = [row["loss"] for row in result.history if "loss" in row]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
     assert 0 <= zoo.evaluate(data.select(range(8)))["mean_iou"] <= 1
@@ -215,7 +215,7 @@ def test_maskformer_and_oneformer_learn_the_toy_shapes(family_path, family, epoc
     held_out = toy_dataset(TASK, 48, seed=1)
     before = zoo.evaluate(held_out)["mean_iou"]
     zoo.finetune(toy_dataset(TASK, 192, seed=0), epochs=epochs, learning_rate=3e-3, batch_size=16, progress=False,
-                 save_checkpoints=False)
+                 save_checkpoints=False, plot=False)
     after = zoo.evaluate(held_out)["mean_iou"]
     assert after >= floor and after >= 1.5 * before
 

@@ -116,6 +116,23 @@ def tiny_whisper(path: Path) -> Path:
     return path
 
 
+def widen_whisper(model, suppress_timestamps: bool = False) -> None:
+    """Draw the tiny Whisper's matrices wide (std 1), in place: unlike the fresh kit model, which repeats one
+    token, it then writes a different transcript for each clip, ending at different lengths, so outputs can be
+    compared on many different token sequences (no trained Whisper exists offline, and training one takes
+    minutes). ``suppress_timestamps`` keeps timestamp tokens out of its transcripts."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0, 1.0)
+        # A longer end-token embedding (tied to the output layer): some clips end within a few tokens.
+        model.model.decoder.embed_tokens.weight[model.generation_config.eos_token_id] *= 4
+    if suppress_timestamps:
+        config = model.generation_config
+        config.suppress_tokens = list(range(config.no_timestamps_token_id + 1, model.config.vocab_size))
+
+
 def whisper_tokenizer(vocab: dict, merges: list, special: list[str]):
     """A WhisperTokenizer (English, transcribe, no timestamps) over a byte-level BPE ``vocab``, with
     <|endoftext|>, ``special`` (<|startoftranscript|> first, <|notimestamps|> last) and the 1501 timestamps
