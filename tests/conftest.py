@@ -41,6 +41,20 @@ def tiny_model_path(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny diffusion pipelines: with 2 OpenMP threads on 2 shared cores, every
+    small op waits for the other thread's time slice (a tiny UNet forward went from 25 ms to 3 s)."""
+    import diffusers
+    import torch
+
+    diffusers.utils.logging.disable_progress_bar()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def minilm_path():
     from taskzoo.models import packaged_model_path

@@ -14,17 +14,7 @@ TASK = "text-to-image"
 FAST = dict(num_inference_steps=3, seed=0, batch_size=1)  # few steps: the tests check behaviour, not beauty
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The test machines have 2 cores shared with other jobs: with 2 OpenMP threads every small op waits for
-    the other thread's time slice (a tiny UNet forward went from 25 ms to 3 s). One thread keeps this quick."""
-    import diffusers
-
-    diffusers.utils.logging.disable_progress_bar()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

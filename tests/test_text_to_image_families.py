@@ -20,16 +20,7 @@ FAST = dict(num_inference_steps=3, seed=0, batch_size=1)
 PROMPTS = ["a red square", "a green triangle"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread: the test machines' 2 cores are shared, and tiny ops wait on a second thread's time slice."""
-    import diffusers
-
-    diffusers.utils.logging.disable_progress_bar()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
