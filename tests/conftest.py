@@ -55,6 +55,39 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def serve_in_thread():
+    """serve_in_thread(zoo, **create_app options) -> the address of the server's app for ``zoo``, run by uvicorn
+    in a thread of this process (where the test's tasks are registered) on a free port; stopped when the test
+    ends. It spares each test a process that spends seconds importing torch."""
+    import threading
+    import time
+
+    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not installed")
+    from taskzoo.serving import create_app
+    from taskzoo.serving.process import free_port
+
+    running = []
+
+    def serve(zoo, **options) -> str:
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(zoo, **options), host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    yield serve
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(30)
+
+
 @pytest.fixture(scope="session")
 def minilm_path():
     from taskzoo.models import packaged_model_path

@@ -14,9 +14,6 @@ import itertools
 import json
 import random
 import shutil
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -368,29 +365,6 @@ def test_a_wrong_fact_is_named_when_the_server_is_made(questions, facts, message
 # -------------------------------------------------------------------------------- the playground
 
 
-@contextmanager
-def server_for(zoo):
-    """The server for ``zoo`` on a free port, in a thread of this process (where the tasks are registered)."""
-    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (fastapi, uvicorn) is not installed")
-
-    from taskzoo.serving import create_app
-    from taskzoo.serving.process import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(zoo), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 @pytest.fixture(scope="module")
 def page():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra has it)")
@@ -414,29 +388,29 @@ def run(page) -> None:
     assert page.inner_text("#error") == ""
 
 
-def test_the_playground_shows_an_image_form_for_the_subclass(photos, page, tmp_path):
+def test_the_playground_shows_an_image_form_for_the_subclass(photos, page, serve_in_thread, tmp_path):
     zoo, _, held_out = photos
-    with server_for(zoo) as url:
-        page.goto(url + "/")
-        page.wait_for_selector("#form:not([hidden])", timeout=30_000)
-        assert page.inner_text("#task") == "product-photos"
-        assert page.get_attribute("#file", "type") == "file" and page.get_attribute("#file", "accept") == "image/*"
-        assert page.locator("#fields textarea, #fields input[type=text]").count() == 0  # no text box
-        held_out[3]["image"].save(tmp_path / "photo.png")
-        page.set_input_files("#file", str(tmp_path / "photo.png"))
-        page.fill("#top-k", "2")
-        run(page)
-        expected = zoo.predict(held_out[3]["image"], top_k=2)
-        assert shown_bars(page) == [(item["label"], round(item["score"], 3)) for item in expected]
+    url = serve_in_thread(zoo)
+    page.goto(url + "/")
+    page.wait_for_selector("#form:not([hidden])", timeout=30_000)
+    assert page.inner_text("#task") == "product-photos"
+    assert page.get_attribute("#file", "type") == "file" and page.get_attribute("#file", "accept") == "image/*"
+    assert page.locator("#fields textarea, #fields input[type=text]").count() == 0  # no text box
+    held_out[3]["image"].save(tmp_path / "photo.png")
+    page.set_input_files("#file", str(tmp_path / "photo.png"))
+    page.fill("#top-k", "2")
+    run(page)
+    expected = zoo.predict(held_out[3]["image"], top_k=2)
+    assert shown_bars(page) == [(item["label"], round(item["score"], 3)) for item in expected]
 
 
-def test_the_playground_builds_the_default_form_for_a_task_from_scratch(questions, page):
+def test_the_playground_builds_the_default_form_for_a_task_from_scratch(questions, page, serve_in_thread):
     zoo, _, _ = questions
-    with server_for(zoo) as url:
-        page.goto(url + "/")
-        page.wait_for_selector("#form:not([hidden])", timeout=30_000)
-        assert page.inner_text("#task") == "is-question" and page.locator("#file").count() == 0
-        page.fill("#text", "Is it raining here?")
-        run(page)  # {"label", "score"}: shown as a score bar (the "auto" output)
-        expected = zoo.predict("Is it raining here?")
-        assert shown_bars(page) == [(expected["label"], round(expected["score"], 3))]
+    url = serve_in_thread(zoo)
+    page.goto(url + "/")
+    page.wait_for_selector("#form:not([hidden])", timeout=30_000)
+    assert page.inner_text("#task") == "is-question" and page.locator("#file").count() == 0
+    page.fill("#text", "Is it raining here?")
+    run(page)  # {"label", "score"}: shown as a score bar (the "auto" output)
+    expected = zoo.predict("Is it raining here?")
+    assert shown_bars(page) == [(expected["label"], round(expected["score"], 3))]

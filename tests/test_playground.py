@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -41,47 +39,22 @@ def browser():
         browser.close()
 
 
-def serve_in_a_thread(zoo, **options):
-    """The server's app for ``zoo`` on a free port, run by uvicorn in a thread of this process: (its address, the
-    uvicorn server, the thread)."""
-    import uvicorn
-
-    from taskzoo.serving import create_app
-    from taskzoo.serving.process import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(zoo, **options), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server, thread
-
-
 @pytest.fixture
-def open_page(browser, tiny_model_path):
+def open_page(browser, tiny_model_path, serve_in_thread):
     """open_page(task, **create_app options) -> (the page, loaded and showing its form; the task loaded again,
     apart from the one served)."""
-    servers, pages = [], []
+    pages = []
 
     def open_(task, **options):
-        url, server, thread = serve_in_a_thread(taskzoo.load(task, model=tiny_model_path(task), device="cpu"),
-                                                **options)
-        servers.append((server, thread))
+        url = serve_in_thread(taskzoo.load(task, model=tiny_model_path(task), device="cpu"), **options)
         page = browser.new_page()
         pages.append(page)
         page.goto(url + "/")
         page.wait_for_selector("#form:not([hidden]), #key-box:not([hidden])", timeout=30_000)
         return page, taskzoo.load(task, model=tiny_model_path(task), device="cpu")
     yield open_
-    for page in pages:
+    for page in pages:  # before the servers stop (serve_in_thread's teardown comes after this one)
         page.close()
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(30)
 
 
 def run(page) -> None:
